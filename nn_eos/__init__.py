@@ -1,0 +1,20 @@
+"""nn_eos: exact curvature of hand-written networks, and why training runs on the edge of stability.
+
+The working code behind two papers by Mark Lowell: *There is a Singularity in
+the Loss Landscape* (2022) and, with Catharine Kastner, *Training on the Edge of
+Stability Is Caused by Layerwise Jacobian Alignment* (2024).
+"""
+
+__version__ = "0.1.0"
+
+from .activations import ELU, ReLU, Tanh
+from .backend import gpu_available
+from .criteria import MSE, CrossEntropy
+from .curvature import TrainingLoss
+from .layers import Dense, Flatten
+from .network import Sequential, mlp
+
+__all__ = [
+    "CrossEntropy", "Dense", "ELU", "Flatten", "MSE", "ReLU", "Sequential", "Tanh", "TrainingLoss",
+    "gpu_available", "mlp", "__version__",
+]

@@ -1,0 +1,125 @@
+"""The array backend: NumPy on the CPU, CuPy on the GPU.
+
+Every other module takes its array module from the arrays it is given
+(``xp = array_module(x)``) and runs the same lines on both devices. This is the
+only module that imports CuPy, and the only place that chooses between
+``scipy`` and ``cupyx.scipy``.
+"""
+
+import os
+
+import numpy as np
+
+DEVICES = ("cpu", "gpu")
+DTYPES = ("float64", "float32")
+
+_GPU_INSTALL_HINT = (
+    "device='gpu' needs CuPy, which is not importable here. Install the GPU extra "
+    "matching your CUDA toolkit, e.g. `pip install -e \".[gpu]\"` (cupy) or "
+    "`pip install cupy-cuda12x`, and check that a CUDA device is visible."
+)
+
+
+def _import_cupy():
+    """Return the cupy module, or None when it cannot be imported or has no device."""
+    try:
+        import cupy
+    except Exception:  # ImportError, or a CUDA library that fails to load
+        return None
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+    except Exception:
+        return None
+    return cupy
+
+
+_CUPY = None
+_CUPY_CHECKED = False
+
+
+def cupy_or_none():
+    """The cupy module if CuPy works on this machine, else None (checked once)."""
+    global _CUPY, _CUPY_CHECKED
+    if not _CUPY_CHECKED:
+        _CUPY = _import_cupy()
+        _CUPY_CHECKED = True
+    return _CUPY
+
+
+def gpu_available():
+    return cupy_or_none() is not None
+
+
+def require_cupy():
+    cupy = cupy_or_none()
+    if cupy is None:
+        raise RuntimeError(_GPU_INSTALL_HINT)
+    return cupy
+
+
+def check_device(device):
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
+    return device
+
+
+def default_device():
+    """The device named by the environment variable NN_EOS_DEVICE, 'cpu' when unset."""
+    return check_device(os.environ.get("NN_EOS_DEVICE", "cpu"))
+
+
+def module_for(device):
+    """The array module (numpy or cupy) of a device name."""
+    return require_cupy() if check_device(device) == "gpu" else np
+
+
+def array_module(*arrays):
+    """numpy, or cupy when any argument is a CuPy array (Chainer's get_array_module)."""
+    cupy = _CUPY if _CUPY_CHECKED else None
+    if cupy is None:
+        # Only look for CuPy arrays when CuPy has been imported already: a CuPy
+        # array cannot exist otherwise, and importing CuPy costs seconds.
+        if not any(type(a).__module__.startswith("cupy") for a in arrays):
+            return np
+        cupy = cupy_or_none()
+    for a in arrays:
+        if isinstance(a, cupy.ndarray):
+            return cupy
+    return np
+
+
+def device_of(array):
+    return "gpu" if array_module(array) is not np else "cpu"
+
+
+def to_device(array, device):
+    """Move an array to 'cpu' (NumPy) or 'gpu' (CuPy); a no-op when it is there already."""
+    if check_device(device) == "gpu":
+        return require_cupy().asarray(array)
+    if array_module(array) is not np:
+        return array.get()
+    return np.asarray(array)
+
+
+def to_numpy(array):
+    return to_device(array, "cpu")
+
+
+def resolve_dtype(dtype):
+    """numpy dtype of 'float64' (the default of both papers) or 'float32'."""
+    name = np.dtype(dtype).name
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {DTYPES}")
+    return np.dtype(name)
+
+
+def scipy_linalg_module(xp):
+    """scipy.sparse.linalg, or cupyx.scipy.sparse.linalg for CuPy arrays."""
+    if xp is np:
+        import scipy.sparse.linalg
+
+        return scipy.sparse.linalg
+    import cupyx.scipy.sparse.linalg
+
+    return cupyx.scipy.sparse.linalg

@@ -1,0 +1,129 @@
+"""Criteria ``l(z, y)``: value, ``∂l/∂z``, ``H_z l · u`` and ``R = sqrt(H_z l)`` (DESIGN.md §2).
+
+All functions work per example on a batch: ``z`` has shape (n, O), ``y`` holds
+integer labels (n,). Directions ``u`` carry a leading axis: (k, n, O).
+"""
+
+from .backend import array_module
+
+
+class Criterion:
+    name = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def value(self, z, y):
+        """Per-example criterion l(z, y), shape (n,)."""
+        raise NotImplementedError
+
+    def gradient(self, z, y):
+        """∂l/∂z per example, shape (n, O)."""
+        raise NotImplementedError
+
+    def hessian_product(self, z, y, u):
+        """``H_z l · u`` per example and direction, u of shape (k, n, O)."""
+        raise NotImplementedError
+
+    def hessian(self, z, y):
+        """``H_z l`` per example, shape (n, O, O)."""
+        raise NotImplementedError
+
+    def sqrt_hessian(self, z, y):
+        """``R(z, y)``, the symmetric PSD square root of ``H_z l`` (2024 paper, section 2.2).
+
+        Computed from the eigendecomposition ``H_z l = Q diag(μ) Qᵀ`` of each O×O
+        matrix as ``R = Q diag(√μ) Qᵀ``; eigenvalues that round to tiny negatives
+        are clipped to zero first (``H_z l`` is PSD since l is convex in z).
+        """
+        xp = array_module(z)
+        mu, Q = xp.linalg.eigh(self.hessian(z, y))
+        return (Q * xp.sqrt(xp.clip(mu, 0, None))[:, None, :]) @ Q.transpose(0, 2, 1)
+
+
+class CrossEntropy(Criterion):
+    """Softmax cross-entropy, with ``p = softmax(z)``::
+
+        l = −log p_y      ∂l/∂z = p − e_y      H_z l = diag(p) − p pᵀ
+    """
+
+    name = "cross_entropy"
+    default_target_loss = 0.01  # the 2024 paper trains to this loss
+
+    @staticmethod
+    def softmax(z):
+        # subtract the row maximum so that exp never overflows
+        xp = array_module(z)
+        e = xp.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def value(self, z, y):
+        # l = log Σ_q exp(z_q) − z_y, as a log-sum-exp with the maximum taken out
+        xp = array_module(z)
+        m = z.max(axis=-1)
+        log_sum_exp = m + xp.log(xp.exp(z - m[:, None]).sum(axis=-1))
+        return log_sum_exp - xp.take_along_axis(z, y[:, None], axis=-1)[:, 0]
+
+    def gradient(self, z, y):
+        p = self.softmax(z)
+        p[array_module(z).arange(len(y)), y] -= 1
+        return p
+
+    def hessian_product(self, z, y, u):
+        """``(diag(p) − p pᵀ) u = p ⊙ u − p (pᵀu)``, without forming the O×O matrix."""
+        p = self.softmax(z)
+        return p * (u - (u * p).sum(axis=-1, keepdims=True))
+
+    def hessian(self, z, y):
+        xp = array_module(z)
+        p = self.softmax(z)
+        return p[:, :, None] * xp.eye(z.shape[-1], dtype=z.dtype) - p[:, :, None] * p[:, None, :]
+
+
+class MSE(Criterion):
+    """Mean squared error against one-hot targets (PyTorch's ``mse_loss`` convention)::
+
+        l = (1/O) Σ_q (z_q − e_{y,q})²      ∂l/∂z = (2/O)(z − e_y)      H_z l = (2/O) I
+    """
+
+    name = "mse"
+    default_target_loss = 0.02  # the 2024 paper trains to this loss
+
+    @staticmethod
+    def one_hot(y, num_outputs, like):
+        xp = array_module(like)
+        e = xp.zeros((len(y), num_outputs), dtype=like.dtype)
+        e[xp.arange(len(y)), y] = 1
+        return e
+
+    def value(self, z, y):
+        r = z - self.one_hot(y, z.shape[-1], z)
+        return (r * r).mean(axis=-1)
+
+    def gradient(self, z, y):
+        return (2.0 / z.shape[-1]) * (z - self.one_hot(y, z.shape[-1], z))
+
+    def hessian_product(self, z, y, u):
+        return (2.0 / z.shape[-1]) * u
+
+    def hessian(self, z, y):
+        xp = array_module(z)
+        O = z.shape[-1]
+        return xp.broadcast_to((2.0 / O) * xp.eye(O, dtype=z.dtype), (z.shape[0], O, O)).copy()
+
+
+CRITERIA = {cls.name: cls for cls in (CrossEntropy, MSE)}
+
+
+def criterion(name):
+    """A criterion from its name ('cross_entropy' or 'mse') or an instance."""
+    if isinstance(name, Criterion):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"criterion must be a Criterion or one of {sorted(CRITERIA)}, got {type(name).__name__}")
+    key = name.lower().replace("-", "_")
+    key = {"ce": "cross_entropy", "crossentropy": "cross_entropy"}.get(key, key)
+    try:
+        return CRITERIA[key]()
+    except KeyError:
+        raise ValueError(f"unknown criterion {name!r}; expected one of {sorted(CRITERIA)}") from None

@@ -1,0 +1,177 @@
+"""The training loss L̃(θ) over a dataset, its gradient, and exact curvature products.
+
+    L̃(θ) = (1/N) Σ_n l(f(x_n, θ), y_n)                       (2024 paper, section 2.1)
+    ∇²L̃ = G + H                                               (2024 paper, eq. 2)
+    G v  = E[(∂f/∂θ)ᵀ H_z l (∂f/∂θ)] v        the Gauss-Newton product      ``ggn``
+    H v  = E[Σ_q ∂l/∂z_q ∂²f_q/∂θ²] v          the residual ∇²L̃ v − G v     ``residual``
+    ∇²L̃ v                                     the Hessian-vector product    ``hvp``
+
+All three come out of one forward pass, (for ``hvp`` and ``residual``) one
+backward pass that records δ at every layer, one R-forward pass and one
+R-backward pass, shared by a whole block of k directions (DESIGN.md §2).
+The R-backward pass is linear in its sources, which are
+
+    R{δ^L} = (1/N) H_z l · R{z}         at the output (the Gauss-Newton source)
+    δᵀ R{x}, δ V_A, g ⊙ σ'' ⊙ R{x̂}      inside the layers (second-order sources)
+
+so ``ggn`` keeps only the first, ``residual`` only the second, and ``hvp``
+both. ``residual`` is therefore computed directly, not as a difference.
+
+Examples are processed in chunks of ``chunk_size`` (all at once by default),
+each chunk contributing its share of the mean; the results do not depend on
+the chunking beyond rounding.
+"""
+
+import numpy as np
+
+from . import backend
+from .criteria import criterion as make_criterion
+from .validation import check_directions, check_inputs, check_labels
+
+KINDS = ("hessian", "ggn", "residual")
+
+
+class TrainingLoss:
+    """``L̃(θ)`` of a network and criterion over a dataset ``(X, y)``.
+
+    Every method evaluates at the network's own θ, or at ``theta=`` when given
+    (the network's θ is left untouched).
+    """
+
+    def __init__(self, net, criterion, X, y, chunk_size=None):
+        self.net = net
+        self.criterion = make_criterion(criterion)
+        X = check_inputs(X, net.input_shape)
+        self.y_host = np.asarray(backend.to_numpy(check_labels(y, X.shape[0], net.num_outputs)), dtype=np.int64)
+        self.X_host = X
+        if chunk_size is not None:
+            if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+                raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+            chunk_size = int(chunk_size)
+        self.chunk_size = chunk_size
+        self._placed = None
+
+    def __repr__(self):
+        return (f"TrainingLoss({self.net!r}, {self.criterion!r}, N={self.num_examples}, "
+                f"chunk_size={self.chunk_size})")
+
+    @property
+    def num_examples(self):
+        return self.X_host.shape[0]
+
+    @property
+    def num_params(self):
+        return self.net.num_params
+
+    # ----- data on the network's device and dtype ---------------------------
+
+    def _data(self):
+        """(X, y) on the network's device and in its dtype (moved once, again after net.to)."""
+        key = (self.net.device, self.net.dtype)
+        if self._placed is None or self._placed[0] != key:
+            X = backend.to_device(self.X_host, self.net.device).astype(self.net.dtype, copy=False)
+            y = backend.to_device(self.y_host, self.net.device)
+            self._placed = (key, X, y)
+        return self._placed[1], self._placed[2]
+
+    def chunks(self):
+        """(X_c, y_c) pieces of at most chunk_size examples."""
+        X, y = self._data()
+        step = self.chunk_size or len(y)
+        for start in range(0, len(y), step):
+            yield X[start:start + step], y[start:start + step]
+
+    # ----- value and gradient -------------------------------------------------
+
+    def value(self, theta=None):
+        """``L̃(θ) = (1/N) Σ_n l(f(x_n, θ), y_n)``, a Python float."""
+        total = 0.0
+        with self.net.using(theta):
+            for Xc, yc in self.chunks():
+                total += float(self.criterion.value(self.net.forward(Xc), yc).sum())
+        return total / self.num_examples
+
+    def value_and_gradient(self, theta=None):
+        """``(L̃(θ), ∇L̃(θ))``: one forward and one backward pass per chunk.
+
+        The backward pass starts from ``δ^L = (1/N) ∂l/∂z`` (DESIGN.md §2).
+        """
+        net, N = self.net, self.num_examples
+        grad = net.xp.zeros(net.num_params, dtype=net.dtype)
+        chunk_grad = grad if self.chunk_size is None else net.xp.empty_like(grad)
+        total = 0.0
+        with net.using(theta):
+            for Xc, yc in self.chunks():
+                z = net.forward(Xc)
+                total += float(self.criterion.value(z, yc).sum())
+                net.backward(self.criterion.gradient(z, yc) / N, chunk_grad)
+                if chunk_grad is not grad:
+                    grad += chunk_grad
+        return total / N, grad
+
+    def gradient(self, theta=None):
+        """``∇L̃(θ)`` as a flat (P,) array."""
+        return self.value_and_gradient(theta)[1]
+
+    # ----- curvature products -------------------------------------------------
+
+    def hvp(self, V, theta=None):
+        """Hessian-vector products ``∇²L̃ v`` (2024 paper, eq. 2, left side) for V (P,) or (P, k)."""
+        return self.curvature_product(V, "hessian", theta)
+
+    def ggn(self, V, theta=None):
+        """Gauss-Newton products ``G v = E[Jᵀ H_z l J] v`` (2024 paper, eq. 2) for V (P,) or (P, k)."""
+        return self.curvature_product(V, "ggn", theta)
+
+    def residual(self, V, theta=None):
+        """Residual products ``H v = ∇²L̃ v − G v`` (2024 paper, eq. 2) for V (P,) or (P, k)."""
+        return self.curvature_product(V, "residual", theta)
+
+    def curvature_product(self, V, kind, theta=None):
+        """``M v`` for M one of ∇²L̃ ('hessian'), G ('ggn') or H ('residual').
+
+        Per chunk: forward; backward recording δ (not for 'ggn'); R-forward giving
+        ``R{z} = J v``; the output source ``R{δ^L} = (1/N) H_z l R{z}`` (zero for
+        'residual'); R-backward with or without the second-order sources.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown curvature kind {kind!r}; expected one of {KINDS}")
+        net, N = self.net, self.num_examples
+        V, was_vector = check_directions(V, net.num_params)
+        V = backend.to_device(V, net.device).astype(net.dtype, copy=False)
+        xp = net.xp
+        Vk = V[None, :] if was_vector else xp.ascontiguousarray(V.T)  # (k, P): row j is direction j
+        out = xp.zeros_like(Vk)
+        chunk_out = out if self.chunk_size is None else xp.empty_like(out)
+        with net.using(theta):
+            for Xc, yc in self.chunks():
+                z = net.forward(Xc)
+                if kind != "ggn":
+                    net.backward(self.criterion.gradient(z, yc) / N)
+                r_z = net.r_forward(Vk)
+                if kind == "residual":
+                    r_delta = xp.zeros_like(r_z)
+                else:
+                    r_delta = self.criterion.hessian_product(z, yc, r_z) / N
+                net.r_backward(r_delta, Vk, chunk_out, second_order=(kind != "ggn"))
+                if chunk_out is not out:
+                    out += chunk_out
+        return out[0] if was_vector else out.T
+
+    def linear_operator(self, kind="hessian", theta=None):
+        """A ``scipy.sparse.linalg.LinearOperator`` (``cupyx`` on the GPU) of ∇²L̃, G or H.
+
+        ``matmat`` sends the whole block through one pass. θ is copied, so the
+        operator stays fixed if the network's parameters change later.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown curvature kind {kind!r}; expected one of {KINDS}")
+        theta = (self.net.theta if theta is None else self.net.check_theta(theta)).copy()
+        linalg = backend.scipy_linalg_module(self.net.xp)
+        P = self.net.num_params
+
+        def matmat(V):
+            return self.curvature_product(V, kind, theta)
+
+        return linalg.LinearOperator((P, P), matvec=matmat, rmatvec=matmat, matmat=matmat,
+                                     rmatmat=matmat, dtype=self.net.dtype)

@@ -1,0 +1,165 @@
+"""Layers with four hand-written passes: forward, backward, r_forward, r_backward.
+
+Notation (DESIGN.md §1-2). A dense layer maps ``x`` to the pre-activation
+``x̂ = x Aᵀ + b``; an activation layer maps ``x̂`` to ``x⁺ = σ(x̂)``. ``δ`` is the
+derivative of the training loss L̃ with respect to a layer's *output* (it already
+carries the 1/N of the mean), ``R{q} = d/dε q(θ + εv)`` is Pearlmutter's operator
+along a direction ``v`` of parameter space.
+
+Index letters used in the shapes below:
+
+    k  direction (R-quantities carry a leading axis of k directions)
+    n  example
+    i  input feature of a layer
+    o  output feature of a layer
+
+The passes of one network evaluation run in this order and share caches:
+
+    forward(x)                      caches the input x
+    backward(δ, grad)               caches δ; writes ∂L̃/∂θ_layer into ``grad``
+    r_forward(R{x}, v)              caches R{x}
+    r_backward(R{δ}, v, r_grad)     writes R{∂L̃/∂θ_layer} into ``r_grad``
+
+``r_backward(..., second_order=False)`` drops every term that carries δ (the
+terms a layer adds because its own Jacobian moves with θ): what is left is the
+plain backward pass applied to R{δ}, which is how the Gauss-Newton product
+``G v = Jᵀ H_z J v`` is computed (DESIGN.md §2).
+"""
+
+import numpy as np
+
+from .backend import array_module
+
+
+class Layer:
+    """A layer without parameters that passes everything through unchanged."""
+
+    num_params = 0
+
+    def bind(self, params):
+        """Point the layer's parameters at ``params``, a flat view into θ."""
+
+    def output_shape(self, input_shape):
+        return input_shape
+
+    def forward(self, x):
+        return x
+
+    def backward(self, delta, grad=None, need_input=True):
+        return delta
+
+    def r_forward(self, r_x, v):
+        return r_x
+
+    def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
+        return r_delta
+
+
+class Dense(Layer):
+    """Fully connected layer ``x̂ = x Aᵀ + b`` (2024 paper, section 2.1).
+
+    ``A`` has shape (o, i) and is stored row-major in θ, followed by ``b`` (o,).
+    A dense layer is linear in its input and in its parameters, so its own
+    second derivatives vanish; the only second-order terms of its R-backward
+    pass are the cross terms ``δᵀ R{x}`` and ``δ V_A`` (parameters times input).
+    """
+
+    def __init__(self, n_in, n_out):
+        if int(n_in) < 1 or int(n_out) < 1:
+            raise ValueError(f"Dense needs positive widths, got n_in={n_in}, n_out={n_out}")
+        self.n_in, self.n_out = int(n_in), int(n_out)
+        self.num_params = self.n_out * self.n_in + self.n_out
+
+    def __repr__(self):
+        return f"Dense({self.n_in}, {self.n_out})"
+
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.n_in,):
+            raise ValueError(f"{self!r} expects inputs of shape (n, {self.n_in}), got (n, *{tuple(input_shape)})")
+        return (self.n_out,)
+
+    def split(self, flat):
+        """Views (…, o, i) and (…, o) of the A and b parts of a (…, p) array."""
+        lead = flat.shape[:-1]
+        cut = self.n_out * self.n_in
+        return flat[..., :cut].reshape(*lead, self.n_out, self.n_in), flat[..., cut:]
+
+    def bind(self, params):
+        self.A, self.b = self.split(params)
+
+    def forward(self, x):
+        """``x̂ = x Aᵀ + b``."""
+        self.x, self.xp = x, array_module(x)
+        return x @ self.A.T + self.b
+
+    def backward(self, delta, grad=None, need_input=True):
+        """``∂L̃/∂A = δᵀ x``, ``∂L̃/∂b = Σ_n δ``, and returns ``∂L̃/∂x = δ A``."""
+        self.delta = delta
+        if grad is not None:
+            grad_A, grad_b = self.split(grad)
+            self.xp.matmul(delta.T, self.x, out=grad_A)
+            delta.sum(axis=0, out=grad_b)
+        return delta @ self.A if need_input else None
+
+    def r_forward(self, r_x, v):
+        """``R{x̂} = R{x} Aᵀ + x V_Aᵀ + V_b``; ``r_x=None`` stands for ``R{x} = 0``.
+
+        ``x V_Aᵀ`` for all k directions is one matrix product of x (n, i) with the
+        k matrices V_A stacked along their rows (k·o, i).
+        """
+        self.r_x = r_x
+        V_A, V_b = self.split(v)
+        k = V_A.shape[0]
+        x_VA = (self.x @ V_A.reshape(k * self.n_out, self.n_in).T)  # (n, k·o)
+        x_VA = x_VA.reshape(-1, k, self.n_out).transpose(1, 0, 2)   # (k, n, o)
+        if r_x is None:
+            r_out = x_VA + V_b[:, None, :]
+        else:
+            r_out = r_x @ self.A.T
+            r_out += x_VA
+            r_out += V_b[:, None, :]
+        return r_out
+
+    def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
+        """R-operator of the backward pass (DESIGN.md §2)::
+
+            R{∂L̃/∂A} = R{δ}ᵀ x + δᵀ R{x}      R{∂L̃/∂b} = Σ_n R{δ}
+            R{∂L̃/∂x} = R{δ} A + δ V_A
+
+        The δ terms are second order (dropped for the Gauss-Newton product).
+        """
+        r_grad_A, r_grad_b = self.split(r_grad)
+        self.xp.matmul(r_delta.transpose(0, 2, 1), self.x, out=r_grad_A)  # (k, o, i)
+        if second_order and self.r_x is not None:
+            r_grad_A += self.delta.T @ self.r_x
+        r_delta.sum(axis=1, out=r_grad_b)
+        if not need_input:
+            return None
+        k = r_delta.shape[0]
+        r_dx = (r_delta.reshape(-1, self.n_out) @ self.A).reshape(k, -1, self.n_in)
+        if second_order:
+            V_A, _ = self.split(v)
+            r_dx += self.delta @ V_A
+        return r_dx
+
+
+class Flatten(Layer):
+    """Reshapes (n, *shape) to (n, prod(shape)); the R-passes reshape the same way."""
+
+    def output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x):
+        self.input_shape = x.shape[1:]
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, delta, grad=None, need_input=True):
+        return delta.reshape(delta.shape[0], *self.input_shape) if need_input else None
+
+    def r_forward(self, r_x, v):
+        return None if r_x is None else r_x.reshape(r_x.shape[0], r_x.shape[1], -1)
+
+    def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
+        if not need_input:
+            return None
+        return r_delta.reshape(r_delta.shape[0], r_delta.shape[1], *self.input_shape)

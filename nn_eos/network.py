@@ -1,0 +1,192 @@
+"""A sequential network over one flat parameter vector θ, and its builders.
+
+``θ = (A^1 | b^1 | A^2 | b^2 | …)`` (DESIGN.md §1): every layer holds views into
+one flat array, so optimisers, eigensolvers and integrators see the network as
+a single vector of P parameters, and a direction ``v`` in parameter space is a
+(P,) array, or a block of k of them stored as the rows of a (k, P) array.
+"""
+
+import contextlib
+import math
+
+import numpy as np
+
+from . import backend
+from .activations import Activation, activation as make_activation
+from .layers import Dense
+
+
+class Sequential:
+    """Layers applied in order, parameters in one flat vector ``theta``.
+
+    ``forward``/``backward``/``r_forward``/``r_backward`` run the passes of every
+    layer (layers.py), splitting flat (…, P) arrays of gradients and directions
+    into each layer's views.
+    """
+
+    def __init__(self, layers, input_shape, dtype="float64", device=None, theta=None):
+        self.layers = list(layers)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.dtype = backend.resolve_dtype(dtype)
+        self.device = backend.check_device(device or backend.default_device())
+        shape = self.input_shape
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        if len(shape) != 1:
+            raise ValueError(f"the last layer must output (n, O), got (n, *{shape})")
+        self.num_outputs = shape[0]
+        self.offsets = np.cumsum([0] + [layer.num_params for layer in self.layers])
+        self.num_params = int(self.offsets[-1])
+        # the first layer never needs ∂L̃/∂x^0: skipping it saves its largest product
+        self._first_with_params = next((i for i, l in enumerate(self.layers) if l.num_params), len(self.layers))
+        xp = backend.module_for(self.device)
+        self.theta = xp.zeros(self.num_params, dtype=self.dtype) if theta is None else self.check_theta(theta)
+        self._bind(self.theta)
+
+    def __repr__(self):
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([{inner}], P={self.num_params}, {self.dtype.name}, {self.device})"
+
+    @property
+    def xp(self):
+        return backend.module_for(self.device)
+
+    # ----- parameters ---------------------------------------------------------
+
+    def _slices(self, flat):
+        """Each layer's part of a (…, P) array."""
+        return [flat[..., a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+    def _bind(self, theta):
+        for layer, params in zip(self.layers, self._slices(theta)):
+            layer.bind(params)
+
+    def check_theta(self, theta):
+        """θ as a (P,) array of the network's dtype on its device, or a clear error."""
+        theta = backend.to_device(theta, self.device)
+        if theta.shape != (self.num_params,):
+            raise ValueError(f"theta must have shape ({self.num_params},), got {theta.shape}")
+        return theta.astype(self.dtype, copy=False)
+
+    def set_theta(self, theta):
+        """Copy new values into θ (the layers keep their views)."""
+        self.theta[...] = self.check_theta(theta)
+
+    @contextlib.contextmanager
+    def using(self, theta):
+        """Evaluate the network at another θ for the duration of a ``with`` block."""
+        if theta is None:
+            yield self
+            return
+        self._bind(self.check_theta(theta))
+        try:
+            yield self
+        finally:
+            self._bind(self.theta)
+
+    def to(self, device):
+        """Move θ to 'cpu' or 'gpu' (in place); returns the network."""
+        self.device = backend.check_device(device)
+        self.theta = backend.to_device(self.theta, device)
+        self._bind(self.theta)
+        return self
+
+    def astype(self, dtype):
+        """Cast θ to 'float64' or 'float32' (in place); returns the network."""
+        self.dtype = backend.resolve_dtype(dtype)
+        self.theta = self.theta.astype(self.dtype)
+        self._bind(self.theta)
+        return self
+
+    # ----- passes -------------------------------------------------------------
+
+    def __call__(self, x):
+        """The outputs ``z = f(x, θ)`` for a batch ``x`` of shape (n, *input_shape)."""
+        return self.forward(backend.to_device(x, self.device).astype(self.dtype, copy=False))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, delta, grad=None):
+        """Back-propagate ``δ^L = ∂L̃/∂z``; writes ``∂L̃/∂θ`` into ``grad`` (P,) when given."""
+        grads = self._slices(grad) if grad is not None else [None] * len(self.layers)
+        for i in reversed(range(len(self.layers))):
+            need_input = i > self._first_with_params
+            delta = self.layers[i].backward(delta, grads[i], need_input=need_input)
+            if not need_input:
+                break
+        return grad
+
+    def r_forward(self, V):
+        """``R{z} = J v`` for each row of V (k, P); returns (k, n, O)."""
+        r_x = None  # R{x^0} = 0: the data do not depend on θ
+        for layer, v in zip(self.layers, self._slices(V)):
+            r_x = layer.r_forward(r_x, v)
+        return r_x
+
+    def r_backward(self, r_delta, V, r_grad, second_order=True):
+        """Back-propagate ``R{δ^L}`` (k, n, O); writes ``R{∂L̃/∂θ}`` into r_grad (k, P)."""
+        vs, r_grads = self._slices(V), self._slices(r_grad)
+        for i in reversed(range(len(self.layers))):
+            need_input = i > self._first_with_params
+            r_delta = self.layers[i].r_backward(r_delta, vs[i], r_grads[i], second_order, need_input)
+            if not need_input:
+                break
+        return r_grad
+
+
+# ----- initialisation and builders ------------------------------------------
+
+INITS = ("xavier", "kaiming")
+
+
+def init_dense(rng, n_in, n_out, init, gain):
+    """Weights of one dense layer; biases start at zero.
+
+    - 'xavier' (the 2024 paper, section 3): Xavier-uniform scaled by the
+      activation's gain, ``A ~ U(−a, a)``, ``a = gain · sqrt(6 / (n_in + n_out))``.
+    - 'kaiming' (the 2022 paper): Kaiming-normal in fan-in mode,
+      ``A ~ N(0, (gain / sqrt(n_in))²)``.
+    """
+    if init == "xavier":
+        a = gain * math.sqrt(6.0 / (n_in + n_out))
+        A = rng.uniform(-a, a, size=(n_out, n_in))
+    elif init == "kaiming":
+        A = rng.normal(0.0, gain / math.sqrt(n_in), size=(n_out, n_in))
+    else:
+        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+    return np.concatenate([A.ravel(), np.zeros(n_out)])
+
+
+def mlp(widths, activation="elu", init="xavier", gain=None, seed=0, dtype="float64", device=None):
+    """A multi-layer perceptron ``n_0 → n_1 → … → n_L`` (2024 paper, section 2.1).
+
+    ``widths = [n_0, n_1, …, n_L]``: input dimension, hidden widths, outputs O.
+    Dense layers alternate with the activation; the last dense layer's output
+    ``x̂^L`` is the network output z. Every dense layer is initialised with the
+    same rule and gain (default: the activation's gain, √2 for ELU and ReLU,
+    5/3 for tanh), drawn on the CPU from ``numpy.random.default_rng(seed)`` so
+    that θ is the same on every device and dtype.
+    """
+    widths = [int(w) for w in widths]
+    if len(widths) < 2 or min(widths) < 1:
+        raise ValueError(f"mlp needs at least [n_in, n_out] with positive widths, got {widths}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+    act = make_activation(activation)
+    gain = act.gain if gain is None else float(gain)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(Dense(n_in, n_out))
+        if i < len(widths) - 2:
+            layers.append(make_activation(act))
+    rng = np.random.default_rng(seed)
+    theta = np.concatenate([init_dense(rng, l.n_in, l.n_out, init, gain) for l in layers if isinstance(l, Dense)])
+    net = Sequential(layers, (widths[0],), dtype=dtype, device=device, theta=theta)
+    net.spec = {"kind": "mlp", "widths": widths, "activation": act.name, "init": init, "gain": gain, "seed": seed}
+    return net
+
+
+__all__ = ["Sequential", "mlp", "Activation"]

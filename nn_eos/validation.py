@@ -1,0 +1,51 @@
+"""Checks of user input that turn bad data into clear errors before any compute."""
+
+import numpy as np
+
+from .backend import array_module, to_numpy
+
+
+def check_inputs(X, input_shape, name="X"):
+    """X must be a real array of shape (n, *input_shape) with n ≥ 1 and finite values."""
+    if not hasattr(X, "shape") or not hasattr(X, "dtype"):
+        X = np.asarray(X)
+    if X.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
+    if X.ndim != 1 + len(input_shape) or tuple(X.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"{name} must have shape (n, {', '.join(map(str, input_shape))}), got {tuple(X.shape)}")
+    if X.shape[0] < 1:
+        raise ValueError(f"{name} holds no examples")
+    xp = array_module(X)
+    if not bool(xp.isfinite(X).all()):
+        bad = int((~xp.isfinite(X)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+    return X
+
+
+def check_labels(y, n, num_classes, name="y"):
+    """y must be n integer labels in 0..num_classes−1."""
+    if not hasattr(y, "shape") or not hasattr(y, "dtype"):
+        y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the {n} examples, got {tuple(y.shape)}")
+    y_host = to_numpy(y)
+    low, high = int(y_host.min()), int(y_host.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"{name} has labels in [{low}, {high}], but the network has {num_classes} outputs "
+                         f"(labels must lie in 0..{num_classes - 1})")
+    return y
+
+
+def check_directions(V, num_params, name="V"):
+    """V must be (P,) or (P, k) with finite values; returns (V, was_vector)."""
+    if not hasattr(V, "shape") or not hasattr(V, "dtype"):
+        V = np.asarray(V)
+    if V.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers, got dtype {V.dtype}")
+    if V.ndim not in (1, 2) or V.shape[0] != num_params or (V.ndim == 2 and V.shape[1] < 1):
+        raise ValueError(f"{name} must have shape ({num_params},) or ({num_params}, k), got {tuple(V.shape)}")
+    if not bool(array_module(V).isfinite(V).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return V, V.ndim == 1

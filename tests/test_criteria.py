@@ -1,0 +1,93 @@
+"""Each criterion's ∂l/∂z, H_z l · u and R = sqrt(H_z l), against finite differences and identities."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from checks import TOL, assert_close, central_difference
+from nn_eos import backend
+from nn_eos.criteria import MSE, CrossEntropy, criterion
+
+xp = backend.module_for(backend.default_device())
+CRITERIA = [CrossEntropy(), MSE()]
+
+
+@st.composite
+def outputs(draw):
+    n, O = draw(st.integers(1, 6)), draw(st.integers(2, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    z = rng.standard_normal((n, O)) * draw(st.sampled_from([0.1, 1.0, 5.0]))
+    return z, rng.integers(0, O, size=n), rng
+
+
+def host(a):
+    return backend.to_numpy(a)
+
+
+@pytest.mark.parametrize("crit", CRITERIA, ids=lambda c: c.name)
+@given(data=outputs())
+def test_gradient_and_hessian_product_match_finite_differences(crit, data):
+    z, y, rng = data
+    yd = xp.asarray(y)
+    u = rng.standard_normal((3,) + z.shape)
+    grad = host(crit.gradient(xp.asarray(z), yd))
+    for j in range(3):
+        # Σ_n l(z_n + t u_n): its derivative is Σ_n ⟨∂l/∂z_n, u_n⟩
+        fd = central_difference(lambda t: host(crit.value(xp.asarray(z + t * u[j]), yd)).sum(), 0.0, 1.0)
+        assert_close(np.sum(grad * u[j]), fd, TOL["fd"], "∂l/∂z")
+    Hu = host(crit.hessian_product(xp.asarray(z), yd, xp.asarray(u)))
+    for j in range(3):
+        fd = central_difference(lambda t: crit.gradient(xp.asarray(z + t * u[j]), yd), 0.0, 1.0)
+        assert_close(Hu[j], fd, TOL["fd"], "H_z l · u")
+    H = host(crit.hessian(xp.asarray(z), yd))
+    assert_close(np.einsum("nor,knr->kno", H, u), Hu, TOL["exact"], "dense H_z l against H_z l · u")
+
+
+@pytest.mark.parametrize("crit", CRITERIA, ids=lambda c: c.name)
+@given(data=outputs())
+def test_sqrt_hessian_is_the_symmetric_psd_root(crit, data):
+    z, y, rng = data
+    H = host(crit.hessian(xp.asarray(z), xp.asarray(y)))
+    R = host(crit.sqrt_hessian(xp.asarray(z), xp.asarray(y)))
+    assert_close(R, R.transpose(0, 2, 1), TOL["exact"], "R symmetric")
+    assert_close(R @ R, H, TOL["exact"], "R R = H_z l")
+    assert np.linalg.eigvalsh(R).min() >= -1e-12 * max(1.0, np.abs(R).max()), "R is PSD"
+
+
+@pytest.mark.parametrize("crit", CRITERIA, ids=lambda c: c.name)
+@given(data=outputs(), width=st.integers(1, 5))
+def test_operator_norms_do_not_depend_on_the_square_root(crit, data, width):
+    """Any S with Sᵀ S = H_z l is S = U R with U orthogonal, so ‖S M‖ = ‖R M‖ for every M."""
+    z, y, rng = data
+    H = host(crit.hessian(xp.asarray(z), xp.asarray(y)))
+    R = host(crit.sqrt_hessian(xp.asarray(z), xp.asarray(y)))
+    mu, Q = np.linalg.eigh(H)
+    S = np.sqrt(np.clip(mu, 0, None))[:, :, None] * Q.transpose(0, 2, 1)   # diag(√μ) Qᵀ, not symmetric
+    assert_close(S.transpose(0, 2, 1) @ S, H, TOL["exact"], "Sᵀ S = H_z l")
+    M = rng.standard_normal((z.shape[0], z.shape[1], width))
+    assert_close(np.linalg.norm(S @ M, ord=2, axis=(1, 2)), np.linalg.norm(R @ M, ord=2, axis=(1, 2)), TOL["exact"],
+                 "operator norms of S M and R M")
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    z = xp.asarray([[1000.0, -1000.0, 0.0], [-800.0, 800.0, 799.0]])
+    y = xp.asarray([1, 1])
+    with np.errstate(over="raise", invalid="raise"):
+        value = host(CrossEntropy().value(z, y))
+        grad = host(CrossEntropy().gradient(z, y))
+    assert np.allclose(value, [2000.0, np.log1p(np.exp(-1.0))])
+    assert np.all(np.isfinite(grad)) and np.allclose(grad.sum(axis=1), 0)
+
+
+def test_mse_is_the_mean_over_outputs_against_one_hot_targets():
+    z, y = xp.asarray([[0.5, 0.0, 2.0]]), xp.asarray([2])
+    assert host(MSE().value(z, y))[0] == pytest.approx((0.25 + 0.0 + 1.0) / 3)
+
+
+def test_criterion_names():
+    assert isinstance(criterion("cross_entropy"), CrossEntropy) and isinstance(criterion("CE"), CrossEntropy)
+    assert isinstance(criterion("mse"), MSE)
+    with pytest.raises(ValueError, match="unknown criterion 'hinge'"):
+        criterion("hinge")
+    with pytest.raises(TypeError, match="criterion must be"):
+        criterion(3)

@@ -1,0 +1,167 @@
+"""Whole-network value, gradient, ∇²L̃ v, G v and H v against finite differences, dense matrices and identities."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import nn_eos as ne
+from checks import FD_STEP, TOL, assert_close, build_problem, central_difference, problems
+from nn_eos.backend import to_numpy
+
+tiny_problems = problems(max_depth=3, max_width=3, max_examples=4)
+
+
+@given(problem=problems())
+def test_gradient_matches_finite_differences_of_the_loss(problem):
+    theta, v = problem.theta, problem.direction()
+    fd = central_difference(problem.loss.value, theta, v)
+    assert_close(problem.loss.gradient() @ to_numpy(v), fd, TOL["fd"], "⟨∇L̃, v⟩")
+
+
+@given(problem=problems())
+def test_hvp_matches_finite_differences_of_the_gradient(problem):
+    theta, v = problem.theta, problem.direction()
+    fd = central_difference(problem.loss.gradient, theta, v)
+    assert_close(problem.loss.hvp(v), fd, TOL["fd"], "∇²L̃ v")
+
+
+def dense_hessian(loss, theta):
+    """∇²L̃ column by column from central differences of the gradient."""
+    P = len(theta)
+    return np.stack([central_difference(loss.gradient, theta, np.eye(P)[j]) for j in range(P)], axis=1)
+
+
+def dense_ggn(loss, theta):
+    """G = (1/N) Σ_n J_nᵀ H_z l J_n with J = ∂f/∂θ built column by column from central differences."""
+    net, P = loss.net, len(theta)
+    X = loss.X_host
+
+    def outputs(t):
+        with net.using(t):
+            return to_numpy(net(X))
+
+    J = np.stack([central_difference(outputs, theta, np.eye(P)[j]) for j in range(P)], axis=2)  # (n, O, P)
+    z = net.xp.asarray(outputs(theta))
+    Hz = to_numpy(loss.criterion.hessian(z, net.xp.asarray(loss.y_host)))
+    return np.einsum("nop,nor,nrq->pq", J, Hz, J) / len(X)
+
+
+@given(problem=tiny_problems)
+def test_products_match_dense_matrices(problem):
+    loss, theta = problem.loss, problem.theta
+    P = len(theta)
+    H_full, G = dense_hessian(loss, theta), dense_ggn(loss, theta)
+    identity = np.eye(P)
+    assert_close(loss.hvp(identity), H_full, TOL["fd"], "∇²L̃ against the dense Hessian")
+    assert_close(loss.ggn(identity), G, TOL["fd"], "G against Jᵀ H_z J from finite-difference Jacobians")
+    assert_close(loss.residual(identity), H_full - G, TOL["fd"], "H against ∇²L̃ − G")
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "residual"])
+@given(problem=problems())
+def test_products_are_symmetric(kind, problem):
+    U, V = problem.direction(3), problem.direction(3)
+    product = problem.loss.curvature_product
+    assert_close(U.T @ to_numpy(product(V, kind)), (V.T @ to_numpy(product(U, kind))).T, TOL["exact"],
+                 f"uᵀ M v = vᵀ M u for {kind}")
+
+
+@given(problem=tiny_problems)
+def test_gauss_newton_is_positive_semidefinite(problem):
+    G = to_numpy(problem.loss.ggn(np.eye(problem.net.num_params)))
+    eigenvalues = np.linalg.eigvalsh((G + G.T) / 2)
+    assert eigenvalues.min() >= -TOL["exact"] * max(eigenvalues.max(), 1e-3)
+
+
+@given(problem=problems())
+def test_hessian_is_ggn_plus_residual(problem):
+    V = problem.direction(4)
+    loss = problem.loss
+    assert_close(to_numpy(loss.ggn(V)) + to_numpy(loss.residual(V)), loss.hvp(V), TOL["exact"], "∇²L̃ v = G v + H v")
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "residual"])
+@given(problem=problems(), k=st.integers(2, 6))
+def test_a_block_equals_single_products(kind, problem, k):
+    V = problem.direction(k)
+    block = to_numpy(problem.loss.curvature_product(V, kind))
+    singles = np.stack([to_numpy(problem.loss.curvature_product(V[:, j], kind)) for j in range(k)], axis=1)
+    assert_close(block, singles, TOL["exact"], f"block of {k} against {k} single {kind} products")
+
+
+@given(problem=problems(max_examples=9), chunk_size=st.integers(1, 4))
+def test_chunked_equals_unchunked(problem, chunk_size):
+    whole = problem.loss
+    chunked = ne.TrainingLoss(problem.net, whole.criterion, problem.X, problem.y, chunk_size=chunk_size)
+    V = problem.direction(2)
+    assert chunked.value() == pytest.approx(whole.value(), rel=TOL["exact"])
+    assert_close(chunked.gradient(), whole.gradient(), TOL["exact"], "gradient")
+    for kind in ("hessian", "ggn", "residual"):
+        assert_close(chunked.curvature_product(V, kind), whole.curvature_product(V, kind), TOL["exact"], kind)
+
+
+@given(problem=problems(max_width=6, max_examples=8))
+def test_float32_agrees_with_float64(problem):
+    net64 = problem.net
+    net32 = ne.Sequential(net64.layers, net64.input_shape, dtype="float32", theta=to_numpy(net64.theta))
+    loss32 = ne.TrainingLoss(net32, problem.loss.criterion, problem.X, problem.y)
+    V = problem.direction(2)
+    assert loss32.value() == pytest.approx(problem.loss.value(), rel=TOL["float32"])
+    assert to_numpy(loss32.gradient()).dtype == np.float32
+    assert_close(loss32.gradient(), problem.loss.gradient(), TOL["float32"], "float32 gradient")
+    for kind in ("hessian", "ggn", "residual"):
+        out = loss32.curvature_product(V, kind)
+        assert to_numpy(out).dtype == np.float32
+        assert_close(out, problem.loss.curvature_product(V, kind), TOL["float32"], f"float32 {kind}")
+
+
+@given(problem=problems())
+def test_theta_argument_evaluates_elsewhere_and_leaves_the_network_alone(problem):
+    loss, theta = problem.loss, problem.theta
+    other = theta + 0.1 * problem.direction()
+    v = problem.direction()
+    at_other = (loss.value(theta=other), to_numpy(loss.gradient(theta=other)), to_numpy(loss.hvp(v, theta=other)))
+    np.testing.assert_array_equal(to_numpy(problem.net.theta), theta)
+    problem.net.set_theta(other)
+    assert at_other[0] == loss.value()
+    np.testing.assert_array_equal(at_other[1], to_numpy(loss.gradient()))
+    np.testing.assert_array_equal(at_other[2], to_numpy(loss.hvp(v)))
+
+
+def test_linear_model_has_no_residual():
+    """With one dense layer f is linear in θ, so ∂²f/∂θ² = 0 and ∇²L̃ = G."""
+    p = build_problem([4, 3], "tanh", "cross_entropy", n=5, seed=1)
+    V = p.direction(3)
+    assert np.abs(to_numpy(p.loss.residual(V))).max() == 0.0
+    assert_close(p.loss.hvp(V), p.loss.ggn(V), TOL["exact"], "∇²L̃ = G")
+
+
+def test_mse_ggn_of_a_linear_model_is_known_in_closed_form():
+    """l = (1/O)‖z − e_y‖², z = x Aᵀ + b: G v = (2/O)(1/N) Σ_n (x̃_n x̃_nᵀ ⊗ I) v with x̃ = (x, 1)."""
+    p = build_problem([3, 2], "tanh", "mse", n=4, seed=2)
+    X1 = np.hstack([p.X, np.ones((4, 1))])
+    M = X1.T @ X1 / 4 * (2 / 2)        # (i+1, i+1) second moment times 2/O
+    v = p.direction()
+    V_A, V_b = v[:6].reshape(2, 3), v[6:]
+    W = np.hstack([V_A, V_b[:, None]]) @ M
+    assert_close(p.loss.ggn(v), np.concatenate([W[:, :3].ravel(), W[:, 3]]), TOL["exact"], "closed-form G v")
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "residual"])
+def test_linear_operator_uses_the_block_products(kind):
+    p = build_problem([4, 3, 3], "tanh", "cross_entropy", n=6, seed=3)
+    op = p.loss.linear_operator(kind)
+    V = p.direction(3)
+    assert op.shape == (p.net.num_params,) * 2
+    assert_close(op.matmat(V), p.loss.curvature_product(V, kind), TOL["exact"], "matmat")
+    assert_close(op.matvec(V[:, 0]), p.loss.curvature_product(V[:, 0], kind), TOL["exact"], "matvec")
+    assert_close(op @ V[:, 1], p.loss.curvature_product(V[:, 1], kind), TOL["exact"], "op @ v")
+    # the operator keeps the θ it was made at
+    before = to_numpy(op.matvec(V[:, 0]))
+    p.net.set_theta(p.theta + 1.0)
+    assert_close(op.matvec(V[:, 0]), before, TOL["exact"], "operator frozen at its θ")
+
+
+def test_finite_difference_step_is_in_the_sweet_spot():
+    """Guards the tolerance table: step² and rounding/step are both far below TOL['fd']."""
+    assert FD_STEP ** 2 < 1e-3 * TOL["fd"] and np.finfo(np.float64).eps / FD_STEP < 1e-3 * TOL["fd"]
