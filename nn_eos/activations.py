@@ -44,10 +44,15 @@ class Activation(Layer):
     def curvature(x):
         raise NotImplementedError
 
+    def slope_from_output(self, y):
+        """σ'(x̂) given σ(x̂) as well; subclasses override it when that is cheaper."""
+        return self.slope(self.x_hat)
+
     def forward(self, x_hat):
         self.x_hat = x_hat
-        self.s = self.slope(x_hat)  # σ'(x̂), used by the three other passes
-        return self.sigma(x_hat)
+        y = self.sigma(x_hat)
+        self.s = self.slope_from_output(y)  # σ'(x̂), used by the three other passes
+        return y
 
     def backward(self, g, grad=None, need_input=True):
         self.g = g
@@ -55,12 +60,16 @@ class Activation(Layer):
 
     def r_forward(self, r_x_hat, v):
         self.r_x_hat = r_x_hat
-        return None if r_x_hat is None else self.s * r_x_hat
+        if r_x_hat is None:
+            return None
+        return array_module(r_x_hat).multiply(self.s, r_x_hat, out=self.buffer("r_out", r_x_hat.shape, r_x_hat))
 
     def r_backward(self, r_g, v, r_grad, second_order=True, need_input=True):
-        r_delta = r_g * self.s
+        xp = array_module(r_g)
+        r_delta = xp.multiply(r_g, self.s, out=self.buffer("r_delta", r_g.shape, r_g))
         if second_order and self.has_curvature and self.r_x_hat is not None:
-            r_delta += self.g * self.curvature(self.x_hat) * self.r_x_hat
+            g_curvature = self.g * self.curvature(self.x_hat)  # (n, o), shared by the k directions
+            r_delta += xp.multiply(g_curvature, self.r_x_hat, out=self.buffer("second_order", r_g.shape, r_g))
         return r_delta
 
 
@@ -78,6 +87,10 @@ class ReLU(Activation):
     @staticmethod
     def slope(x):
         return (x > 0).astype(x.dtype)
+
+    @staticmethod
+    def slope_from_output(y):
+        return (y > 0).astype(y.dtype)
 
     @staticmethod
     def curvature(x):
@@ -100,13 +113,27 @@ class ELU(Activation):
 
     @staticmethod
     def sigma(x):
+        # eˣ − 1 ≥ x for every x, so max(x, eˣ − 1 of min(x, 0)) picks the right branch
         xp = array_module(x)
-        return xp.where(x > 0, x, xp.expm1(xp.minimum(x, 0)))
+        y = xp.expm1(xp.minimum(x, 0))
+        return xp.maximum(x, y, out=y)
 
     @staticmethod
     def slope(x):
         xp = array_module(x)
         return xp.where(x > 0, 1, xp.exp(xp.minimum(x, 0))).astype(x.dtype, copy=False)
+
+    @staticmethod
+    def slope_from_output(y):
+        """σ'(x̂) = min(σ(x̂), 0) + 1: 1 where x̂ > 0, eˣ̂ = σ(x̂) + 1 elsewhere (no second exp).
+
+        Exact up to an absolute rounding error of ~1e-16, which is all that σ'
+        needs: the relative accuracy of eˣ̂ for very negative x̂ is lost, but
+        such slopes multiply δ's of order one and vanish in the sum anyway.
+        """
+        s = array_module(y).minimum(y, 0)
+        s += 1
+        return s
 
     @staticmethod
     def curvature(x):
@@ -128,6 +155,10 @@ class Tanh(Activation):
     def slope(x):
         t = array_module(x).tanh(x)
         return 1 - t * t
+
+    @staticmethod
+    def slope_from_output(y):
+        return 1 - y * y
 
     @staticmethod
     def curvature(x):

@@ -123,3 +123,32 @@ def scipy_linalg_module(xp):
     import cupyx.scipy.sparse.linalg
 
     return cupyx.scipy.sparse.linalg
+
+
+class Workspace:
+    """Scratch arrays reused from call to call, one per (name, shape, dtype).
+
+    Blocks of k directions make R-quantities of k × n × width floats, tens of
+    MB each; allocating them afresh costs page faults on every call. A layer
+    asks its workspace for a named buffer instead and writes into it with
+    ``out=``. A buffer is overwritten the next time the same name is asked
+    for, so only quantities that live within one pass may use one; nothing
+    handed back to a user ever does.
+    """
+
+    max_entries = 16  # different shapes (block sizes, last chunks) kept before starting over
+
+    def __init__(self):
+        self._arrays = {}
+
+    def get(self, name, shape, dtype, xp):
+        key = (name, tuple(shape), dtype, xp.__name__)
+        array = self._arrays.get(key)
+        if array is None:
+            if len(self._arrays) >= self.max_entries:
+                self._arrays.clear()
+            array = self._arrays[key] = xp.empty(shape, dtype=dtype)
+        return array
+
+    def clear(self):
+        self._arrays.clear()

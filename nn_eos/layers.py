@@ -28,13 +28,19 @@ plain backward pass applied to R{δ}, which is how the Gauss-Newton product
 
 import numpy as np
 
-from .backend import array_module
+from .backend import Workspace, array_module
 
 
 class Layer:
     """A layer without parameters that passes everything through unchanged."""
 
     num_params = 0
+
+    def buffer(self, name, shape, like):
+        """A scratch array reused across calls (backend.Workspace), for R-pass temporaries."""
+        if "_workspace" not in self.__dict__:
+            self._workspace = Workspace()
+        return self._workspace.get(name, shape, like.dtype, array_module(like))
 
     def bind(self, params):
         """Point the layer's parameters at ``params``, a flat view into θ."""
@@ -90,7 +96,9 @@ class Dense(Layer):
     def forward(self, x):
         """``x̂ = x Aᵀ + b``."""
         self.x, self.xp = x, array_module(x)
-        return x @ self.A.T + self.b
+        x_hat = x @ self.A.T
+        x_hat += self.b
+        return x_hat
 
     def backward(self, delta, grad=None, need_input=True):
         """``∂L̃/∂A = δᵀ x``, ``∂L̃/∂b = Σ_n δ``, and returns ``∂L̃/∂x = δ A``."""
@@ -104,20 +112,19 @@ class Dense(Layer):
     def r_forward(self, r_x, v):
         """``R{x̂} = R{x} Aᵀ + x V_Aᵀ + V_b``; ``r_x=None`` stands for ``R{x} = 0``.
 
-        ``x V_Aᵀ`` for all k directions is one matrix product of x (n, i) with the
-        k matrices V_A stacked along their rows (k·o, i).
+        ``x V_Aᵀ`` is k matrix products sharing x; ``R{x} Aᵀ`` is one product of
+        the (k·n, i) stack of R{x} with Aᵀ.
         """
         self.r_x = r_x
         V_A, V_b = self.split(v)
-        k = V_A.shape[0]
-        x_VA = (self.x @ V_A.reshape(k * self.n_out, self.n_in).T)  # (n, k·o)
-        x_VA = x_VA.reshape(-1, k, self.n_out).transpose(1, 0, 2)   # (k, n, o)
-        if r_x is None:
-            r_out = x_VA + V_b[:, None, :]
-        else:
-            r_out = r_x @ self.A.T
-            r_out += x_VA
-            r_out += V_b[:, None, :]
+        k, n = V_A.shape[0], self.x.shape[0]
+        r_out = self.buffer("r_out", (k, n, self.n_out), self.x)
+        self.xp.matmul(self.x, V_A.transpose(0, 2, 1), out=r_out)
+        if r_x is not None:
+            r_x_A = self.buffer("r_x_A", (k, n, self.n_out), self.x)
+            self.xp.matmul(r_x.reshape(k * n, self.n_in), self.A.T, out=r_x_A.reshape(k * n, self.n_out))
+            r_out += r_x_A
+        r_out += V_b[:, None, :]
         return r_out
 
     def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
@@ -129,17 +136,19 @@ class Dense(Layer):
         The δ terms are second order (dropped for the Gauss-Newton product).
         """
         r_grad_A, r_grad_b = self.split(r_grad)
-        self.xp.matmul(r_delta.transpose(0, 2, 1), self.x, out=r_grad_A)  # (k, o, i)
+        xp, k, n = self.xp, r_delta.shape[0], self.x.shape[0]
+        xp.matmul(r_delta.transpose(0, 2, 1), self.x, out=r_grad_A)  # (k, o, i)
         if second_order and self.r_x is not None:
-            r_grad_A += self.delta.T @ self.r_x
+            delta_r_x = self.buffer("delta_r_x", r_grad_A.shape, r_delta)
+            r_grad_A += xp.matmul(self.delta.T, self.r_x, out=delta_r_x)
         r_delta.sum(axis=1, out=r_grad_b)
         if not need_input:
             return None
-        k = r_delta.shape[0]
-        r_dx = (r_delta.reshape(-1, self.n_out) @ self.A).reshape(k, -1, self.n_in)
+        r_dx = self.buffer("r_dx", (k, n, self.n_in), r_delta)
+        xp.matmul(r_delta.reshape(k * n, self.n_out), self.A, out=r_dx.reshape(k * n, self.n_in))
         if second_order:
             V_A, _ = self.split(v)
-            r_dx += self.delta @ V_A
+            r_dx += xp.matmul(self.delta, V_A, out=self.buffer("delta_V_A", r_dx.shape, r_delta))
         return r_dx
 
 

@@ -115,6 +115,7 @@ def test_activation_derivatives(cls, x):
     step = np.ones_like(x)
     assert_close(cls.slope(x), central_difference(cls.sigma, x, step), TOL["fd"], "σ' vs σ")
     assert_close(cls.curvature(x), central_difference(cls.slope, x, step), TOL["fd"], "σ'' vs σ'")
+    assert_close(cls().slope_from_output(cls.sigma(x)), cls.slope(x), TOL["exact"], "σ' from σ(x) vs σ'(x)")
 
 
 def test_kink_convention_is_the_left_branch_everywhere():

@@ -1,0 +1,247 @@
+"""Cost of the curvature products as multiples of one gradient, and against PyTorch and JAX.
+
+    python bench/curvature.py [--n 1000] [--rounds 7] [--dtype float64 float32] [--device cpu|gpu] [--no-peers]
+
+The network is the 2024 paper's MLP (1024 inputs, five hidden layers of 512,
+ELU, 6 outputs) on n examples. Ours: value+gradient, ∇²L̃ v (k = 1), G v
+(k = 1), and a block of k = 11 Hessian products in one pass. Peers, when
+installed and on the CPU: PyTorch's double-backward HVP, forward-over-reverse
+HVP, ``vmap`` of 11 HVPs and a GGN product (jvp, then vjp); JAX's
+forward-over-reverse HVP, ``vmap`` of 11 and a GGN product, all jitted. Every
+peer's result is checked against ours before it is timed.
+
+All contenders run once per round (bench/timing.py), so the ratios are
+measured side by side.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+import nn_eos as ne  # noqa: E402
+from nn_eos.backend import to_numpy  # noqa: E402
+from timing import median_times, table  # noqa: E402
+
+WIDTHS = [1024, 512, 512, 512, 512, 512, 6]
+K_BLOCK = 11
+
+
+def setup(n, dtype, device, widths=WIDTHS):
+    rng = np.random.default_rng(0)
+    net = ne.mlp(widths, activation="elu", seed=0, dtype=dtype, device=device)
+    X = rng.random((n, widths[0]))          # dice-like pixels in [0, 1]
+    y = np.arange(n) % widths[-1]
+    loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, y)
+    V = rng.standard_normal((net.num_params, K_BLOCK)).astype(dtype)
+    return net, loss, X, y, V
+
+
+def ours(loss, V):
+    v = V[:, 0].copy()
+    Vd = loss.net.xp.asarray(V)
+    vd = loss.net.xp.asarray(v)
+    return {
+        "ours: value+gradient": lambda: loss.value_and_gradient()[1],
+        "ours: hvp (k=1)": lambda: loss.hvp(vd),
+        "ours: ggn (k=1)": lambda: loss.ggn(vd),
+        f"ours: hvp block (k={K_BLOCK})": lambda: loss.hvp(Vd),
+    }
+
+
+def layer_params(net):
+    """[(A, b), …] of the dense layers, as host arrays."""
+    return [(to_numpy(l.A).copy(), to_numpy(l.b).copy()) for l in net.layers if isinstance(l, ne.Dense)]
+
+
+def split_flat(flat, shapes):
+    out, at = [], 0
+    for (o, i) in shapes:
+        out.append((flat[at:at + o * i].reshape(o, i, *flat.shape[1:]), flat[at + o * i:at + o * i + o]))
+        at += o * i + o
+    return out
+
+
+def torch_contenders(net, X, y, V, dtype, reference):
+    try:
+        import torch
+        from torch.func import grad as fgrad, jvp, vjp, vmap
+    except ImportError:
+        return {}, "PyTorch not installed"
+    tdtype = getattr(torch, dtype)
+    torch.set_num_threads(os.cpu_count() or 1)
+    params = [torch.tensor(a, dtype=tdtype) for pair in layer_params(net) for a in pair]
+    Xt, yt = torch.tensor(X, dtype=tdtype), torch.tensor(y)
+    shapes = [(l.n_out, l.n_in) for l in net.layers if isinstance(l, ne.Dense)]
+    vs = [torch.tensor(a, dtype=tdtype) for pair in split_flat(V[:, 0], shapes) for a in pair]
+    Vs = [torch.tensor(np.moveaxis(a, -1, 0).copy(), dtype=tdtype)
+          for pair in split_flat(V, shapes) for a in pair]
+
+    def forward(p):
+        h = Xt
+        for j in range(0, len(p), 2):
+            h = h @ p[j].T + p[j + 1]
+            if j + 2 < len(p):
+                h = torch.nn.functional.elu(h)
+        return h
+
+    def loss_fn(p):
+        return torch.nn.functional.cross_entropy(forward(p), yt)
+
+    def gradient():
+        p = [q.detach().requires_grad_() for q in params]
+        return torch.autograd.grad(loss_fn(p), p)
+
+    def double_backward(v=vs):
+        p = [q.detach().requires_grad_() for q in params]
+        g = torch.autograd.grad(loss_fn(p), p, create_graph=True)
+        return torch.autograd.grad(g, p, grad_outputs=v)
+
+    def fwd_over_rev(v=vs):
+        return jvp(fgrad(loss_fn), (params,), (v,))[1]
+
+    vmapped = vmap(lambda v: fwd_over_rev(list(v)), in_dims=(0,))
+
+    def ggn(v=vs):
+        z, Jv = jvp(forward, (params,), (v,))
+        p = torch.softmax(z, dim=-1)
+        HJv = (p * (Jv - (p * Jv).sum(-1, keepdim=True))) / z.shape[0]
+        return vjp(forward, params)[1](HJv)[0]
+
+    def flat(ts):
+        return torch.cat([t.reshape(-1) for t in ts]).detach().numpy()
+
+    checks = {
+        "double-backward": (flat(double_backward()), reference["hvp"]),
+        "forward-over-reverse": (flat(fwd_over_rev()), reference["hvp"]),
+        "GGN": (flat(ggn()), reference["ggn"]),
+    }
+    block = vmapped(tuple(Vs))
+    block_flat = np.concatenate([t.reshape(K_BLOCK, -1).numpy() for t in block], axis=1).T
+    checks[f"vmap of {K_BLOCK}"] = (block_flat, reference["block"])
+    contenders = {
+        "PyTorch: gradient": gradient,
+        "PyTorch: hvp double-backward": double_backward,
+        "PyTorch: hvp forward-over-reverse": fwd_over_rev,
+        "PyTorch: ggn (jvp + vjp)": ggn,
+        f"PyTorch: vmap of {K_BLOCK} hvp": lambda: vmapped(tuple(Vs)),
+    }
+    return contenders, checks
+
+
+def jax_contenders(net, X, y, V, dtype, reference):
+    try:
+        import jax
+    except ImportError:
+        return {}, "JAX not installed"
+    jax.config.update("jax_enable_x64", dtype == "float64")
+    import jax.numpy as jnp
+
+    shapes = [(l.n_out, l.n_in) for l in net.layers if isinstance(l, ne.Dense)]
+    params = [(jnp.asarray(a), jnp.asarray(b)) for a, b in layer_params(net)]
+    Xj, yj = jnp.asarray(X), jnp.asarray(y)
+    vs = [(jnp.asarray(a), jnp.asarray(b)) for a, b in split_flat(V[:, 0], shapes)]
+    Vs = [(jnp.asarray(np.moveaxis(a, -1, 0)), jnp.asarray(np.moveaxis(b, -1, 0))) for a, b in split_flat(V, shapes)]
+
+    def forward(p):
+        h = Xj
+        for j, (A, b) in enumerate(p):
+            h = h @ A.T + b
+            if j + 1 < len(p):
+                h = jax.nn.elu(h)
+        return h
+
+    def loss_fn(p):
+        z = forward(p)
+        return jnp.mean(jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, yj[:, None], axis=-1)[:, 0])
+
+    # parameters and directions are arguments, never closed-over constants, so
+    # that XLA cannot fold the whole computation away at compile time
+    grad = jax.jit(jax.grad(loss_fn))
+    hvp_fn = lambda p, v: jax.jvp(jax.grad(loss_fn), (p,), (v,))[1]
+    hvp = jax.jit(hvp_fn)
+    block = jax.jit(jax.vmap(hvp_fn, in_axes=(None, 0)))
+
+    def ggn_fn(p, v):
+        z, Jv = jax.jvp(forward, (p,), (v,))
+        q = jax.nn.softmax(z, axis=-1)
+        HJv = q * (Jv - (q * Jv).sum(-1, keepdims=True)) / z.shape[0]
+        return jax.vjp(forward, p)[1](HJv)[0]
+
+    ggn = jax.jit(ggn_fn)
+    flat = lambda ps: np.concatenate([np.concatenate([np.ravel(A), np.ravel(b)]) for A, b in ps])
+    block_out = block(params, Vs)
+    block_flat = np.concatenate([np.concatenate([np.asarray(A).reshape(K_BLOCK, -1), np.asarray(b)], axis=1)
+                                 for A, b in block_out], axis=1).T
+    checks = {
+        "forward-over-reverse": (flat(hvp(params, vs)), reference["hvp"]),
+        "GGN": (flat(ggn(params, vs)), reference["ggn"]),
+        f"vmap of {K_BLOCK}": (block_flat, reference["block"]),
+    }
+    contenders = {
+        "JAX: gradient": lambda: grad(params),
+        "JAX: hvp forward-over-reverse": lambda: hvp(params, vs),
+        "JAX: ggn (jvp + vjp)": lambda: ggn(params, vs),
+        f"JAX: vmap of {K_BLOCK} hvp": lambda: block(params, Vs),
+    }
+    return contenders, checks
+
+
+def report_checks(peer, checks, tol):
+    if isinstance(checks, str):
+        print(f"  {peer}: {checks}")
+        return True
+    ok = True
+    for name, (theirs, mine) in checks.items():
+        err = np.abs(theirs - mine).max() / np.abs(mine).max()
+        agree = err < tol
+        ok &= agree
+        print(f"  {peer} {name}: relative difference from ours {err:.1e} ({'agrees' if agree else 'DISAGREES'})")
+    return ok
+
+
+def run(dtype, n, rounds, device, peers):
+    net, loss, X, y, V = setup(n, dtype, device)
+    print(f"\n=== {dtype}, {device}, MLP {WIDTHS}, ELU, P = {net.num_params}, n = {n} ===")
+    reference = {"hvp": to_numpy(loss.hvp(V[:, 0])), "ggn": to_numpy(loss.ggn(V[:, 0])),
+                 "block": to_numpy(loss.hvp(V))}
+    contenders = ours(loss, V)
+    tol = 1e-8 if dtype == "float64" else 1e-3
+    if peers and device == "cpu":
+        for peer, make in (("PyTorch", torch_contenders), ("JAX", jax_contenders)):
+            extra, checks = make(net, X, y, V, dtype, reference)
+            if report_checks(peer, checks, tol):
+                contenders.update(extra)
+    times = median_times(contenders, rounds=rounds)
+    g = times["ours: value+gradient"]
+    rows = [[name, f"{t:.4f}", f"{t / g:.2f}"] for name, t in times.items()]
+    print(table(rows, ["contender", "median s", "/ our gradient"]))
+    h, G, B = times["ours: hvp (k=1)"], times["ours: ggn (k=1)"], times[f"ours: hvp block (k={K_BLOCK})"]
+    print(f"\nhvp/gradient = {h / g:.2f} (bar 2.8)   ggn/gradient = {G / g:.2f} (bar 2.0)   "
+          f"block{K_BLOCK}/({K_BLOCK}·hvp) = {B / (K_BLOCK * h):.2f}   "
+          f"per direction in the block = {B / K_BLOCK / g:.2f} gradients (bar 2.0)")
+    for peer in ("PyTorch", "JAX"):
+        for name, t in times.items():
+            if name.startswith(peer + ":"):
+                mine = {"gradient": g, "ggn": G, "vmap": B}.get(name.split(": ")[1].split(" ")[0], h)
+                print(f"ours/{name} = {mine / t:.2f}")
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--dtype", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--no-peers", dest="peers", action="store_false")
+    args = parser.parse_args()
+    print(f"threads: {os.cpu_count()} cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    for dtype in args.dtype:
+        run(dtype, args.n, args.rounds, args.device, args.peers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Side-by-side timing: every contender runs once per round, rounds repeat, medians are compared.
+
+Interleaving the contenders inside each round means that a slow phase of the
+machine (another process, a frequency change) hits all of them alike, so the
+printed ratios are fair even when the absolute times drift.
+"""
+
+import statistics
+import sys
+import time
+
+
+def sync(result):
+    """Wait for GPU work behind a result (CuPy, PyTorch, JAX); a no-op on NumPy."""
+    if "jax" in sys.modules:  # JAX dispatches asynchronously; results may be pytrees
+        sys.modules["jax"].block_until_ready(result)
+    if type(result).__module__.startswith("cupy"):
+        import cupy
+        cupy.cuda.Device().synchronize()
+    return result
+
+
+def median_times(contenders, rounds=7, warmup=1):
+    """{name: median seconds} for a dict {name: zero-argument callable}."""
+    for _ in range(warmup):
+        for fn in contenders.values():
+            sync(fn())
+    samples = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            sync(fn())
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def table(rows, headers):
+    """A plain-text table, columns padded to fit."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
