@@ -11,10 +11,11 @@ from .activations import ELU, ReLU, Tanh
 from .backend import gpu_available
 from .criteria import MSE, CrossEntropy
 from .curvature import TrainingLoss
+from .eigen import EigenResult, NonConvergenceWarning, top_eigenpairs
 from .layers import Dense, Flatten
 from .network import Sequential, mlp
 
 __all__ = [
-    "CrossEntropy", "Dense", "ELU", "Flatten", "MSE", "ReLU", "Sequential", "Tanh", "TrainingLoss",
-    "gpu_available", "mlp", "__version__",
+    "CrossEntropy", "Dense", "ELU", "EigenResult", "Flatten", "MSE", "NonConvergenceWarning", "ReLU",
+    "Sequential", "Tanh", "TrainingLoss", "gpu_available", "mlp", "top_eigenpairs", "__version__",
 ]

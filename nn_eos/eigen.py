@@ -1,0 +1,277 @@
+"""Top eigenpairs of a symmetric operator given only its block products ``V ↦ A V``.
+
+Three methods share one interface and one result type:
+
+- ``"power"``: block power (subspace) iteration as in the 2024 paper,
+  section 7.1 — ``V ← QR(A V)`` — with Rayleigh–Ritz on the block (eigenvalues
+  from ``Vᵀ A V``, signed and sorted rather than read off the diagonal of the
+  QR factor), convergence judged on residual norms, an optional guard block of
+  extra vectors, and warm starts. Like all power iterations it finds the
+  eigenvalues of largest *magnitude*; a negative one among them keeps its
+  sign (the 2022 paper treats those as NaN; ``EigenResult.negative`` lets the
+  caller decide).
+- ``"lobpcg"``: ``scipy.sparse.linalg.lobpcg`` (``cupyx`` on the GPU), largest
+  algebraic eigenvalues, the whole block in one operator call.
+- ``"lanczos"``: ``scipy.sparse.linalg.eigsh`` (``which='LA'``), the reference.
+
+Residual norms are ``‖A v − λ v‖ / max(|λ|, tiny)``, computed by us for every
+method from one extra block product when the method does not give ``A V``.
+``matvecs`` counts single-vector products (a block of b counts b).
+"""
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import backend
+
+METHODS = ("power", "lobpcg", "lanczos")
+TINY = 1e-30
+
+
+class NonConvergenceWarning(RuntimeWarning):
+    """An eigensolver stopped at maxiter before every residual reached tol."""
+
+
+@dataclass
+class EigenResult:
+    values: object            # (k,) eigenvalues, decreasing, with their signs
+    vectors: object           # (P, k) orthonormal eigenvectors, column j for values[j]
+    residual_norms: object    # (k,) ‖A v − λ v‖ / max(|λ|, tiny), host array
+    matvecs: int              # single-vector products spent
+    iterations: int           # block products (power), LOBPCG iterations, operator calls (lanczos)
+    converged: bool
+    method: str
+
+    @property
+    def negative(self):
+        """Boolean mask of the eigenvalues that are negative (power iteration ranks by |λ|)."""
+        return backend.to_numpy(self.values) < 0
+
+
+class CountingOperator:
+    """Wraps a block operator: checks every answer's shape and values, counts matvecs."""
+
+    def __init__(self, operator, size, xp, dtype):
+        self.apply = operator.matmat if hasattr(operator, "matmat") else operator
+        self.size, self.xp, self.dtype = size, xp, dtype
+        self.matvecs = 0
+        self.calls = 0
+
+    def __call__(self, V):
+        V = self.xp.asarray(V, dtype=self.dtype)
+        if V.ndim == 1:
+            V = V[:, None]
+        out = self.apply(V)
+        if out is None or getattr(out, "shape", None) != V.shape:
+            raise ValueError(f"the operator returned shape {getattr(out, 'shape', None)} for a block of shape "
+                             f"{V.shape}; it must map (P, b) to (P, b)")
+        if not bool(self.xp.isfinite(out).all()):
+            raise ValueError("the operator returned NaN or infinite values")
+        self.matvecs += V.shape[1]
+        self.calls += 1
+        return self.xp.asarray(out, dtype=self.dtype)
+
+    def linear_operator(self):
+        linalg = backend.scipy_linalg_module(self.xp)
+        return linalg.LinearOperator((self.size, self.size), matvec=self, matmat=self, rmatvec=self,
+                                     dtype=self.dtype)
+
+
+def _operator_size(operator, V0):
+    if hasattr(operator, "shape"):
+        return int(operator.shape[0])
+    if V0 is not None:
+        return int(V0.shape[0])
+    owner = getattr(operator, "__self__", None)  # a bound method such as loss.hvp
+    if hasattr(owner, "num_params"):
+        return int(owner.num_params)
+    raise ValueError("cannot tell the operator's size P: pass a LinearOperator, a bound TrainingLoss method, "
+                     "or V0 of shape (P, k)")
+
+
+def _array_module(operator, V0):
+    if V0 is not None:
+        return backend.array_module(V0)
+    owner = getattr(operator, "__self__", None)
+    net = getattr(owner, "net", None)
+    return net.xp if net is not None else np
+
+
+def _dtype(operator, V0):
+    owner = getattr(operator, "__self__", None)
+    for source in (V0, operator, getattr(owner, "net", None)):
+        dtype = getattr(source, "dtype", None)
+        if dtype is not None and np.dtype(dtype).kind == "f":
+            return np.dtype(dtype)
+    return np.dtype("float64")
+
+
+def rayleigh_ritz(V, AV, xp):
+    """Ritz pairs of the operator on span(V), V orthonormal: eigh of ``T = Vᵀ A V``.
+
+    Returns (θ, X, AX) with ``X = V S`` and ``AX = (A V) S`` for the eigenvectors S of
+    T, ordered by decreasing |θ| (the order in which power iteration finds them).
+    """
+    T = V.T @ AV
+    theta, S = xp.linalg.eigh((T + T.T) / 2)
+    order = xp.argsort(-xp.abs(theta))
+    theta, S = theta[order], S[:, order]
+    return theta, V @ S, AV @ S
+
+
+def residual_norms(values, vectors, A_vectors, xp):
+    """``‖A v_j − λ_j v_j‖ / max(|λ_j|, tiny)`` for each column j, as a host array."""
+    R = A_vectors - vectors * values[None, :]
+    return backend.to_numpy(xp.linalg.norm(R, axis=0) / xp.maximum(xp.abs(values), TINY))
+
+
+def _sorted_result(values, vectors, A_vectors, xp, **fields):
+    """Sort pairs by decreasing signed value and attach residual norms."""
+    order = xp.argsort(-values)
+    values, vectors, A_vectors = values[order], vectors[:, order], A_vectors[:, order]
+    return EigenResult(values=values, vectors=vectors, residual_norms=residual_norms(values, vectors, A_vectors, xp),
+                       **fields)
+
+
+def _start_block(P, b, V0, seed, xp, dtype):
+    """Orthonormal (P, b) start: V0's columns first, then seeded random ones."""
+    rng = np.random.default_rng(seed)
+    columns = [] if V0 is None else [xp.asarray(V0, dtype=dtype).reshape(P, -1)]
+    have = 0 if V0 is None else columns[0].shape[1]
+    if have < b:
+        columns.append(xp.asarray(rng.standard_normal((P, b - have)), dtype=dtype))
+    Q, _ = xp.linalg.qr(xp.concatenate(columns, axis=1)[:, :b])
+    return Q
+
+
+def power_iteration(A, k, V0, tol, maxiter, seed, guard, xp, dtype):
+    """Block power iteration with Rayleigh–Ritz (2024 paper, section 7.1, improved).
+
+    Each iteration: ``W = A V`` (one block product), Ritz pairs of the block,
+    stop when the top k relative residuals are below tol, else ``V = QR(A X)``.
+    A guard of g extra vectors makes the k-th pair converge like
+    ``|λ_{k+g+1} / λ_k|`` per iteration instead of ``|λ_{k+1} / λ_k|``.
+    """
+    P = A.size
+    b = min(k + guard, P)
+    V = _start_block(P, b, V0, seed, xp, dtype)
+    for iteration in range(1, maxiter + 1):
+        AV = A(V)
+        theta, X, AX = rayleigh_ritz(V, AV, xp)
+        res = residual_norms(theta[:k], X[:, :k], AX[:, :k], xp)
+        if res.max() < tol or iteration == maxiter:
+            break
+        V, _ = xp.linalg.qr(AX)
+    return _sorted_result(theta[:k], X[:, :k], AX[:, :k], xp, matvecs=A.matvecs, iterations=iteration,
+                          converged=bool(res.max() < tol), method="power")
+
+
+def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
+    """LOBPCG (scipy, or cupyx on the GPU) for the k largest algebraic eigenvalues.
+
+    scipy's ``tol`` is absolute; ours is relative to |λ|, so the solver is called
+    with ``tol · |λ_k|`` from the Rayleigh–Ritz estimate of the start block and
+    called again, warm, in the rare case that the relative residuals still miss.
+    """
+    linalg = backend.scipy_linalg_module(xp)
+    P = A.size
+    X = _start_block(P, k, V0, seed, xp, dtype)
+    AX = A(X)
+    theta, X, AX = rayleigh_ritz(X, AX, xp)
+    iterations = 0
+    for _ in range(3):
+        scale = float(xp.min(xp.abs(theta[:k])))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # scipy's own non-convergence note: we judge below
+            out = linalg.lobpcg(A.linear_operator(), X, tol=tol * max(scale, TINY) / 4, maxiter=maxiter,
+                                largest=True, retResidualNormsHistory=True)
+        X = out[1]
+        # for tiny problems scipy solves densely and returns no history: count that as one iteration
+        iterations += max(len(out[2]), 1) if len(out) > 2 else 1
+        X, _ = xp.linalg.qr(xp.asarray(X, dtype=dtype))
+        theta, X, AX = rayleigh_ritz(X, A(X), xp)
+        theta, X, AX = _largest_algebraic(theta, X, AX, k, xp)
+        if residual_norms(theta, X, AX, xp).max() < tol:
+            break
+    res = _sorted_result(theta, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
+                         method="lobpcg")
+    res.converged = bool(res.residual_norms.max() < tol)
+    return res
+
+
+def _largest_algebraic(theta, X, AX, k, xp):
+    order = xp.argsort(-theta)[:k]
+    return theta[order], X[:, order], AX[:, order]
+
+
+def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
+    """``eigsh(which='LA')`` (implicitly restarted Lanczos), the reference method.
+
+    When k ≥ P − 1, where ARPACK cannot run, the dense matrix ``A I`` is built
+    from one block product and diagonalised.
+    """
+    P = A.size
+    if k >= P - 1:
+        dense = A(xp.eye(P, dtype=dtype))
+        theta, S = xp.linalg.eigh((dense + dense.T) / 2)
+        theta, X, AX = _largest_algebraic(theta, S, dense @ S, k, xp)
+        iterations = 1
+    else:
+        linalg = backend.scipy_linalg_module(xp)
+        v0 = None
+        if V0 is not None:
+            v0 = xp.asarray(V0, dtype=dtype).reshape(P, -1).sum(axis=1)
+        else:
+            v0 = xp.asarray(np.random.default_rng(seed).standard_normal(P), dtype=dtype)
+        theta, X = linalg.eigsh(A.linear_operator(), k=k, which="LA", tol=tol / 10, maxiter=maxiter, v0=v0)
+        X, _ = xp.linalg.qr(X)
+        theta, X, AX = rayleigh_ritz(X, A(X), xp)
+        theta, X, AX = _largest_algebraic(theta, X, AX, k, xp)
+        iterations = A.calls  # ARPACK does not report its restarts; count operator calls
+    res = _sorted_result(theta, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
+                         method="lanczos")
+    res.converged = bool(res.residual_norms.max() < tol)
+    return res
+
+
+def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None, seed=0, guard=0):
+    """The top k eigenpairs of a symmetric operator (2022 paper, section 3.3; 2024 paper, section 7.1).
+
+    ``operator`` is a block function ``V (P, b) ↦ A V`` (e.g. ``loss.hvp``,
+    ``loss.ggn``, ``loss.residual``) or a ``LinearOperator``. ``V0`` (P, m)
+    warm-starts from earlier eigenvectors; ``tol`` bounds the relative residual
+    norms; ``maxiter`` defaults to 1000 (power), 200 (lobpcg) or ARPACK's
+    default (lanczos); ``guard`` adds that many extra vectors to the power
+    iteration's block. Returns an :class:`EigenResult`; if tol is not reached
+    within maxiter it warns and returns ``converged=False`` with the residuals.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an integer, got {type(k).__name__}")
+    if V0 is not None and (getattr(V0, "ndim", 0) not in (1, 2)):
+        raise ValueError(f"V0 must have shape (P,) or (P, m), got {getattr(V0, 'shape', None)}")
+    P = _operator_size(operator, V0)
+    if not 1 <= k <= P:
+        raise ValueError(f"k must lie in 1..P = 1..{P}, got {k}")
+    if V0 is not None and V0.shape[0] != P:
+        raise ValueError(f"V0 must have {P} rows (the operator's size), got shape {V0.shape}")
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+    if isinstance(guard, bool) or not isinstance(guard, (int, np.integer)) or guard < 0:
+        raise ValueError(f"guard must be a non-negative integer, got {guard!r}")
+    xp, dtype = _array_module(operator, V0), _dtype(operator, V0)
+    A = CountingOperator(operator, P, xp, dtype)
+    if method == "power":
+        result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, int(guard), xp, dtype)
+    elif method == "lobpcg":
+        result = lobpcg(A, k, V0, tol, maxiter or 200, seed, xp, dtype)
+    else:
+        result = lanczos(A, k, V0, tol, maxiter, seed, xp, dtype)
+    if not result.converged:
+        warnings.warn(f"{method} did not reach tol={tol:g} for all {k} eigenpairs "
+                      f"(largest relative residual {result.residual_norms.max():.2e} after {result.matvecs} "
+                      f"matvecs); returning converged=False", NonConvergenceWarning, stacklevel=2)
+    return result

@@ -1,0 +1,181 @@
+"""Top eigenpairs: every method against numpy.linalg.eigh on known spectra and on tiny nets."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from scipy.sparse.linalg import aslinearoperator
+
+import nn_eos as ne
+from checks import build_problem
+from nn_eos.backend import to_numpy
+from nn_eos.eigen import NonConvergenceWarning, top_eigenpairs
+
+METHODS = ["power", "lobpcg", "lanczos"]
+RTOL = 1e-8        # eigenvalues and subspace angles against eigh
+SOLVER_TOL = 1e-10  # relative residuals asked of the solvers
+
+
+def matrix_with_spectrum(eigenvalues, seed):
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((len(eigenvalues),) * 2))
+    return (Q * eigenvalues) @ Q.T
+
+
+def expected_top(M, k, method):
+    """eigh's top k: by magnitude for power iteration, algebraically for the others; decreasing."""
+    w, U = np.linalg.eigh(M)
+    order = np.argsort(-np.abs(w) if method == "power" else -w)[:k]
+    order = order[np.argsort(-w[order])]
+    return w[order], U[:, order]
+
+
+def subspace_sine(X, U):
+    """sin of the largest principal angle between span(X) and span(U), both orthonormal."""
+    return np.linalg.norm(X - U @ (U.T @ X), ord=2)
+
+
+@st.composite
+def spectra(draw):
+    """Spectra with a gap after the k-th eigenvalue, of several shapes: (eigenvalues, k, kind)."""
+    P = draw(st.integers(6, 40))
+    k = draw(st.integers(1, min(P - 1, 8)))
+    kind = draw(st.sampled_from(["spread", "clustered", "negative", "near_degenerate", "k_close_to_P"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "k_close_to_P":
+        k = P - 1
+    top = np.sort(rng.uniform(2.0, 10.0, size=k))[::-1]
+    if kind == "clustered":
+        top = 5.0 + 1e-3 * np.arange(k)[::-1]                 # all k within 1e-3·k of each other
+    if kind == "near_degenerate" and k >= 2:
+        top[1] = top[0] * (1 - 1e-9)                          # the two top eigenvalues 1e-9 apart
+    rest = rng.uniform(-1.0, 1.0, size=P - k)
+    if kind == "negative" and k >= 2:
+        top[-1] = -top[-1]                                    # a large negative eigenvalue among the top |λ|
+    return np.concatenate([top, rest]), k, kind
+
+
+@pytest.mark.parametrize("method", METHODS)
+@given(case=spectra(), seed=st.integers(0, 100))
+def test_matches_eigh_on_known_spectra(method, case, seed):
+    eigenvalues, k, kind = case
+    if method != "power" and kind == "negative" and k >= 2:
+        k -= 1  # algebraically the negative eigenvalue is not among the top; the gap sits after k − 1
+    M = matrix_with_spectrum(eigenvalues, seed)
+    w, U = expected_top(M, k, method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonConvergenceWarning)
+        res = top_eigenpairs(aslinearoperator(M), k, method=method, tol=SOLVER_TOL, seed=seed)
+    assert res.converged and res.residual_norms.max() < SOLVER_TOL
+    np.testing.assert_allclose(to_numpy(res.values), w, rtol=RTOL, atol=RTOL * np.abs(w).max())
+    X = to_numpy(res.vectors)
+    np.testing.assert_allclose(X.T @ X, np.eye(k), atol=1e-12)
+    assert subspace_sine(X, U) < RTOL, "the top-k subspace"
+    assert np.array_equal(res.negative, to_numpy(res.values) < 0)
+    assert res.matvecs > 0 and res.method == method
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "residual"])
+@pytest.mark.parametrize("method", METHODS)
+def test_matches_eigh_on_dense_curvature_of_a_tiny_net(kind, method):
+    p = build_problem([4, 4, 3], "tanh", "cross_entropy", n=6, seed=11)
+    operator = {"hessian": p.loss.hvp, "ggn": p.loss.ggn, "residual": p.loss.residual}[kind]
+    M = to_numpy(operator(np.eye(p.net.num_params)))
+    k = 2
+    w, _ = expected_top((M + M.T) / 2, k, method)
+    res = top_eigenpairs(operator, k, method=method, tol=SOLVER_TOL, maxiter=5000)
+    assert res.converged
+    np.testing.assert_allclose(to_numpy(res.values), w, rtol=RTOL)
+
+
+def test_methods_agree_on_a_small_mlp():
+    """On G (PSD) the largest |λ| and the largest λ are the same, so all three methods must agree."""
+    p = build_problem([8, 6, 6, 3], "tanh", "cross_entropy", n=20, seed=5)
+    results = {m: top_eigenpairs(p.loss.ggn, 3, method=m, tol=1e-9, maxiter=5000) for m in METHODS}
+    reference = to_numpy(results["lanczos"].values)
+    for m, res in results.items():
+        assert res.converged, m
+        np.testing.assert_allclose(to_numpy(res.values), reference, rtol=1e-8, err_msg=m)
+
+
+def test_warm_start_converges_in_at_most_three_iterations_for_a_well_separated_top_k():
+    """The operator one step later: eigenvectors rotated by ~1e-4, eigenvalues moved by ~1e-3.
+
+    With λ_{k+1}/λ_k = 0.02 each power step divides the error by 50, so the old
+    eigenvectors reach a relative residual of 1e-6 within 3 block products.
+    """
+    P, k = 60, 4
+    rng = np.random.default_rng(0)
+    eigenvalues = np.concatenate([[50.0, 40.0, 30.0, 20.0], rng.uniform(-0.4, 0.4, P - k)])
+    Q, _ = np.linalg.qr(rng.standard_normal((P, P)))
+    before = (Q * eigenvalues) @ Q.T
+    S = rng.standard_normal((P, P))
+    rotation, _ = np.linalg.qr(np.eye(P) + 1e-4 * (S - S.T))
+    Q2 = Q @ rotation
+    after = (Q2 * (eigenvalues * (1 + 1e-3 * rng.standard_normal(P)))) @ Q2.T
+    previous = top_eigenpairs(aslinearoperator(before), k, tol=1e-6)
+    warm = top_eigenpairs(aslinearoperator(after), k, V0=previous.vectors, tol=1e-6)
+    cold = top_eigenpairs(aslinearoperator(after), k, tol=1e-6)
+    assert warm.converged and warm.iterations <= 3 < cold.iterations
+    np.testing.assert_allclose(to_numpy(warm.values), to_numpy(cold.values), rtol=1e-10)
+
+
+def test_warm_start_saves_iterations_on_a_network():
+    """On a small ELU net with a top pair separated by λ_3/λ_2 ≈ 0.23, one small GD step later."""
+    rng = np.random.default_rng(0)
+    means = 2 * rng.standard_normal((4, 10))
+    y = np.arange(300) % 4
+    X = means[y] + rng.standard_normal((300, 10)) + 3.0
+    net = ne.mlp([10, 32, 32, 4], activation="elu", seed=0)
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    previous = top_eigenpairs(loss.hvp, 2, tol=1e-6)
+    net.set_theta(to_numpy(net.theta) - 0.01 / float(previous.values[0]) * to_numpy(loss.gradient()))
+    warm = top_eigenpairs(loss.hvp, 2, V0=previous.vectors, tol=1e-6)
+    cold = top_eigenpairs(loss.hvp, 2, tol=1e-6)
+    assert warm.converged and cold.converged and warm.iterations < cold.iterations
+    np.testing.assert_allclose(to_numpy(warm.values), to_numpy(cold.values), rtol=1e-9)
+
+
+def test_non_convergence_warns_and_returns_the_residuals():
+    M = matrix_with_spectrum(np.linspace(1.0, 0.9, 30), seed=0)   # no gap: power iteration crawls
+    with pytest.warns(NonConvergenceWarning, match="did not reach tol"):
+        res = top_eigenpairs(aslinearoperator(M), 3, tol=1e-12, maxiter=4)
+    assert not res.converged and res.iterations == 4 and res.residual_norms.max() >= 1e-12
+
+
+def test_guard_vectors_speed_up_convergence():
+    eigenvalues = np.concatenate([[10, 9, 8, 7.9, 7.8, 7.7], np.linspace(1, 0.1, 40)])
+    op = aslinearoperator(matrix_with_spectrum(eigenvalues, seed=1))
+    plain = top_eigenpairs(op, 3, tol=1e-8, maxiter=5000)
+    guarded = top_eigenpairs(op, 3, tol=1e-8, guard=3, maxiter=5000)
+    assert guarded.converged and plain.converged and guarded.iterations < plain.iterations / 3
+
+
+@pytest.mark.filterwarnings("ignore::nn_eos.eigen.NonConvergenceWarning")
+def test_seeding_is_deterministic():
+    op = aslinearoperator(matrix_with_spectrum(np.linspace(5, 0, 20), seed=2))
+    a, b = top_eigenpairs(op, 2, seed=7, tol=1e-3, maxiter=3), top_eigenpairs(op, 2, seed=7, tol=1e-3, maxiter=3)
+    np.testing.assert_array_equal(to_numpy(a.vectors), to_numpy(b.vectors))
+
+
+def test_bad_arguments():
+    M = np.diag(np.arange(1.0, 6.0))
+    op = aslinearoperator(M)
+    with pytest.raises(ValueError, match=r"k must lie in 1..P = 1..5, got 0"):
+        top_eigenpairs(op, 0)
+    with pytest.raises(ValueError, match=r"k must lie in 1..P = 1..5, got 6"):
+        top_eigenpairs(op, 6)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        top_eigenpairs(op, 2.0)
+    with pytest.raises(ValueError, match="V0 must have 5 rows"):
+        top_eigenpairs(op, 2, V0=np.ones((4, 2)))
+    with pytest.raises(ValueError, match="unknown method 'arnoldi'"):
+        top_eigenpairs(op, 2, method="arnoldi")
+    with pytest.raises(ValueError, match="cannot tell the operator's size"):
+        top_eigenpairs(lambda V: V, 2)
+    with pytest.raises(ValueError, match=r"returned shape \(5, 1\) for a block of shape \(5, 2\)"):
+        top_eigenpairs(lambda V: V[:, :1], 2, V0=np.eye(5)[:, :2])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        top_eigenpairs(lambda V: V * np.nan, 2, V0=np.eye(5)[:, :2])
+    with pytest.raises(ValueError, match="guard must be"):
+        top_eigenpairs(op, 2, guard=-1)
