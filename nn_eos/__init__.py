@@ -7,6 +7,7 @@ Stability Is Caused by Layerwise Jacobian Alignment* (2024).
 
 __version__ = "0.1.0"
 
+from . import datasets, plots
 from .activations import ELU, ReLU, Tanh
 from .backend import gpu_available
 from .criteria import MSE, CrossEntropy
