@@ -7,16 +7,20 @@ Stability Is Caused by Layerwise Jacobian Alignment* (2024).
 
 __version__ = "0.1.0"
 
-from . import datasets, plots
+from . import datasets, eos, plots
 from .activations import ELU, ReLU, Tanh
 from .backend import gpu_available
 from .criteria import MSE, CrossEntropy
 from .curvature import TrainingLoss
 from .eigen import EigenResult, NonConvergenceWarning, top_eigenpairs
+from .integrators import AdaptiveGradientFlow, ExponentialEuler, GradientDescent
+from .train import Run, load_run, train
 from .layers import Dense, Flatten
 from .network import Sequential, mlp
 
 __all__ = [
     "CrossEntropy", "Dense", "ELU", "EigenResult", "Flatten", "MSE", "NonConvergenceWarning", "ReLU",
     "Sequential", "Tanh", "TrainingLoss", "gpu_available", "mlp", "top_eigenpairs", "__version__",
+    "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "load_run", "train", "datasets", "eos",
+    "plots",
 ]

@@ -79,6 +79,16 @@ class CountingOperator:
                                      dtype=self.dtype)
 
 
+class BlockOperator:
+    """A block function ``V (P, b) ↦ A V`` with its size, dtype and array module, for top_eigenpairs."""
+
+    def __init__(self, matmat, like):
+        self.matmat = matmat
+        self.shape = (like.shape[0], like.shape[0])
+        self.dtype = like.dtype
+        self.xp = backend.array_module(like)
+
+
 def _operator_size(operator, V0):
     if hasattr(operator, "shape"):
         return int(operator.shape[0])
@@ -94,6 +104,8 @@ def _operator_size(operator, V0):
 def _array_module(operator, V0):
     if V0 is not None:
         return backend.array_module(V0)
+    if hasattr(operator, "xp"):
+        return operator.xp
     owner = getattr(operator, "__self__", None)
     net = getattr(owner, "net", None)
     return net.xp if net is not None else np

@@ -1,0 +1,98 @@
+"""The 2022 paper's measurements: ρ_i, top/bulk projections of the gradient, and the loss along h_1.
+
+With ``λ_i, h_i`` the top eigenpairs of ∇²L̃, ``g = ∇L̃`` and the step size η
+(2022 paper, section 3.2)::
+
+    ρ_i        = η / η*_i = η λ_i / 2           (edge of stability along h_i when ρ_i ≈ 1)
+    d_i        = h_i · g
+    P_top g    = Σ_{i < n_c} d_i h_i            (the top n_c − 1 eigenvectors)
+    P_bulk g   = g − P_top g
+
+and the change of the training loss after a step ``−η P_top g`` and after a
+step ``−η P_bulk g``, computed by re-evaluating L̃ (not from the Taylor series;
+section 4.1).
+"""
+
+import warnings
+
+import numpy as np
+
+from .backend import array_module, to_numpy
+from .eigen import BlockOperator, NonConvergenceWarning, top_eigenpairs
+
+
+def projections(gradient, top_vectors):
+    """``(P_top g, P_bulk g)`` for orthonormal top eigenvectors (columns), 2022 paper, section 3.2."""
+    d = top_vectors.T @ gradient
+    top = top_vectors @ d
+    return top, gradient - top
+
+
+class Telemetry:
+    """The 2022 paper's telemetry, measured every ``every_time`` units of t (the paper: every 1/η steps).
+
+    ``k`` eigenpairs of ∇²L̃ (20 in the paper), warm-started from the previous
+    measurement; ``n_classes`` (default: the network's outputs) sets the top
+    subspace to the top ``n_classes − 1`` eigenvectors.
+    """
+
+    def __init__(self, k=20, every_time=1.0, n_classes=None, tol=1e-4, maxiter=500, method="power"):
+        if k < 1 or not every_time > 0:
+            raise ValueError(f"Telemetry needs k ≥ 1 and every_time > 0, got k={k}, every_time={every_time}")
+        self.k, self.every_time, self.n_classes = int(k), float(every_time), n_classes
+        self.tol, self.maxiter, self.method = tol, maxiter, method
+        self.next_time = 0.0
+        self.vectors = None
+
+    def config(self):
+        return {"k": self.k, "every_time": self.every_time, "n_classes": self.n_classes, "tol": self.tol,
+                "maxiter": self.maxiter, "method": self.method}
+
+    def due(self, t):
+        return t >= self.next_time - 1e-12
+
+    def measure(self, loss, theta, gradient, eta, step, t):
+        """One row of telemetry at θ (before the step of size η taken from it)."""
+        xp = array_module(theta)
+        k = min(self.k, loss.num_params)
+        n_classes = self.n_classes or loss.net.num_outputs
+        n_top = max(min(n_classes - 1, k), 0)
+        V0 = None if self.vectors is None else xp.asarray(self.vectors)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonConvergenceWarning)
+            hessian = BlockOperator(lambda V: loss.hvp(V, theta=theta), like=theta)
+            result = top_eigenpairs(hessian, k, method=self.method, V0=V0, tol=self.tol, maxiter=self.maxiter)
+        self.vectors = result.vectors
+        values = to_numpy(result.values)
+        d = to_numpy(result.vectors.T @ gradient)
+        top, bulk = projections(gradient, result.vectors[:, :n_top])
+        loss_here = loss.value(theta=theta)
+        row = {
+            "step": int(step), "t": float(t), "eta": float(eta), "loss": loss_here,
+            "eigenvalues": values.tolist(), "rho": (eta * values / 2).tolist(), "d": d.tolist(),
+            "n_top": n_top, "grad_norm": float(xp.linalg.norm(gradient)),
+            "top_norm": float(xp.linalg.norm(top)), "bulk_norm": float(xp.linalg.norm(bulk)),
+            "delta_loss_top": loss.value(theta=theta - eta * top) - loss_here,
+            "delta_loss_bulk": loss.value(theta=theta - eta * bulk) - loss_here,
+            "theta_norm": float(xp.linalg.norm(theta)),
+            "eig_converged": bool(result.converged), "eig_matvecs": int(result.matvecs),
+        }
+        self.next_time = (np.floor(t / self.every_time + 1e-9) + 1) * self.every_time
+        return row
+
+    def state(self):
+        state = {"next_time": np.array(self.next_time)}
+        if self.vectors is not None:
+            state["eigenvectors"] = to_numpy(self.vectors)
+        return state
+
+    def load_state(self, state):
+        self.next_time = float(state.get("next_time", 0.0))
+        self.vectors = state.get("eigenvectors")
+
+
+def loss_along(loss, direction, deltas, theta=None):
+    """``L̃(θ + δ · u)`` for each δ, with u the unit vector along ``direction`` (2022 paper, Figure 6)."""
+    theta = loss.net.theta if theta is None else theta
+    u = direction / array_module(direction).linalg.norm(direction)
+    return np.array([loss.value(theta=theta + float(delta) * u) for delta in deltas])

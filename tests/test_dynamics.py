@@ -1,0 +1,239 @@
+"""Integrators and the training loop: analytic flows, stability, a stiff reference, telemetry, resumable runs."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+from scipy.linalg import expm
+
+import nn_eos as ne
+from checks import TOL, build_problem
+from nn_eos.backend import to_numpy
+from nn_eos.eos import Telemetry, loss_along
+from nn_eos.integrators import exponential_coefficient, from_config
+
+
+class Quadratic:
+    """L̃(θ) = ½ (θ − θ*)ᵀ A (θ − θ*): a test double with TrainingLoss's interface and a known flow."""
+
+    def __init__(self, eigenvalues, seed=0):
+        rng = np.random.default_rng(seed)
+        P = len(eigenvalues)
+        Q, _ = np.linalg.qr(rng.standard_normal((P, P)))
+        self.A = (Q * np.asarray(eigenvalues, dtype=float)) @ Q.T
+        self.theta_star = rng.standard_normal(P)
+        self.num_params, self.num_examples = P, 1
+        self.criterion = SimpleNamespace(name="quadratic", default_target_loss=0.0)
+        theta0 = self.theta_star + rng.standard_normal(P)
+        self.net = SimpleNamespace(theta=theta0, num_outputs=1, xp=np, dtype=np.dtype("float64"), device="cpu",
+                                   check_theta=np.asarray, set_theta=lambda th: None, spec={"kind": "quadratic"})
+
+    def flow(self, theta0, t):
+        """θ(t) = θ* + e^{−A t} (θ0 − θ*), the exact gradient flow."""
+        return self.theta_star + expm(-self.A * t) @ (theta0 - self.theta_star)
+
+    def value(self, theta=None):
+        r = (self.net.theta if theta is None else theta) - self.theta_star
+        return 0.5 * float(r @ self.A @ r)
+
+    def value_and_gradient(self, theta=None):
+        theta = self.net.theta if theta is None else theta
+        return self.value(theta), self.A @ (theta - self.theta_star)
+
+    def hvp(self, V, theta=None):
+        return self.A @ V
+
+
+def test_exponential_coefficient():
+    dt = 0.1
+    assert exponential_coefficient(5.0, dt) == pytest.approx((1 - np.exp(-0.5)) / 5.0, rel=1e-15)
+    assert exponential_coefficient(0.0, dt) == dt
+    assert exponential_coefficient(1e-12, dt) == pytest.approx(dt, rel=1e-12)
+    assert exponential_coefficient(-50.0, dt) == dt          # clamped: negative curvature moves like GD
+    assert np.all(exponential_coefficient(np.array([1e3, 10.0, 1.0]), dt) <= dt)
+
+
+def test_exponential_euler_with_all_pairs_is_the_exact_flow_of_a_quadratic():
+    quad = Quadratic(np.geomspace(0.1, 1000.0, 12))
+    theta0 = quad.net.theta.copy()
+    integrator = ne.ExponentialEuler(k=12, lr_max=0.05, tol=1e-13, maxiter=5000)
+    run = ne.train(quad, integrator, until_loss=0.0, max_time=1.0, progress=False)
+    assert run.status == "max_time" and run.steps == 20
+    np.testing.assert_allclose(run.theta, quad.flow(theta0, run.t), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("lr,monotone", [(0.19, True), (0.199, True), (0.201, False), (0.25, False)])
+def test_gradient_descent_is_monotone_iff_the_step_is_below_two_over_lambda_max(lr, monotone):
+    quad = Quadratic(np.linspace(0.5, 10.0, 8), seed=1)
+    run = ne.train(quad, ne.GradientDescent(lr), until_loss=1e-16, max_steps=400, progress=False)  # above rounding
+    losses = run.metrics["loss"]
+    assert bool(np.all(np.diff(losses) <= 0)) == monotone
+    if not monotone:
+        assert run.status == "diverged" and "diverged" in run.message
+
+
+def dense_hessian(loss, theta):
+    return to_numpy(loss.hvp(np.eye(loss.num_params), theta=theta))
+
+
+def test_exponential_euler_follows_the_gradient_flow_better_than_gd():
+    """Against a stiff Radau reference of dθ/dt = −∇L̃(θ), after the same number of gradient evaluations.
+
+    Each method is compared with the reference at the time t it claims to have
+    reached (GD: t = nη; exponential Euler: t = Σ Δt).
+    """
+    p = build_problem([4, 5, 3], "tanh", "cross_entropy", n=12, seed=7)
+    loss = p.loss
+    theta0 = p.theta
+    lam_1 = np.linalg.eigvalsh(dense_hessian(loss, theta0))[-1]
+    steps, lr = 20, 2.0 / lam_1                       # GD starts on the edge of stability
+    gd = ne.train(loss, ne.GradientDescent(lr), until_loss=0.0, max_steps=steps, progress=False, theta=theta0)
+    ee = ne.train(loss, ne.ExponentialEuler(k=3, lr_max=lr, tol=1e-10, maxiter=2000), until_loss=0.0,
+                  max_steps=steps, progress=False, theta=theta0)
+    T = max(gd.t, ee.t)
+    reference = solve_ivp(lambda t, th: -to_numpy(loss.gradient(th)), (0, T), theta0, method="Radau",
+                          jac=lambda t, th: -dense_hessian(loss, th), rtol=1e-10, atol=1e-12, dense_output=True)
+    error_gd = np.linalg.norm(to_numpy(gd.theta) - reference.sol(gd.t))
+    error_ee = np.linalg.norm(to_numpy(ee.theta) - reference.sol(ee.t))
+    print(f"\nafter {steps} gradients: gradient descent at t = {gd.t:.3g} is {error_gd:.3e} from the flow, "
+          f"exponential Euler at t = {ee.t:.3g} is {error_ee:.3e} from it")
+    assert ee.t > gd.t / 4, "exponential Euler covers a comparable stretch of time"
+    assert error_ee < error_gd
+
+
+def test_adaptive_flow_keeps_the_step_below_the_edge():
+    p = build_problem([4, 5, 3], "tanh", "cross_entropy", n=12, seed=8)
+    run = ne.train(p.loss, ne.AdaptiveGradientFlow(lr_max=10.0, safety=0.5), until_loss=0.0, max_steps=15,
+                   progress=False)
+    rho = run.metrics["dt"] * np.abs(run.metrics["lambda_1"]) / 2
+    assert np.all(rho <= 0.25 + 1e-12)   # η λ_1 / 2 ≤ safety / 2
+
+
+def test_telemetry_projections_and_loss_changes():
+    p = build_problem([5, 6, 4], "tanh", "cross_entropy", n=15, seed=9)
+    tele = Telemetry(k=6, every_time=0.5, tol=1e-10, maxiter=5000)
+    theta = p.theta
+    run = ne.train(p.loss, ne.GradientDescent(0.25), until_loss=0.0, max_steps=6, telemetry=tele, progress=False)
+    assert [row["step"] for row in run.telemetry] == [0, 2, 4]
+    row = run.telemetry[0]
+    assert row["n_top"] == 3 and len(row["eigenvalues"]) == 6
+    assert row["top_norm"] ** 2 + row["bulk_norm"] ** 2 == pytest.approx(row["grad_norm"] ** 2, rel=TOL["exact"])
+    np.testing.assert_allclose(row["rho"], 0.25 * np.array(row["eigenvalues"]) / 2, rtol=1e-15)
+    # the loss changes are re-evaluated losses, not Taylor estimates
+    g = to_numpy(p.loss.gradient(theta))
+    w, U = np.linalg.eigh(dense_hessian(p.loss, theta))
+    largest = np.argsort(-np.abs(w))[:6]                   # the 6 pairs power iteration finds (largest |λ|)
+    top = U[:, largest[np.argsort(-w[largest])][:3]]      # the top subspace: the 3 largest λ among them
+    top_step = top @ (top.T @ g)
+    assert row["delta_loss_top"] == pytest.approx(p.loss.value(theta - 0.25 * top_step) - p.loss.value(theta),
+                                                  rel=1e-8)
+    assert row["delta_loss_bulk"] == pytest.approx(
+        p.loss.value(theta - 0.25 * (g - top_step)) - p.loss.value(theta), rel=1e-8)
+
+
+def test_loss_along_a_direction():
+    p = build_problem([3, 4, 2], "tanh", "mse", n=5, seed=1)
+    d = p.direction()
+    values = loss_along(p.loss, 3 * d, [-0.1, 0.0, 0.2])
+    assert values[1] == pytest.approx(p.loss.value())
+    assert values[2] == pytest.approx(p.loss.value(theta=p.theta + 0.2 * d))
+
+
+def test_integrators_rebuild_from_their_config():
+    for integrator in (ne.GradientDescent(0.1), ne.AdaptiveGradientFlow(), ne.ExponentialEuler(k=3)):
+        assert from_config(integrator.config()).config() == integrator.config()
+    with pytest.raises(ValueError, match="unknown integrator"):
+        from_config({"name": "rk4"})
+    with pytest.raises(ValueError, match="lr must be positive"):
+        ne.GradientDescent(0)
+
+
+# ----- run directories -------------------------------------------------------------
+
+RUN_SCRIPT = textwrap.dedent("""
+    import sys, time, numpy as np, nn_eos as ne
+    run_dir, resume, slow = sys.argv[1], sys.argv[2] == "resume", float(sys.argv[3])
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 6)), rng.integers(0, 3, 40)
+    net = ne.mlp([6, 8, 8, 3], activation="elu", seed=0)
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    class Slow(ne.ExponentialEuler):
+        def step(self, *args):
+            time.sleep(slow)
+            return super().step(*args)
+    integrator = Slow(k=2, lr_max=0.5)
+    integrator.name = "exponential_euler"
+    ne.train(loss, integrator, until_loss=0.0, max_steps=30, snapshot_every=3, run_dir=run_dir, resume=resume,
+             telemetry=ne.eos.Telemetry(k=4, every_time=1.0), progress=False)
+""")
+
+
+def run_script(tmp_path, run_dir, mode, slow):
+    script = tmp_path / "run.py"
+    script.write_text(RUN_SCRIPT)
+    return subprocess.Popen([sys.executable, str(script), str(run_dir), mode, str(slow)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    whole = run_script(tmp_path, tmp_path / "whole", "fresh", 0.0)
+    assert whole.wait(timeout=300) == 0, whole.stderr.read().decode()
+    killed = run_script(tmp_path, tmp_path / "killed", "fresh", 0.05)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(ne.train.__globals__["snapshot_steps"](tmp_path / "killed")) < 4:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not os.path.exists(tmp_path / "killed" / "result.json"), "the run was killed before its end"
+    resumed = run_script(tmp_path, tmp_path / "killed", "resume", 0.0)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    config_a, metrics_a, telemetry_a, result_a = ne.load_run(tmp_path / "whole")
+    config_b, metrics_b, telemetry_b, result_b = ne.load_run(tmp_path / "killed")
+    assert result_a["steps"] == result_b["steps"] == 30
+    final = lambda d: np.load(d / "snapshots" / "theta_00000030.npy")
+    np.testing.assert_array_equal(final(tmp_path / "whole"), final(tmp_path / "killed"))
+    for key in ("step", "t", "loss", "dt", "lambda_1"):
+        np.testing.assert_array_equal(metrics_a[key], metrics_b[key])
+    assert [r["eigenvalues"] for r in telemetry_a] == [r["eigenvalues"] for r in telemetry_b]
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_identically(tmp_path):
+    p = build_problem([4, 5, 3], "tanh", "cross_entropy", n=10, seed=3)
+    theta0 = p.theta
+
+    class Interrupting(ne.GradientDescent):
+        calls = 0
+
+        def step(self, loss, theta, gradient):
+            Interrupting.calls += 1
+            if Interrupting.calls == 8:
+                raise KeyboardInterrupt
+            return super().step(loss, theta, gradient)
+
+    with pytest.raises(KeyboardInterrupt):
+        ne.train(p.loss, Interrupting(0.3), until_loss=0.0, max_steps=12, run_dir=tmp_path / "a", progress=False,
+                 theta=theta0)
+    resumed = ne.train(p.loss, ne.GradientDescent(0.3), until_loss=0.0, max_steps=12, run_dir=tmp_path / "a",
+                       resume=True, progress=False)
+    whole = ne.train(p.loss, ne.GradientDescent(0.3), until_loss=0.0, max_steps=12, progress=False, theta=theta0)
+    np.testing.assert_array_equal(to_numpy(resumed.theta), to_numpy(whole.theta))
+    np.testing.assert_array_equal(resumed.metrics["loss"], whole.metrics["loss"])
+
+
+def test_run_directory_guards(tmp_path):
+    p = build_problem([3, 4, 2], "tanh", "cross_entropy", n=6, seed=2)
+    ne.train(p.loss, ne.GradientDescent(0.1), until_loss=0.0, max_steps=2, run_dir=tmp_path / "r", progress=False)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        ne.train(p.loss, ne.GradientDescent(0.1), max_steps=2, run_dir=tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="cannot resume"):
+        ne.train(p.loss, ne.GradientDescent(0.2), max_steps=2, run_dir=tmp_path / "r", resume=True, progress=False)
+    config, metrics, _, result = ne.load_run(tmp_path / "r")
+    assert config["integrator"] == {"name": "gd", "lr": 0.1} and config["net"]["widths"] == [3, 4, 2]
+    assert result["status"] == "max_steps" and list(metrics["step"]) == [0, 1]
