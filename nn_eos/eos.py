@@ -96,3 +96,26 @@ def loss_along(loss, direction, deltas, theta=None):
     theta = loss.net.theta if theta is None else theta
     u = direction / array_module(direction).linalg.norm(direction)
     return np.array([loss.value(theta=theta + float(delta) * u) for delta in deltas])
+
+
+# ----- summaries of a run's telemetry (the 2022 paper's Figure 1 and Table 1) ----------
+
+def rho_series(rows, i):
+    """(t, ρ_i) over telemetry rows, i counted from 1 as in the paper (ρ_1 ≥ ρ_2 ≥ …)."""
+    t = np.array([r["t"] for r in rows])
+    return t, np.array([r["rho"][i - 1] if len(r["rho"]) >= i else np.nan for r in rows])
+
+
+def top_bulk_table(rows, edge_index, threshold=0.7, min_rows=3):
+    """Mean and std of the loss change of a top step and of a bulk step while ``ρ_edge_index > threshold``.
+
+    The 2022 paper, Table 1, with ``edge_index = n_c − 1`` and threshold 0.7; like
+    the paper, returns None when fewer than ``min_rows`` measurements qualify.
+    """
+    chosen = [r for r in rows if len(r["rho"]) >= edge_index and r["rho"][edge_index - 1] > threshold]
+    if len(chosen) < min_rows:
+        return None
+    top = np.array([r["delta_loss_top"] for r in chosen])
+    bulk = np.array([r["delta_loss_bulk"] for r in chosen])
+    return {"rows": len(chosen), "top_mean": float(top.mean()), "top_std": float(top.std()),
+            "bulk_mean": float(bulk.mean()), "bulk_std": float(bulk.std()), "bulk_all_negative": bool(np.all(bulk < 0))}

@@ -36,3 +36,73 @@ def dice_examples(X, y, per_class=6, path=None):
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
+
+
+def _finish(fig, ax, path, title):
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def _colours(n):
+    return plt.cm.viridis(np.linspace(0.1, 0.85, max(n, 1)))
+
+
+def rho_over_time(runs, n_classes, path=None):
+    """ρ_{n_c−1} (solid) and ρ_{n_c} (dotted) against t = nη, one colour per run (2022 paper, Figures 1–2).
+
+    ``runs``: list of (label, telemetry rows).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for (label, rows), colour in zip(runs, _colours(len(runs))):
+        t = [r["t"] for r in rows]
+        ax.plot(t, [r["rho"][n_classes - 2] for r in rows], "-", color=colour, label=f"{label}: ρ_{n_classes - 1}")
+        ax.plot(t, [r["rho"][n_classes - 1] for r in rows], ":", color=colour, label=f"{label}: ρ_{n_classes}")
+    ax.axhline(1.0, color="k", lw=0.8, ls="--", label="edge of stability (ρ = 1)")
+    ax.set_xlabel("t = nη")
+    ax.set_ylabel("ρ_i = η λ_i / 2")
+    ax.legend(fontsize=7)
+    return _finish(fig, ax, path, f"Edge of stability across n_c − 1 = {n_classes - 1} eigenvectors?")
+
+
+def projections_over_time(runs, path=None):
+    """‖P_top g‖ (solid) and ‖P_bulk g‖ (dotted) against t (2022 paper, Figure 3)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for (label, rows), colour in zip(runs, _colours(len(runs))):
+        t = [r["t"] for r in rows]
+        ax.semilogy(t, [r["top_norm"] for r in rows], "-", color=colour, label=f"{label}: ‖P_top g‖")
+        ax.semilogy(t, [r["bulk_norm"] for r in rows], ":", color=colour, label=f"{label}: ‖P_bulk g‖")
+    ax.set_xlabel("t = nη")
+    ax.set_ylabel("norm of the projected gradient")
+    ax.legend(fontsize=7)
+    return _finish(fig, ax, path, "Gradient in the top and bulk subspaces")
+
+
+def sharpness_over_time(runs, path=None):
+    """λ_1 of ∇²L̃ against t, with 2/η dashed for the gradient-descent runs.
+
+    ``runs``: list of (label, telemetry rows, lr or None).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for (label, rows, lr), colour in zip(runs, _colours(len(runs))):
+        ax.plot([r["t"] for r in rows], [r["eigenvalues"][0] for r in rows], "-", color=colour, label=f"{label}: λ_1")
+        if lr is not None:
+            ax.axhline(2.0 / lr, color=colour, ls="--", lw=0.8, label=f"{label}: 2/η")
+    ax.set_xlabel("t")
+    ax.set_ylabel("sharpness λ_1")
+    ax.legend(fontsize=7)
+    return _finish(fig, ax, path, "Sharpness of the training loss")
+
+
+def loss_over_time(runs, path=None):
+    """Training loss against t; ``runs``: list of (label, metrics columns)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for (label, metrics), colour in zip(runs, _colours(len(runs))):
+        ax.semilogy(metrics["t"], metrics["loss"], "-", color=colour, label=label)
+    ax.set_xlabel("t")
+    ax.set_ylabel("training loss L̃")
+    ax.legend(fontsize=7)
+    return _finish(fig, ax, path, "Training loss")

@@ -1,0 +1,71 @@
+"""The main job (nn-eos demo) end to end at a tiny scale, its claim checks, and the README's promises."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from nn_eos import cli
+from nn_eos.demo import bulk_claim, edge_claim, monotone_claim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_demo_writes_runs_figures_and_summary(tmp_path):
+    out = tmp_path / "demo"
+    cli.main(["demo", "--quick", "--out", str(out), "--no-progress"])
+    for name in ("rho.png", "projections.png", "sharpness.png", "loss.png", "summary.md", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["gd"]) == {"0.25", "0.5"}
+    for lr, result in summary["gd"].items():
+        assert result["edge"]["holds"] in (True, False) and result["end"]["status"] == "max_time"
+    text = (out / "summary.md").read_text()
+    assert text.count("| 1. GD") == 2 and "| 3. exponential Euler" in text
+    assert re.search(r"\| (holds|does NOT hold|not testable) \|", text)
+    # a second run reuses the finished runs
+    before = (out / "runs" / "gd_lr0.5" / "metrics.jsonl").read_bytes()
+    cli.main(["demo", "--quick", "--out", str(out), "--no-progress"])
+    assert (out / "runs" / "gd_lr0.5" / "metrics.jsonl").read_bytes() == before
+
+
+def test_data_command_writes_dice(tmp_path):
+    cli.main(["data", "dice", "--out", str(tmp_path), "--n", "60"])
+    with np.load(tmp_path / "dice_train.npz") as f:
+        assert f["X"].shape == (60, 1024) and f["y"].shape == (60,)
+    assert (tmp_path / "dice_examples.png").exists()
+
+
+def row(rho, top=0.0, bulk=-0.01):
+    return {"rho": rho, "delta_loss_top": top, "delta_loss_bulk": bulk}
+
+
+def test_claim_checks_can_hold_and_fail():
+    at_edge = [row([1.0, 0.9, 0.9, 0.8, 0.75, 0.3, 0.2])] * 4
+    assert edge_claim(at_edge)["holds"] and edge_claim(at_edge)["at_edge"] == 5
+    below = [row([1.0, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])] * 4
+    assert not edge_claim(below)["holds"]
+    too_many = [row([1.0, 0.9, 0.9, 0.8, 0.75, 0.72, 0.2])] * 4
+    assert not edge_claim(too_many)["holds"]
+    assert bulk_claim(at_edge)["holds"] and bulk_claim(at_edge)["edge_index"] == 5
+    lowering_top = [row([1.0, 0.9, 0.9, 0.8, 0.75, 0.3], top=-0.02, bulk=-0.01)] * 4
+    assert not bulk_claim(lowering_top)["holds"]
+    assert bulk_claim(below)["edge_index"] == 1   # falls back to ρ_1 when ρ_{n_c−1} never reaches 0.7
+    assert bulk_claim([row([0.1] * 7)])["holds"] is None
+    assert monotone_claim({"loss": [3.0, 2.0, 1.0]})["holds"]
+    assert not monotone_claim({"loss": [3.0, 2.0, 2.5]})["holds"]
+
+
+def readme_commands():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = text.split("```bash", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.strip().splitlines()]
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
+    main_command, test_command = readme_commands()[:2]
+    assert "nn-eos demo" in main_command and "pip install" in main_command
+    assert "pytest" in test_command and 'pip install -e ".[test]"' in test_command
+    assert test_command in open(os.path.join(ROOT, ".ci", "run")).read()
