@@ -85,7 +85,7 @@ def main():
             top = ne.top_eigenpairs(lambda V: loss.hvp(V, theta=theta), 1, V0=np.ones((len(theta), 1)), tol=1e-6)
         h1 = ne.backend.to_numpy(top.vectors[:, 0])
         lam = float(top.values[0])
-        span = 4.0 / np.sqrt(abs(lam))          # a few curvature lengths either side
+        span = np.sqrt(0.5 / abs(lam))          # where the quadratic model changes L̃ by ¼
         deltas = np.linspace(-span, span, 41)
         change = ne.eos.loss_along(loss, h1, deltas, theta=theta) - loss.value(theta=theta)
         ax.plot(deltas, change, label=f"n_D = {n} (λ_1 = {lam:.3g}, step {nearest})")

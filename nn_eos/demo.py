@@ -155,7 +155,6 @@ def run_demo(out="nn_eos_demo", quick=False, progress=True, **overrides):
     plots.sharpness_over_time([(lab, rows, lr) for lab, rows, lr in zip(labels, telemetry, [*gd, None])],
                               os.path.join(out, "sharpness.png"))
     plots.loss_over_time(list(zip(labels, [g[0] for g in gd.values()] + [ee[0]])), os.path.join(out, "loss.png"))
-    plots.plt.close("all")
     lines, result = summarise(settings, gd, ee)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

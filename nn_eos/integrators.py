@@ -60,8 +60,8 @@ class GradientDescent(Integrator):
 class _WarmEigen:
     """Top eigenpairs of ∇²L̃ at each step, warm-started from the previous step's vectors."""
 
-    def __init__(self, k, tol, maxiter, method="power"):
-        self.k, self.tol, self.maxiter, self.method = k, tol, maxiter, method
+    def __init__(self, k, tol, maxiter, method="power", stop="residual"):
+        self.k, self.tol, self.maxiter, self.method, self.stop = k, tol, maxiter, method, stop
         self.vectors = None
 
     def __call__(self, loss, theta):
@@ -70,7 +70,7 @@ class _WarmEigen:
             warnings.simplefilter("ignore", NonConvergenceWarning)  # reported per step in info instead
             hessian = BlockOperator(lambda V: loss.hvp(V, theta=theta), like=theta)
             result = top_eigenpairs(hessian, k, method=self.method, V0=self._v0(theta), tol=self.tol,
-                                    maxiter=self.maxiter)
+                                    maxiter=self.maxiter, stop=self.stop)
         self.vectors = result.vectors
         return result
 
@@ -97,18 +97,18 @@ class AdaptiveGradientFlow(Integrator):
 
     name = "adaptive_flow"
 
-    def __init__(self, lr_max=1e-3, safety=0.5, tol=1e-4, maxiter=200):
+    def __init__(self, lr_max=1e-3, safety=0.5, tol=1e-4, maxiter=200, method="power", stop="residual"):
         if not lr_max > 0 or not safety > 0:
             raise ValueError(f"lr_max and safety must be positive, got {lr_max}, {safety}")
         self.lr_max, self.safety = float(lr_max), float(safety)
-        self.eigen = _WarmEigen(1, tol, maxiter)
+        self.eigen = _WarmEigen(1, tol, maxiter, method, stop)
 
     def __repr__(self):
         return f"AdaptiveGradientFlow(lr_max={self.lr_max:g}, safety={self.safety:g})"
 
     def config(self):
         return {"name": self.name, "lr_max": self.lr_max, "safety": self.safety, "tol": self.eigen.tol,
-                "maxiter": self.eigen.maxiter}
+                "maxiter": self.eigen.maxiter, "method": self.eigen.method, "stop": self.eigen.stop}
 
     def step(self, loss, theta, gradient):
         result = self.eigen(loss, theta)
@@ -154,25 +154,28 @@ class ExponentialEuler(Integrator):
     so the stiff top directions are integrated exactly for the linearised flow
     and the rest by an Euler step that ``1/λ_{k+1}`` keeps stable. When k + 1
     exceeds P, all P pairs are used and Δt = lr_max. Default k: the number of
-    network outputs O (the paper's choice).
+    network outputs O (the paper's choice). ``method`` picks the eigensolver:
+    warm-started block power iteration as in the paper, or 'lanczos'/'lobpcg'
+    (cheaper when the top k + 1 are not well separated; see bench/eigen.py);
+    ``stop='eigenvalues'`` uses the paper's looser stopping test (power only).
     """
 
     name = "exponential_euler"
 
-    def __init__(self, k=None, lr_max=0.01, tol=1e-3, maxiter=200):
+    def __init__(self, k=None, lr_max=0.01, tol=1e-3, maxiter=200, method="power", stop="residual"):
         if not lr_max > 0:
             raise ValueError(f"lr_max must be positive, got {lr_max}")
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
             raise ValueError(f"k must be a positive integer or None, got {k!r}")
         self.k, self.lr_max = k, float(lr_max)
-        self.eigen = _WarmEigen(None, tol, maxiter)
+        self.eigen = _WarmEigen(None, tol, maxiter, method, stop)
 
     def __repr__(self):
         return f"ExponentialEuler(k={self.k}, lr_max={self.lr_max:g})"
 
     def config(self):
         return {"name": self.name, "k": self.k, "lr_max": self.lr_max, "tol": self.eigen.tol,
-                "maxiter": self.eigen.maxiter}
+                "maxiter": self.eigen.maxiter, "method": self.eigen.method, "stop": self.eigen.stop}
 
     def _k(self, loss):
         if self.k is not None:

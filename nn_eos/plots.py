@@ -1,14 +1,21 @@
-"""Figures of both papers, drawn with matplotlib (headless: the Agg backend unless one is chosen)."""
+"""Figures of both papers, drawn with matplotlib.
 
-import matplotlib
+Figures are built as ``matplotlib.figure.Figure`` objects, not through pyplot,
+so they need no display and leave the user's pyplot backend and state alone;
+each function saves to ``path`` when given and returns the figure (which a
+notebook displays).
+"""
 
-if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo"):
-    matplotlib.use("Agg")  # figures are written to files; no display is needed or assumed
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .dice import CLASS_NAMES, SIZE
 
-from .dice import CLASS_NAMES, SIZE  # noqa: E402
+
+def _subplots(*args, **kwargs):
+    fig = Figure(figsize=kwargs.pop("figsize", (6.4, 4.0)))
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def dice_examples(X, y, per_class=6, path=None):
@@ -19,8 +26,8 @@ def dice_examples(X, y, per_class=6, path=None):
     """
     X, y = np.asarray(X), np.asarray(y)
     images = X.reshape(-1, SIZE, SIZE)
-    fig, axes = plt.subplots(per_class, len(CLASS_NAMES), figsize=(1.2 * len(CLASS_NAMES), 1.2 * per_class),
-                             squeeze=False)
+    fig, axes = _subplots(per_class, len(CLASS_NAMES), figsize=(1.2 * len(CLASS_NAMES), 1.2 * per_class),
+                          squeeze=False)
     for c, name in enumerate(CLASS_NAMES):
         rows = np.flatnonzero(y == c)[:per_class]
         for r in range(per_class):
@@ -48,7 +55,7 @@ def _finish(fig, ax, path, title):
 
 
 def _colours(n):
-    return plt.cm.viridis(np.linspace(0.1, 0.85, max(n, 1)))
+    return colormaps["viridis"](np.linspace(0.1, 0.85, max(n, 1)))
 
 
 def rho_over_time(runs, n_classes, path=None):
@@ -56,7 +63,7 @@ def rho_over_time(runs, n_classes, path=None):
 
     ``runs``: list of (label, telemetry rows).
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots()
     for (label, rows), colour in zip(runs, _colours(len(runs))):
         t = [r["t"] for r in rows]
         ax.plot(t, [r["rho"][n_classes - 2] for r in rows], "-", color=colour, label=f"{label}: ρ_{n_classes - 1}")
@@ -70,7 +77,7 @@ def rho_over_time(runs, n_classes, path=None):
 
 def projections_over_time(runs, path=None):
     """‖P_top g‖ (solid) and ‖P_bulk g‖ (dotted) against t (2022 paper, Figure 3)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots()
     for (label, rows), colour in zip(runs, _colours(len(runs))):
         t = [r["t"] for r in rows]
         ax.semilogy(t, [r["top_norm"] for r in rows], "-", color=colour, label=f"{label}: ‖P_top g‖")
@@ -86,7 +93,7 @@ def sharpness_over_time(runs, path=None):
 
     ``runs``: list of (label, telemetry rows, lr or None).
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots()
     for (label, rows, lr), colour in zip(runs, _colours(len(runs))):
         ax.plot([r["t"] for r in rows], [r["eigenvalues"][0] for r in rows], "-", color=colour, label=f"{label}: λ_1")
         if lr is not None:
@@ -99,7 +106,7 @@ def sharpness_over_time(runs, path=None):
 
 def loss_over_time(runs, path=None):
     """Training loss against t; ``runs``: list of (label, metrics columns)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots()
     for (label, metrics), colour in zip(runs, _colours(len(runs))):
         ax.semilogy(metrics["t"], metrics["loss"], "-", color=colour, label=label)
     ax.set_xlabel("t")

@@ -179,3 +179,15 @@ def test_bad_arguments():
         top_eigenpairs(lambda V: V * np.nan, 2, V0=np.eye(5)[:, :2])
     with pytest.raises(ValueError, match="guard must be"):
         top_eigenpairs(op, 2, guard=-1)
+
+
+def test_eigenvalue_stopping_is_looser_but_keeps_eigenvalues_accurate():
+    """The paper's test (Ritz values stop changing) ends sooner; Ritz values are still accurate to ~tol."""
+    eigenvalues = np.concatenate([[10.0, 8.0, 6.0], np.linspace(3.0, 0.1, 40)])
+    op = aslinearoperator(matrix_with_spectrum(eigenvalues, seed=4))
+    residual = top_eigenpairs(op, 3, tol=1e-6)
+    by_values = top_eigenpairs(op, 3, tol=1e-6, stop="eigenvalues")
+    assert by_values.converged and by_values.iterations < residual.iterations
+    np.testing.assert_allclose(to_numpy(by_values.values), [10.0, 8.0, 6.0], rtol=1e-5)
+    with pytest.raises(ValueError, match="stop must be one of"):
+        top_eigenpairs(op, 3, method="lanczos", stop="eigenvalues")
