@@ -33,12 +33,14 @@ def main():
     parser.add_argument("--every", type=float, default=2.0, help="telemetry every this many units of t")
     parser.add_argument("--classes", type=int, nargs="*", default=[], help="also run on 2, 3, 5 … classes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu: the paper's scale on CuPy")
     parser.add_argument("--out", default="out/edge_of_stability")
     args = parser.parse_args()
 
     # with --classes, a pool six times larger leaves at least n images of any two classes
     X_all, y_all = ne.datasets.dice("train", n=6 * args.n if args.classes else args.n, seed=args.seed)
-    settings = {"hidden": args.hidden, "activation": args.activation, "seed": args.seed, "max_time": args.max_time,
+    settings = {"hidden": args.hidden, "activation": args.activation, "seed": args.seed, "device": args.device,
+                "max_time": args.max_time,
                 "telemetry_every": args.every, "telemetry_k": 8}
     X, y = X_all[:args.n], y_all[:args.n]
     runs = {lr: run_with_telemetry(f"gd_lr{lr:g}", ne.GradientDescent(lr), settings, X, y, args.out)

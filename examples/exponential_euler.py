@@ -30,11 +30,13 @@ def main():
     parser.add_argument("--gd-lr", type=float, default=0.5)
     parser.add_argument("--max-time", type=float, default=200.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu: the paper's scale on CuPy")
     parser.add_argument("--out", default="out/exponential_euler")
     args = parser.parse_args()
 
     X, y = ne.datasets.dice("train", n=args.n, seed=args.seed)
-    settings = {"hidden": args.hidden, "activation": "elu", "seed": args.seed, "max_time": args.max_time,
+    settings = {"hidden": args.hidden, "activation": "elu", "seed": args.seed, "device": args.device,
+                "max_time": args.max_time,
                 "telemetry_every": 5.0, "telemetry_k": args.k + 1, "until_loss": 0.01}
     ee = run_with_telemetry("exponential_euler", ne.ExponentialEuler(k=args.k, lr_max=args.lr_max), settings, X, y,
                             args.out)

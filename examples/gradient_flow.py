@@ -38,6 +38,7 @@ def main():
     parser.add_argument("--lr-max", type=float, default=1.0)
     parser.add_argument("--max-time", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu: the paper's scale on CuPy")
     parser.add_argument("--out", default="out/gradient_flow")
     args = parser.parse_args()
 
@@ -45,7 +46,8 @@ def main():
     peaks, runs = [], {}
     for n in args.sizes:
         X, y = ne.datasets.subset(X_all, y_all, size=n, seed=args.seed)
-        net = ne.mlp([1024, *args.hidden, 6], activation=args.activation, init="kaiming", seed=args.seed)
+        net = ne.mlp([1024, *args.hidden, 6], activation=args.activation, init="kaiming", seed=args.seed,
+                     device=args.device)
         loss = ne.TrainingLoss(net, "cross_entropy", X, y)
         run_dir = os.path.join(args.out, "runs", f"n{n}")
         print(f"\nn_D = {n}: AdaptiveGradientFlow(lr_max={args.lr_max:g}, safety=0.5) until t = {args.max_time:g}")
@@ -79,11 +81,12 @@ def main():
         peak_step = int(metrics["step"][np.nanargmax(metrics["lambda_1"])])
         steps = snapshot_steps(run_dir)
         nearest = min(steps, key=lambda s: abs(s - peak_step))
-        theta = load_snapshot(run_dir, nearest)
+        theta = loss.net.check_theta(load_snapshot(run_dir, nearest))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ne.NonConvergenceWarning)
-            top = ne.top_eigenpairs(lambda V: loss.hvp(V, theta=theta), 1, V0=np.ones((len(theta), 1)), tol=1e-6)
-        h1 = ne.backend.to_numpy(top.vectors[:, 0])
+            hessian = ne.eigen.BlockOperator(lambda V: loss.hvp(V, theta=theta), like=theta)
+            top = ne.top_eigenpairs(hessian, 1, method="lanczos", tol=1e-6)
+        h1 = top.vectors[:, 0]
         lam = float(top.values[0])
         span = np.sqrt(0.5 / abs(lam))          # where the quadratic model changes L̃ by ¼
         deltas = np.linspace(-span, span, 41)

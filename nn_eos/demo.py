@@ -46,9 +46,11 @@ def run_with_telemetry(name, integrator, settings, X, y, out, progress=True, n_c
     """One resumable run in ``out/runs/name`` of an MLP on (X, y) with the 2022 paper's telemetry.
 
     ``settings`` holds hidden, activation, seed, max_time, telemetry_every,
-    telemetry_k and optionally until_loss; returns (metrics, telemetry rows, result).
+    telemetry_k and optionally until_loss and device ('cpu' or 'gpu'); returns
+    (metrics, telemetry rows, result).
     """
-    net = mlp([X.shape[1], *settings["hidden"], n_classes], activation=settings["activation"], seed=settings["seed"])
+    net = mlp([X.shape[1], *settings["hidden"], n_classes], activation=settings["activation"], seed=settings["seed"],
+              device=settings.get("device"))
     loss = TrainingLoss(net, "cross_entropy", X, y)
     telemetry = eos.Telemetry(k=settings["telemetry_k"], every_time=settings["telemetry_every"], tol=1e-3,
                               maxiter=300, method="lanczos", n_classes=n_classes)

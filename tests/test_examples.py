@@ -1,0 +1,30 @@
+"""Every example script runs end to end at a tiny scale (the defaults are laptop-scale and take minutes)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+CASES = {
+    "curvature_tour.py": [],
+    "edge_of_stability.py": ["--lrs", "0.5", "--n", "60", "--hidden", "8", "--max-time", "2", "--every", "1",
+                             "--classes", "2"],
+    "gradient_flow.py": ["--sizes", "30", "60", "90", "--hidden", "8", "--max-time", "2"],
+    "exponential_euler.py": ["--n", "60", "--hidden", "8", "--max-time", "2"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_example_runs(script, tmp_path):
+    args = list(CASES[script])
+    if script != "curvature_tour.py":
+        args += ["--out", str(tmp_path)]
+    done = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    if script != "curvature_tour.py":
+        assert any(name.endswith(".png") for name in os.listdir(tmp_path)), os.listdir(tmp_path)
+    assert "hold" in done.stdout or script in ("curvature_tour.py", "exponential_euler.py")  # a verdict is printed
