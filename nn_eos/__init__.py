@@ -7,7 +7,7 @@ Stability Is Caused by Layerwise Jacobian Alignment* (2024).
 
 __version__ = "0.1.0"
 
-from . import datasets, eos, plots
+from . import alignment, datasets, eos, plots
 from .activations import ELU, ReLU, Tanh
 from .backend import gpu_available
 from .criteria import MSE, CrossEntropy
@@ -21,6 +21,7 @@ from .network import Sequential, mlp
 __all__ = [
     "CrossEntropy", "Dense", "ELU", "EigenResult", "Flatten", "MSE", "NonConvergenceWarning", "ReLU",
     "Sequential", "Tanh", "TrainingLoss", "gpu_available", "mlp", "top_eigenpairs", "__version__",
-    "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "load_run", "train", "datasets", "eos",
+    "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "load_run", "train", "alignment",
+    "datasets", "eos",
     "plots",
 ]

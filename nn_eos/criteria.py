@@ -58,21 +58,40 @@ class CrossEntropy(Criterion):
         return e / e.sum(axis=-1, keepdims=True)
 
     def value(self, z, y):
-        # l = log Σ_q exp(z_q) − z_y, as a log-sum-exp with the maximum taken out
+        """``l = log Σ_q e^{z_q} − z_y = (m − z_y) + log1p(Σ_{q ≠ argmax} e^{z_q − m})``, m = max_q z_q.
+
+        Taking the maximum out keeps exp from overflowing; log1p of the other
+        terms (the argmax term is exactly 1) keeps l accurate when the softmax
+        saturates and l is tiny.
+        """
         xp = array_module(z)
-        m = z.max(axis=-1)
-        log_sum_exp = m + xp.log(xp.exp(z - m[:, None]).sum(axis=-1))
-        return log_sum_exp - xp.take_along_axis(z, y[:, None], axis=-1)[:, 0]
+        rows, top = xp.arange(z.shape[0]), z.argmax(axis=-1)
+        m = z[rows, top]
+        e = xp.exp(z - m[:, None])
+        e[rows, top] = 0
+        return (m - z[rows, y]) + xp.log1p(e.sum(axis=-1))
 
     def gradient(self, z, y):
+        """``p − e_y``; the entry y is computed as ``−Σ_{q≠y} p_q``, exact when p_y ≈ 1."""
+        xp = array_module(z)
         p = self.softmax(z)
-        p[array_module(z).arange(len(y)), y] -= 1
+        rows = xp.arange(len(y))
+        p[rows, y] = 0
+        p[rows, y] = -p.sum(axis=-1)
         return p
 
     def hessian_product(self, z, y, u):
-        """``(diag(p) − p pᵀ) u = p ⊙ u − p (pᵀu)``, without forming the O×O matrix."""
+        """``(diag(p) − p pᵀ) u``, entry r: ``p_r (u_r − pᵀu) = p_r Σ_q p_q (u_r − u_q)``.
+
+        The last form has no cancellation when the softmax saturates (p_y ≈ 1,
+        where ``u_r − pᵀu`` would subtract two nearly equal numbers), which keeps
+        float32 products accurate; it costs O² per example and direction, small
+        beside the network's passes.
+        """
         p = self.softmax(z)
-        return p * (u - (u * p).sum(axis=-1, keepdims=True))
+        xp = array_module(z)
+        spread = u[..., :, None] - u[..., None, :]                   # (k, n, O, O): u_r − u_q
+        return p * xp.einsum("knrq,nq->knr", spread, p)
 
     def hessian(self, z, y):
         xp = array_module(z)

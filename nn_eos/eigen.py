@@ -246,7 +246,17 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
             v0 = xp.asarray(V0, dtype=dtype).reshape(P, -1).sum(axis=1)
         else:
             v0 = xp.asarray(np.random.default_rng(seed).standard_normal(P), dtype=dtype)
-        theta, X = linalg.eigsh(A.linear_operator(), k=k, which="LA", tol=tol / 10, maxiter=maxiter, v0=v0)
+        try:
+            theta, X = linalg.eigsh(A.linear_operator(), k=k, which="LA", tol=tol / 10, maxiter=maxiter, v0=v0)
+        except Exception as error:
+            # ARPACK gives up when its Krylov space closes on an invariant subspace it cannot
+            # restart from (e.g. the zero operator, H of a linear model); block power
+            # iteration has no such failure, so it answers instead
+            if "Starting vector is zero" not in str(error):
+                raise
+            result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, 0, xp, dtype)
+            result.method = "lanczos"
+            return result
         X, _ = xp.linalg.qr(X)
         theta, X, AX = rayleigh_ritz(X, A(X), xp)
         theta, X, AX = _largest_algebraic(theta, X, AX, k, xp)

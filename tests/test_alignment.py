@@ -1,0 +1,126 @@
+"""The 2024 paper's decomposition: identities that must hold to rounding, on random nets and data."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+
+import nn_eos as ne
+from checks import TOL, assert_close, problems
+from nn_eos import alignment
+from nn_eos.backend import to_numpy
+
+IDENTITY = 1e-9
+
+
+def parameter_jacobian(net, X):
+    """∂f/∂θ per example, (n, O, P), exactly: R{z} = J v for the P unit vectors (r_forward, itself tested)."""
+    net.forward(net.xp.asarray(X))
+    Rz = net.r_forward(net.xp.eye(net.num_params, dtype=net.dtype))      # (P, n, O)
+    return to_numpy(Rz).transpose(1, 2, 0)
+
+
+def layer_slices(net):
+    return [slice(a, b) for a, b, l in zip(net.offsets[:-1], net.offsets[1:], net.layers) if l.num_params]
+
+
+def setup(problem):
+    net, loss = problem.net, problem.loss
+    X, y = loss.X_host, loss.y_host
+    xp = net.xp
+    z, jac, inputs = alignment.preactivation_jacobians(net, xp.asarray(X))
+    R = to_numpy(loss.criterion.sqrt_hessian(z, xp.asarray(y)))
+    return net, loss, X, y, [to_numpy(j) for j in jac], [to_numpy(x) for x in inputs], R
+
+
+@given(problem=problems(max_depth=3, max_width=4, max_examples=5))
+def test_layer_grams_match_explicit_jacobians_and_sum_to_K(problem):
+    """K^i(K^i)ᵀ = (1 + ‖x^{i−1}‖²) R ∂f/∂x̂^i (∂f/∂x̂^i)ᵀ R equals R ∂f/∂θ^i (∂f/∂θ^i)ᵀ R; Σ_i = K Kᵀ (eq. 4)."""
+    net, loss, X, y, jac, inputs, R = setup(problem)
+    J = parameter_jacobian(net, X)
+    K = R @ J                                                                         # (n, O, P)
+    total = np.zeros((len(X),) + R.shape[1:])
+    for i, part in enumerate(layer_slices(net)):
+        explicit = K[:, :, part] @ K[:, :, part].transpose(0, 2, 1)
+        delta = np.sqrt(1 + (inputs[i] ** 2).sum(1))[:, None, None] * (R @ jac[i])
+        assert_close(delta @ delta.transpose(0, 2, 1), explicit, IDENTITY, f"K^{i + 1} (K^{i + 1})ᵀ")
+        total += explicit
+    assert_close(total, K @ K.transpose(0, 2, 1), IDENTITY, "Σ_i K^i (K^i)ᵀ = K Kᵀ")
+    # G = E[Kᵀ K]: its product with v is the Gauss-Newton product
+    v = problem.direction()
+    assert_close(np.einsum("nop,noq,q->p", K, K, v) / len(X), loss.ggn(v), IDENTITY, "E[Kᵀ K] v = G v")
+
+
+@given(problem=problems(max_depth=4, max_width=4, max_examples=5))
+def test_delta_recursion(problem):
+    """Δ^i = χ^i Δ^{i+1} ∂x̂^{i+1}/∂x̂^i with ∂x̂^{i+1}/∂x̂^i = A^{i+1} diag(σ'(x̂^i)) (eq. 5)."""
+    net, loss, X, y, jac, inputs, R = setup(problem)
+    dense, acts = alignment.dense_layers(net)
+    one_plus = [1 + (x ** 2).sum(1) for x in inputs]
+    deltas = [np.sqrt(one_plus[i])[:, None, None] * (R @ jac[i]) for i in range(len(dense))]
+    for i in range(len(dense) - 1):
+        chi = np.sqrt(one_plus[i] / one_plus[i + 1])
+        layerwise = to_numpy(dense[i + 1].A)[None] * to_numpy(acts[i].s)[:, None, :]   # (n, n_{i+1}, n_i)
+        assert_close(deltas[i], chi[:, None, None] * (deltas[i + 1] @ layerwise), IDENTITY, f"eq. 5, i = {i + 1}")
+
+
+@given(problem=problems(max_depth=4, max_width=5, max_examples=6))
+def test_five_components_multiply_to_the_layer_norm(problem):
+    """Π_χ^k P_{χ,Δ/χ}^k Π_J^k P_{Δ,J}^k E‖Δ^L‖² = E‖Δ^k‖² for every k (eq. 7); 0 ≤ ρ(K) ≤ 1; eq. 8.
+
+    The ratios are 0/0 when a layer's Δ vanishes (all ReLUs dead): those draws are skipped. λ_1(G) comes
+    from Lanczos with relative residual tol, so ρ(K) ≤ 1 holds to within tol (Weyl: |λ − θ| ≤ ‖r‖).
+    """
+    tol = 1e-10
+    rep = alignment.analyze(problem.net, problem.loss.criterion, problem.loss.X_host, problem.loss.y_host, tol=tol)
+    assume(np.all(rep.K_layer_norm2 > 0))
+    for k in range(1, rep.num_layers + 1):
+        c = rep.components(k)
+        product = c["Pi_chi"] * c["P_chi"] * c["Pi_J"] * c["P_J"] * c["delta_L"]
+        assert product == pytest.approx(rep.K_layer_norm2[k - 1], rel=IDENTITY)
+    assert -tol <= rep.overlap_ratio <= 1 + tol                          # Lemma 7.2
+    first, rest = rep.K_layer_norm2[0], rep.K_layer_norm2[1:].sum()
+    assert first - rest - 1e-12 <= rep.K_norm2 <= first + rest + 1e-12   # eq. 8 (triangle inequality)
+
+
+@given(problem=problems(max_depth=3, max_width=3, max_examples=4))
+def test_overlap_ratio_uses_the_top_eigenvalue_of_G(problem):
+    """λ_1(G) from the eigensolver equals λ_1(E[Kᵀ K]) from dense matrices (Lemma 7.1: that of E over K Kᵀ too)."""
+    net, loss, X, y, jac, inputs, R = setup(problem)
+    K = R @ parameter_jacobian(net, X)
+    G = np.einsum("nop,noq->pq", K, K) / len(X)
+    rep = alignment.analyze(net, loss.criterion, X, y)
+    assert rep.sharpness["ggn"] == pytest.approx(np.linalg.eigvalsh(G)[-1], rel=1e-8, abs=1e-12)
+    # Lemma 7.1: the non-zero eigenvalues of Kᵀ K are those of K Kᵀ, per example
+    for n in range(len(X)):
+        small = np.linalg.eigvalsh(K[n] @ K[n].T)
+        big = np.linalg.eigvalsh(K[n].T @ K[n])[-len(small):]
+        assert_close(big, small, 1e-8, "Lemma 7.1")
+    assert rep.K_norm2 == pytest.approx(np.mean([np.linalg.eigvalsh(K[n] @ K[n].T)[-1] for n in range(len(X))]),
+                                        rel=IDENTITY)
+
+
+@pytest.mark.parametrize("shape", [(6, 40), (40, 6), (50, 70), (70, 50)])
+def test_layerwise_jacobian_norms_match_svd(shape):
+    """Batched Lanczos (sides > 32) and dense Grams (small sides) against numpy.linalg.svd, to 1e-8."""
+    rng = np.random.default_rng(sum(shape))
+    A = rng.standard_normal(shape)
+    s = rng.uniform(0, 1, size=(9, shape[1]))
+    ours = alignment.layerwise_jacobian_norm2(A, s, np)
+    reference = np.array([np.linalg.svd(A * s[n][None, :], compute_uv=False)[0] ** 2 for n in range(9)])
+    np.testing.assert_allclose(ours, reference, rtol=1e-8)
+
+
+def test_chunked_analysis_equals_whole():
+    net = ne.mlp([5, 6, 6, 3], activation="tanh", seed=1)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((11, 5)), rng.integers(0, 3, 11)
+    whole = alignment.analyze(net, "cross_entropy", X, y, sharpness=False)
+    chunked = alignment.analyze(net, "cross_entropy", X, y, sharpness=False, chunk_size=4)
+    for field in ("K_layer_norm2", "chi2", "jacobian_norm2", "r_delta_jacobian", "r_chi"):
+        assert_close(getattr(chunked, field), getattr(whole, field), TOL["exact"], field)
+
+
+def test_alignment_needs_an_mlp():
+    net = ne.Sequential([ne.Dense(3, 3), ne.Dense(3, 2)], (3,))
+    with pytest.raises(ValueError, match="needs an MLP"):
+        alignment.analyze(net, "mse", np.ones((2, 3)), np.array([0, 1]))
