@@ -66,58 +66,62 @@ def preactivation_jacobians(net, X):
     return z, jac, inputs
 
 
-def batched_top_eigenvalue(matvec, n, d, xp, dtype, tol=1e-10, steps=24, seed=0):
+def batched_top_eigenvalue(matvec, n, d, xp, dtype, tol=1e-9, steps=24, seed=0):
     """Largest eigenvalue of n symmetric PSD d×d operators at once, by Lanczos with full reorthogonalisation.
 
-    ``matvec`` maps (n, d) to (n, d), example by example. Each of ``steps``
-    Lanczos steps is one batched product; the tridiagonal (n, m, m) matrices are
-    diagonalised together. The Ritz value's error bound ``|β_m s_m|`` must fall
-    below ``tol`` times the value for every example, else the iteration is run
-    again with twice the steps (at m = d the Krylov space is the whole space and
-    the answer exact).
+    ``matvec`` maps (n, d) to (n, d), example by example. Each Lanczos step is
+    one batched product; the tridiagonal (n, m, m) matrices are diagonalised
+    together. The error bound of the top Ritz value, ``|β_m s_m|``, must fall
+    below ``tol`` times the value for every example (for a symmetric matrix
+    it bounds the eigenvalue's error), else the recurrence continues to twice
+    the steps; at m = d the Krylov space is the whole space and the answer exact.
     """
-    m = min(steps, d)
     rng = np.random.default_rng(seed)
-    start = xp.asarray(rng.standard_normal((n, d)), dtype=dtype)
+    q = xp.asarray(rng.standard_normal((n, d)), dtype=dtype)
+    q /= xp.linalg.norm(q, axis=1, keepdims=True)
+    m = min(steps, d)
+    basis = xp.zeros((n, m, d), dtype=dtype)                 # row j of each example: its j-th Lanczos vector
+    alpha, beta = [], []
     while True:
-        basis = xp.zeros((m, n, d), dtype=dtype)
-        alpha = xp.zeros((n, m), dtype=dtype)
-        beta = xp.zeros((n, m), dtype=dtype)
-        q = start / xp.linalg.norm(start, axis=1, keepdims=True)
-        for j in range(m):
-            basis[j] = q
+        if basis.shape[1] < m:
+            basis = xp.concatenate([basis, xp.zeros((n, m - basis.shape[1], d), dtype=dtype)], axis=1)
+        for j in range(len(alpha), m):
+            basis[:, j] = q
             w = matvec(q)
-            alpha[:, j] = (w * q).sum(axis=1)
-            # full reorthogonalisation against every basis vector so far (twice is enough)
-            for _ in range(2):
-                w -= xp.einsum("jn,jnd->nd", xp.einsum("jnd,nd->jn", basis[:j + 1], w), basis[:j + 1])
+            alpha.append((w * q).sum(axis=1))
+            known = basis[:, :j + 1]
+            for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
+                w -= (known.transpose(0, 2, 1) @ (known @ w[:, :, None]))[:, :, 0]
             b = xp.linalg.norm(w, axis=1)
-            beta[:, j] = b
-            q = w / xp.where(b > 0, b, 1)[:, None]          # b = 0: an invariant subspace, T is exact
+            beta.append(b)
+            q = w / xp.where(b > 0, b, 1)[:, None]             # b = 0: an invariant subspace, T is exact
         T = xp.zeros((n, m, m), dtype=dtype)
         idx = xp.arange(m)
-        T[:, idx, idx] = alpha
-        T[:, idx[:-1], idx[1:]] = beta[:, :-1]
-        T[:, idx[1:], idx[:-1]] = beta[:, :-1]
+        T[:, idx, idx] = xp.stack(alpha[:m], axis=1)
+        if m > 1:
+            off = xp.stack(beta[:m - 1], axis=1)
+            T[:, idx[:-1], idx[1:]] = off
+            T[:, idx[1:], idx[:-1]] = off
         theta, S = xp.linalg.eigh(T)
         top = theta[:, -1]
-        bound = xp.abs(beta[:, -1] * S[:, -1, -1])
+        bound = xp.abs(beta[m - 1] * S[:, -1, -1])
         if m == d or bool((bound <= tol * xp.maximum(xp.abs(top), 1e-300)).all()):
             return top
         m = min(2 * m, d)
 
 
-def layerwise_jacobian_norm2(A, s, xp, tol=1e-10):
+def layerwise_jacobian_norm2(A, s, xp, tol=1e-9, dense_below=128):
     """``‖A diag(s_n)‖²`` for every example n (s: (n, a), A: (b, a)): the layerwise Jacobians' squared norms.
 
     The smaller side is used: ``λ_max(A diag(s²) Aᵀ)`` (b × b) or
-    ``λ_max(diag(s) Aᵀ A diag(s))`` (a × a). Small sides (≤ 32) are formed per
-    example and diagonalised; larger ones go through batched Lanczos with the
-    matrix-free products ``A (s ⊙ v)`` and ``s ⊙ (Aᵀ u)``.
+    ``λ_max(diag(s) Aᵀ A diag(s))`` (a × a). Sides up to ``dense_below`` are
+    formed per example and diagonalised (cheap at that size); larger ones go
+    through batched Lanczos with the matrix-free products ``A (s ⊙ v)`` and
+    ``s ⊙ (Aᵀ u)``, to a relative accuracy ``tol``.
     """
     b, a = A.shape
     n = s.shape[0]
-    if min(a, b) <= 32:
+    if min(a, b) <= dense_below:
         if b <= a:
             gram = (A[None] * (s * s)[:, None, :]) @ A.T                  # (n, b, b)
         else:
@@ -184,7 +188,7 @@ def per_example_quantities(net, criterion, X, y):
             "J2": [to_numpy(j) for j in J2]}
 
 
-def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, tol=1e-8):
+def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, tol=1e-6):
     """The 2024 paper's decomposition at θ (default: the network's own) over the dataset (X, y).
 
     Expectations are means over all examples, accumulated in chunks of
@@ -227,3 +231,92 @@ def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, t
         report.sharpness = values
         report.overlap_ratio = values["ggn"] / report.K_norm2
     return report
+
+
+# ----- over a run, and across runs -----------------------------------------------------
+
+SERIES_FIELDS = ("K_norm2", "overlap_ratio", "K_layer_norm2", "chi2", "jacobian_norm2", "r_delta_jacobian", "r_chi")
+
+
+def report_row(report, step, t):
+    """A JSON-ready dict of one report (layer arrays as lists, the five factors of E‖Δ^1‖²)."""
+    row = {"step": int(step), "t": float(t)}
+    for name in SERIES_FIELDS:
+        value = getattr(report, name)
+        row[name] = None if value is None else (np.asarray(value).tolist() if np.ndim(value) else float(value))
+    row["sharpness"] = report.sharpness
+    row["components_1"] = report.components(1)
+    return row
+
+
+def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpness=True, chunk_size=None):
+    """The decomposition at the run's θ snapshots, as columns (2024 paper, sections 3–5).
+
+    Snapshots before step ``skip`` are left out (the paper ignores the first
+    ten iterations, an initial transient), then every ``every``-th snapshot is
+    analysed. Results are cached in ``alignment.jsonl`` beside the run, so a
+    second call only computes snapshots it has not seen. The data default to
+    the run's own (``config.json``'s data spec, dice only); pass X, y otherwise.
+    """
+    import json
+    import os
+
+    from tqdm.auto import tqdm
+
+    from . import datasets
+    from .network import mlp
+    from .train import columns, load_run, load_snapshot, read_rows, snapshot_steps
+
+    config, metrics, _, _ = load_run(run_dir)
+    if X is None:
+        data = config.get("data") or {}
+        if data.get("dataset") != "dice":
+            raise ValueError(f"{run_dir}: cannot rebuild data {data!r}; pass X and y")
+        X, y = datasets.dice(data.get("split", "train"), n=data["n"], seed=data.get("seed", 0))
+    spec = config["net"]
+    if spec.get("kind") != "mlp":
+        raise ValueError(f"{run_dir}: alignment needs an MLP, the run's net is {spec!r}")
+    net = mlp(spec["widths"], activation=spec["activation"], dtype=config.get("dtype", "float64"))
+    times = dict(zip(np.asarray(metrics.get("step", []), dtype=int).tolist(), metrics.get("t", [])))
+    cache = os.path.join(run_dir, "alignment.jsonl")
+    rows = {row["step"]: row for row in read_rows(cache)}
+    steps = [s for s in snapshot_steps(run_dir) if s >= skip][::every]
+    todo = [s for s in steps if s not in rows]
+    with open(cache, "a") as f:
+        for step in tqdm(todo, disable=not progress, desc=f"alignment of {os.path.basename(os.fspath(run_dir))}"):
+            report = analyze(net, config["criterion"], X, y, theta=load_snapshot(run_dir, step), sharpness=sharpness,
+                             chunk_size=chunk_size)
+            rows[step] = report_row(report, step, times.get(step, np.nan))
+            f.write(json.dumps(rows[step]) + "\n")
+            f.flush()
+    return columns([rows[s] for s in steps])
+
+
+def counterfactual_sharpness(series):
+    """The bound ``ρ(K) Σ_i (P^i_{Δ,J}(0) / P^i_{Δ,J}(t)) E‖Δ^i‖²`` over a series (2024 paper, section 5).
+
+    The sharpness the network would have if the alignment ``P^i_{Δ,J}`` had kept
+    its value at the first analysed snapshot ("0"). The paper prints the ratio
+    as P(t)/P(0); removing the growth of the alignment needs P(0)/P(t), which
+    is what we compute. Returns (bound over t, the largest stable η = 2 / max bound).
+    """
+    delta2 = np.array([np.asarray(v) for v in series["K_layer_norm2"]])          # (T, L)
+    r = np.array([np.asarray(v) for v in series["r_delta_jacobian"]])            # (T, L−1)
+    P = np.stack([np.prod(r[:, i:], axis=1) for i in range(delta2.shape[1])], axis=1)   # P^i = Π_{j≥i} r_j
+    bound = np.asarray(series["overlap_ratio"], dtype=float) * np.sum(P[:1] / P * delta2, axis=1)
+    return bound, 2.0 / np.nanmax(bound)
+
+
+def power_law(sizes, values):
+    """Fit ``value ≈ c1 · D^{c2}`` (2024 paper, eq. 9) by least squares on logarithms; returns (c1, c2, R²).
+
+    R² is the coefficient of determination of the fit in log–log space.
+    """
+    x, v = np.log(np.asarray(sizes, dtype=float)), np.log(np.asarray(values, dtype=float))
+    if len(x) < 2 or np.ptp(x) == 0:
+        raise ValueError("power_law needs at least two distinct sizes")
+    c2, log_c1 = np.polyfit(x, v, 1)
+    residual = v - (log_c1 + c2 * x)
+    total = np.sum((v - v.mean()) ** 2)
+    r2 = 1 - residual @ residual / total if total > 0 else 1.0
+    return float(np.exp(log_c1)), float(c2), float(r2)

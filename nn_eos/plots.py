@@ -113,3 +113,14 @@ def loss_over_time(runs, path=None):
     ax.set_ylabel("training loss L̃")
     ax.legend(fontsize=7)
     return _finish(fig, ax, path, "Training loss")
+
+
+def curves(series, xlabel, ylabel, title, path=None, logy=False):
+    """Generic line plot: ``series`` is a list of (label, x, y); colours follow the order (e.g. dataset size)."""
+    fig, ax = _subplots()
+    for (label, x, y), colour in zip(series, _colours(len(series))):
+        (ax.semilogy if logy else ax.plot)(x, y, "-", color=colour, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    return _finish(fig, ax, path, title)

@@ -99,13 +99,14 @@ def test_overlap_ratio_uses_the_top_eigenvalue_of_G(problem):
                                         rel=IDENTITY)
 
 
+@pytest.mark.parametrize("dense_below", [0, 128])
 @pytest.mark.parametrize("shape", [(6, 40), (40, 6), (50, 70), (70, 50)])
-def test_layerwise_jacobian_norms_match_svd(shape):
-    """Batched Lanczos (sides > 32) and dense Grams (small sides) against numpy.linalg.svd, to 1e-8."""
+def test_layerwise_jacobian_norms_match_svd(shape, dense_below):
+    """Batched Lanczos and dense Grams against numpy.linalg.svd, to 1e-8."""
     rng = np.random.default_rng(sum(shape))
     A = rng.standard_normal(shape)
     s = rng.uniform(0, 1, size=(9, shape[1]))
-    ours = alignment.layerwise_jacobian_norm2(A, s, np)
+    ours = alignment.layerwise_jacobian_norm2(A, s, np, dense_below=dense_below)
     reference = np.array([np.linalg.svd(A * s[n][None, :], compute_uv=False)[0] ** 2 for n in range(9)])
     np.testing.assert_allclose(ours, reference, rtol=1e-8)
 
@@ -124,3 +125,36 @@ def test_alignment_needs_an_mlp():
     net = ne.Sequential([ne.Dense(3, 3), ne.Dense(3, 2)], (3,))
     with pytest.raises(ValueError, match="needs an MLP"):
         alignment.analyze(net, "mse", np.ones((2, 3)), np.array([0, 1]))
+
+
+def test_power_law_recovers_known_coefficients():
+    sizes = np.array([468, 937, 1875, 3750, 7500])
+    c1, c2, r2 = alignment.power_law(sizes, 0.0017 * sizes ** 0.23)
+    assert c1 == pytest.approx(0.0017, rel=1e-10) and c2 == pytest.approx(0.23, rel=1e-10) and r2 == 1.0
+    noisy = 0.0017 * sizes ** 0.23 * np.exp(np.array([0.1, -0.1, 0.05, 0.0, -0.05]))
+    assert alignment.power_law(sizes, noisy)[2] < 1.0
+    with pytest.raises(ValueError, match="two distinct sizes"):
+        alignment.power_law([5, 5], [1, 2])
+
+
+def test_counterfactual_bound_removes_the_growth_of_alignment():
+    """With P^i(t) = P^i(0) the bound is ρ(K) Σ_i E‖Δ^i‖²; doubling every r doubles P^1 and halves its term."""
+    series = {"K_layer_norm2": [[4.0, 2.0, 1.0], [8.0, 2.0, 1.0]], "r_delta_jacobian": [[1.0, 1.0], [2.0, 1.0]],
+              "overlap_ratio": [0.5, 0.5]}
+    bound, lr = alignment.counterfactual_sharpness(series)
+    np.testing.assert_allclose(bound, [0.5 * 7.0, 0.5 * (8.0 / 2 + 2.0 + 1.0)])
+    assert lr == pytest.approx(2 / 3.5)
+
+
+def test_analyze_run_caches_beside_the_run(tmp_path):
+    X, y = ne.datasets.dice("train", n=24)
+    net = ne.mlp([1024, 6, 6, 6], activation="elu", seed=0)
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    ne.train(loss, ne.GradientDescent(0.5), until_loss=0.0, max_steps=6, snapshot_every=2, run_dir=tmp_path / "r",
+             progress=False, config={"dataset": "dice", "n": 24, "seed": 0})
+    series = alignment.analyze_run(tmp_path / "r", skip=2, progress=False)
+    assert list(series["step"]) == [2, 4, 6] and np.all(series["overlap_ratio"] <= 1 + 1e-8)
+    first = (tmp_path / "r" / "alignment.jsonl").read_text()
+    again = alignment.analyze_run(tmp_path / "r", skip=2, progress=False)
+    assert (tmp_path / "r" / "alignment.jsonl").read_text() == first
+    np.testing.assert_array_equal(again["K_norm2"], series["K_norm2"])

@@ -14,6 +14,8 @@ CASES = {
                              "--classes", "2"],
     "gradient_flow.py": ["--sizes", "30", "60", "90", "--hidden", "8", "--max-time", "2"],
     "exponential_euler.py": ["--n", "60", "--hidden", "8", "--max-time", "2"],
+    "jacobian_alignment.py": ["--sizes", "60", "120", "--hidden", "8", "8", "8", "--max-time", "12",
+                              "--snapshot-every", "3"],
 }
 
 

@@ -1,0 +1,58 @@
+"""Cost of the 2024 paper's decomposition at one θ, as multiples of one gradient, split by part.
+
+    python bench/alignment.py [--n 1000] [--widths 1024 512 512 512 512 512 6]
+
+Parts: the pre-activation Jacobians and the O×O Grams of Δ^i and K (all
+examples at once); the layerwise Jacobians' squared operator norms (batched
+Lanczos over examples); and the three sharpness eigensolves (λ_1 of ∇²L̃, G
+and H by Lanczos), which ρ(K) needs. Aim: under 30 gradients in all, the
+layerwise Jacobian norms under 5.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import nn_eos as ne  # noqa: E402
+from nn_eos import alignment  # noqa: E402
+from timing import median_times, table  # noqa: E402
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--widths", type=int, nargs="+", default=[1024, 512, 512, 512, 512, 512, 6])
+    args = parser.parse_args()
+    X, y = ne.datasets.dice("train", n=args.n)
+    net = ne.mlp(args.widths, activation="elu", seed=0)
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    gradient = median_times({"g": loss.value_and_gradient}, rounds=5)["g"]
+    print(f"MLP {args.widths}, P = {net.num_params}, n = {args.n}: one gradient = {gradient:.4f} s")
+    xp, criterion = net.xp, loss.criterion
+    Xd, yd = loss._data()
+    dense, acts = alignment.dense_layers(net)
+    (_, jac, _), t_jac = timed(lambda: alignment.preactivation_jacobians(net, Xd))
+    _, t_layerwise = timed(lambda: [alignment.layerwise_jacobian_norm2(dense[i + 1].A, acts[i].s, xp)
+                                    for i in range(len(dense) - 1)])
+    _, t_all_per_example = timed(lambda: alignment.per_example_quantities(net, criterion, Xd, yd))
+    _, t_full = timed(lambda: alignment.analyze(net, criterion, X, y))
+    rows = [["pre-activation Jacobians (all layers)", f"{t_jac:.3f}", f"{t_jac / gradient:.1f}"],
+            ["layerwise Jacobian norms (batched Lanczos)", f"{t_layerwise:.3f}", f"{t_layerwise / gradient:.1f}"],
+            ["all per-example quantities (Jacobians, Grams, norms)", f"{t_all_per_example:.3f}",
+             f"{t_all_per_example / gradient:.1f}"],
+            ["sharpness of ∇²L̃, G, H (Lanczos) = rest of analyze", f"{t_full - t_all_per_example:.3f}",
+             f"{(t_full - t_all_per_example) / gradient:.1f}"],
+            ["full analyze", f"{t_full:.3f}", f"{t_full / gradient:.1f}"]]
+    print(table(rows, ["part", "seconds", "/ gradient"]))
+
+
+if __name__ == "__main__":
+    main()
