@@ -144,6 +144,7 @@ class AlignmentReport:
     r_chi: np.ndarray              # r(χ^i I, Δ^i/χ^i), i = 1..L−1
     sharpness: dict = None         # λ_1 of ∇²L̃, G and H when computed
     overlap_ratio: float = None    # ρ(K) = λ_1(G) / E‖K‖² (eq. 3)
+    eigenvectors: dict = None      # the top eigenvector of each, when asked for
 
     @property
     def num_layers(self):
@@ -188,13 +189,14 @@ def per_example_quantities(net, criterion, X, y):
             "J2": [to_numpy(j) for j in J2]}
 
 
-def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, tol=1e-6):
+def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, tol=1e-6, eigenvectors=False):
     """The 2024 paper's decomposition at θ (default: the network's own) over the dataset (X, y).
 
     Expectations are means over all examples, accumulated in chunks of
     ``chunk_size``. With ``sharpness=True`` the top eigenvalues of ∇²L̃, G and
     H = ∇²L̃ − G are computed by Lanczos (relative residual ``tol``) and
-    ``overlap_ratio`` = ρ(K) = λ_1(G)/E‖K‖² (eq. 3).
+    ``overlap_ratio`` = ρ(K) = λ_1(G)/E‖K‖² (eq. 3); ``eigenvectors=True``
+    keeps their top eigenvectors in ``report.eigenvectors``.
     """
     from .curvature import TrainingLoss
     from .eigen import top_eigenpairs
@@ -224,11 +226,13 @@ def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, t
                              jacobian_norm2=J2.mean(axis=1), r_delta_jacobian=r_delta_jacobian, r_chi=r_chi)
     if sharpness:
         theta = net.theta if theta is None else net.check_theta(theta)
-        values = {}
+        values, vectors = {}, {}
         for kind in ("hessian", "ggn", "residual"):
-            operator = loss.linear_operator(kind, theta=theta)
-            values[kind] = float(to_numpy(top_eigenpairs(operator, 1, method="lanczos", tol=tol).values)[0])
+            result = top_eigenpairs(loss.linear_operator(kind, theta=theta), 1, method="lanczos", tol=tol)
+            values[kind] = float(to_numpy(result.values)[0])
+            vectors[kind] = result.vectors[:, 0]
         report.sharpness = values
+        report.eigenvectors = vectors if eigenvectors else None
         report.overlap_ratio = values["ggn"] / report.K_norm2
     return report
 
@@ -253,8 +257,8 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
     """The decomposition at the run's θ snapshots, as columns (2024 paper, sections 3–5).
 
     Snapshots before step ``skip`` are left out (the paper ignores the first
-    ten iterations, an initial transient), then every ``every``-th snapshot is
-    analysed. Results are cached in ``alignment.jsonl`` beside the run, so a
+    ten iterations, an initial transient); of the rest, those at steps that
+    are multiples of ``every`` are analysed (the paper: every 100). Results are cached in ``alignment.jsonl`` beside the run, so a
     second call only computes snapshots it has not seen. The data default to
     the run's own (``config.json``'s data spec, dice only); pass X, y otherwise.
     """
@@ -280,7 +284,7 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
     times = dict(zip(np.asarray(metrics.get("step", []), dtype=int).tolist(), metrics.get("t", [])))
     cache = os.path.join(run_dir, "alignment.jsonl")
     rows = {row["step"]: row for row in read_rows(cache)}
-    steps = [s for s in snapshot_steps(run_dir) if s >= skip][::every]
+    steps = [s for s in snapshot_steps(run_dir) if s >= skip and s % every == 0]
     todo = [s for s in steps if s not in rows]
     with open(cache, "a") as f:
         for step in tqdm(todo, disable=not progress, desc=f"alignment of {os.path.basename(os.fspath(run_dir))}"):
