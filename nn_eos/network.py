@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from . import backend
-from .activations import Activation, activation as make_activation
+from .activations import activation as make_activation
 from .layers import Dense
 
 
@@ -189,4 +189,4 @@ def mlp(widths, activation="elu", init="xavier", gain=None, seed=0, dtype="float
     return net
 
 
-__all__ = ["Sequential", "mlp", "Activation"]
+__all__ = ["Sequential", "mlp", "init_dense"]

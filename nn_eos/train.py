@@ -101,7 +101,10 @@ def load_run(run_dir):
     metrics = columns(read_rows(os.path.join(run_dir, "metrics.jsonl")))
     telemetry = read_rows(os.path.join(run_dir, "telemetry.jsonl"))
     result_path = os.path.join(run_dir, "result.json")
-    result = json.load(open(result_path)) if os.path.exists(result_path) else None
+    result = None
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            result = json.load(f)
     return config, metrics, telemetry, result
 
 

@@ -1,6 +1,5 @@
 """Datasets: the dice generator's geometry and splits, the loaders on tiny files in each real format."""
 
-import os
 import pickle
 
 import numpy as np

@@ -5,7 +5,6 @@ import os
 import re
 
 import numpy as np
-import pytest
 
 from nn_eos import cli
 from nn_eos.demo import bulk_claim, edge_claim, monotone_claim

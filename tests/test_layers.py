@@ -12,7 +12,7 @@ and, without second-order terms, r_backward is the plain backward pass of R{δ}.
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import given, strategies as st
 
 from checks import KINK_MARGIN, TOL, assert_close, central_difference
 from nn_eos import backend
