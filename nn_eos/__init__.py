@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from . import alignment, datasets, eos, plots
 from .activations import ELU, ReLU, Tanh
 from .backend import gpu_available
+from .conv import AvgPool2d, Conv2d, MaxPool2d
 from .criteria import MSE, CrossEntropy
 from .curvature import TrainingLoss
 from .eigen import EigenResult, NonConvergenceWarning, top_eigenpairs
@@ -19,7 +20,7 @@ from .layers import Dense, Flatten
 from .network import Sequential, mlp
 
 __all__ = [
-    "CrossEntropy", "Dense", "ELU", "EigenResult", "Flatten", "MSE", "NonConvergenceWarning", "ReLU",
+    "AvgPool2d", "Conv2d", "MaxPool2d", "CrossEntropy", "Dense", "ELU", "EigenResult", "Flatten", "MSE", "NonConvergenceWarning", "ReLU",
     "Sequential", "Tanh", "TrainingLoss", "gpu_available", "mlp", "top_eigenpairs", "__version__",
     "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "load_run", "train", "alignment",
     "datasets", "eos",

@@ -1,0 +1,97 @@
+"""Conv2d, AvgPool2d and MaxPool2d: the four passes against central differences, and conv nets end to end."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import nn_eos as ne
+from checks import TOL, assert_close, central_difference
+from nn_eos.conv import AvgPool2d, Conv2d, MaxPool2d
+from nn_eos.backend import to_numpy
+from test_layers import check_layer
+
+
+@st.composite
+def conv_cases(draw):
+    C, F = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1))
+    H, W = draw(st.integers(kh, 6)), draw(st.integers(kw, 6))
+    n = draw(st.integers(1, 3))
+    return Conv2d(C, F, (kh, kw), (sh, sw), (ph, pw)), (n, C, H, W), draw(st.integers(0, 2**32 - 1))
+
+
+@given(case=conv_cases())
+def test_conv2d_passes(case):
+    layer, shape, seed = case
+    rng = np.random.default_rng(seed)
+    check_layer(layer, rng.standard_normal(shape), rng, k=2)
+
+
+@given(kernel=st.integers(1, 3), stride=st.integers(1, 3), n=st.integers(1, 2), C=st.integers(1, 2),
+       H=st.integers(3, 6), seed=st.integers(0, 2**32 - 1))
+def test_avgpool_passes(kernel, stride, n, C, H, seed):
+    rng = np.random.default_rng(seed)
+    check_layer(AvgPool2d(kernel, stride), rng.standard_normal((n, C, H, H)), rng, k=2)
+
+
+@given(kernel=st.integers(2, 3), stride=st.integers(1, 3), padding=st.integers(0, 1), n=st.integers(1, 2),
+       C=st.integers(1, 2), H=st.integers(3, 6), seed=st.integers(0, 2**32 - 1))
+def test_maxpool_passes(kernel, stride, padding, n, C, H, seed):
+    """Inputs drawn without near-ties, so the finite-difference steps never move an argmax."""
+    rng = np.random.default_rng(seed)
+    x = rng.permutation(n * C * H * H).reshape(n, C, H, H) * 0.1     # distinct values 0.1 apart
+    check_layer(MaxPool2d(kernel, stride, padding), x, rng, k=2)
+
+
+def test_conv2d_matches_a_direct_convolution():
+    rng = np.random.default_rng(0)
+    layer = Conv2d(2, 3, 3, stride=2, padding=1)
+    params = rng.standard_normal(layer.num_params)
+    layer.bind(params)
+    x = rng.standard_normal((2, 2, 5, 5))
+    y = layer.forward(x)
+    W, b = params[:54].reshape(3, 2, 3, 3), params[54:]
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    direct = np.empty((2, 3, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            patch = padded[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3]
+            direct[:, :, i, j] = np.einsum("ncij,fcij->nf", patch, W) + b
+    np.testing.assert_allclose(y, direct, rtol=1e-12)
+
+
+def conv_net(seed=0, activation="tanh", pool=AvgPool2d):
+    layers = [Conv2d(2, 3, 3, padding=1), ne.Tanh() if activation == "tanh" else ne.ELU(), pool(2),
+              ne.Flatten(), ne.Dense(3 * 3 * 3, 4)]
+    net = ne.Sequential(layers, (2, 6, 6))
+    net.set_theta(np.random.default_rng(seed).standard_normal(net.num_params) * 0.5)
+    return net
+
+
+@pytest.mark.parametrize("pool", [AvgPool2d, MaxPool2d])
+def test_conv_net_curvature(pool):
+    rng = np.random.default_rng(1)
+    net = conv_net(pool=pool)
+    X, y = rng.standard_normal((5, 2, 6, 6)), rng.integers(0, 4, 5)
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    theta = to_numpy(net.theta).copy()
+    v = rng.standard_normal(net.num_params)
+    v /= np.linalg.norm(v)
+    assert_close(loss.gradient() @ v, central_difference(loss.value, theta, v), TOL["fd"], "gradient")
+    assert_close(loss.hvp(v), central_difference(loss.gradient, theta, v), TOL["fd"], "hvp")
+    V = rng.standard_normal((net.num_params, 3))
+    assert_close(loss.hvp(V), np.stack([to_numpy(loss.hvp(V[:, j])) for j in range(3)], 1), TOL["exact"], "block")
+    assert_close(to_numpy(loss.ggn(V)) + to_numpy(loss.residual(V)), loss.hvp(V), TOL["exact"], "G + H")
+    chunked = ne.TrainingLoss(net, "cross_entropy", X, y, chunk_size=2)
+    assert_close(chunked.hvp(V), loss.hvp(V), TOL["exact"], "chunked")
+
+
+def test_conv_shape_errors():
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(n, 3, H, W\)"):
+        ne.Sequential([Conv2d(3, 2, 3)], (2, 8, 8))
+    with pytest.raises(ValueError, match="does not fit"):
+        ne.Sequential([Conv2d(1, 2, 5), ne.Flatten()], (1, 3, 3))
+    with pytest.raises(ValueError, match="kernel must be"):
+        Conv2d(1, 1, -1)
