@@ -17,10 +17,10 @@ from .eigen import EigenResult, NonConvergenceWarning, top_eigenpairs
 from .integrators import AdaptiveGradientFlow, ExponentialEuler, GradientDescent
 from .train import Run, load_run, train
 from .layers import Dense, Flatten
-from .network import Sequential, mlp
+from .network import Sequential, alexnet_like, mlp, vgg_like
 
 __all__ = [
-    "AvgPool2d", "Conv2d", "MaxPool2d", "CrossEntropy", "Dense", "ELU", "EigenResult", "Flatten", "MSE", "NonConvergenceWarning", "ReLU",
+    "AvgPool2d", "Conv2d", "MaxPool2d", "CrossEntropy", "alexnet_like", "vgg_like", "Dense", "ELU", "EigenResult", "Flatten", "MSE", "NonConvergenceWarning", "ReLU",
     "Sequential", "Tanh", "TrainingLoss", "gpu_available", "mlp", "top_eigenpairs", "__version__",
     "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "load_run", "train", "alignment",
     "datasets", "eos",

@@ -155,6 +155,9 @@ class Dense(Layer):
 class Flatten(Layer):
     """Reshapes (n, *shape) to (n, prod(shape)); the R-passes reshape the same way."""
 
+    def __repr__(self):
+        return "Flatten()"
+
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from . import backend
 from .activations import activation as make_activation
-from .layers import Dense
+from .conv import Conv2d, MaxPool2d
+from .layers import Dense, Flatten
 
 
 class Sequential:
@@ -160,6 +161,103 @@ def init_dense(rng, n_in, n_out, init, gain):
     return np.concatenate([A.ravel(), np.zeros(n_out)])
 
 
+def init_layer(rng, layer, init, gain):
+    """Parameters of a Dense or Conv2d layer: weights by ``init`` with fan-in/fan-out of the layer, zero biases.
+
+    For a convolution, fan-in = C·kh·kw and fan-out = F·kh·kw (as in PyTorch).
+    """
+    if isinstance(layer, Dense):
+        return init_dense(rng, layer.n_in, layer.n_out, init, gain)
+    kk = layer.win.kh * layer.win.kw
+    fan_in, fan_out = layer.K, layer.F * kk
+    if init == "xavier":
+        a = gain * math.sqrt(6.0 / (fan_in + fan_out))
+        W = rng.uniform(-a, a, size=(layer.F, layer.K))
+    elif init == "kaiming":
+        W = rng.normal(0.0, gain / math.sqrt(fan_in), size=(layer.F, layer.K))
+    else:
+        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+    return np.concatenate([W.ravel(), np.zeros(layer.F)])
+
+
+def _initialised(layers, input_shape, activation, init, gain, seed, dtype, device, spec):
+    act = make_activation(activation)
+    gain = act.gain if gain is None else float(gain)
+    rng = np.random.default_rng(seed)
+    theta = np.concatenate([init_layer(rng, l, init, gain) for l in layers if l.num_params])
+    net = Sequential(layers, input_shape, dtype=dtype, device=device, theta=theta)
+    net.spec = {**spec, "activation": act.name, "init": init, "gain": gain, "seed": seed}
+    return net
+
+
+def _conv_stack(config, in_channels, activation, kernel, padding):
+    """Conv/activation layers for a list of channel counts, 'M' standing for a 2×2 max-pool."""
+    layers, channels = [], in_channels
+    for item in config:
+        if item == "M":
+            layers.append(MaxPool2d(2))
+        else:
+            layers += [Conv2d(channels, item, kernel, padding=padding), make_activation(activation)]
+            channels = item
+    return layers, channels
+
+
+def _classifier(n_in, hidden, n_classes, activation):
+    layers, width = [], n_in
+    for h in hidden:
+        layers += [Dense(width, h), make_activation(activation)]
+        width = h
+    return layers + [Dense(width, n_classes)]
+
+
+def _check_image_input(in_shape, name):
+    if len(in_shape) != 3 or in_shape[1] % 4 or in_shape[2] % 4:
+        raise ValueError(f"{name} takes (C, H, W) inputs with H and W multiples of 4, got {in_shape}")
+
+
+def alexnet_like(in_shape=(3, 32, 32), n_classes=10, activation="relu", width=1.0, init="kaiming", gain=None,
+                 seed=0, dtype="float64", device=None):
+    """An AlexNet for 32×32 images, as used on CIFAR-10 by the 2022 paper (Kaiming init by default).
+
+    conv 5×5 (64w) → σ → max-pool 2 → conv 5×5 (64w) → σ → max-pool 2 → flatten → dense 384w → σ →
+    dense 192w → σ → dense n_classes, with channel and unit counts scaled by ``width`` (w); width 0.25
+    gives a net that trains on a laptop CPU, width 1 the usual CIFAR AlexNet.
+    """
+    in_shape = tuple(int(d) for d in in_shape)
+    _check_image_input(in_shape, "alexnet_like")
+    c = max(1, int(round(64 * width)))
+    features, channels = _conv_stack([c, "M", c, "M"], in_shape[0], activation, 5, 2)
+    flat = channels * (in_shape[1] // 4) * (in_shape[2] // 4)
+    hidden = [max(1, int(round(384 * width))), max(1, int(round(192 * width)))]
+    layers = features + [Flatten()] + _classifier(flat, hidden, n_classes, activation)
+    spec = {"kind": "alexnet", "in_shape": list(in_shape), "n_classes": n_classes, "width": width}
+    return _initialised(layers, in_shape, activation, init, gain, seed, dtype, device, spec)
+
+
+VGG = {11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+       16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]}
+
+
+def vgg_like(in_shape=(3, 32, 32), n_classes=10, depth=16, activation="relu", width=1.0, init="kaiming", gain=None,
+             seed=0, dtype="float64", device=None):
+    """A VGG-11 or VGG-16 without normalisation for 32×32 images (the 2022 paper's non-normalised VGG-16).
+
+    3×3 convolutions with padding 1 and 2×2 max-pools as in the VGG configurations, channels scaled by
+    ``width``, then dense 512w → σ → dense n_classes on the 1×1 map (Kaiming init by default).
+    """
+    if depth not in VGG:
+        raise ValueError(f"depth must be one of {sorted(VGG)}, got {depth}")
+    in_shape = tuple(int(d) for d in in_shape)
+    if in_shape[1:] != (32, 32):
+        raise ValueError(f"vgg_like takes 32×32 images, got {in_shape}")
+    config = [item if item == "M" else max(1, int(round(item * width))) for item in VGG[depth]]
+    features, channels = _conv_stack(config, in_shape[0], activation, 3, 1)
+    layers = features + [Flatten()] + _classifier(channels, [max(1, int(round(512 * width)))], n_classes,
+                                                  activation)
+    spec = {"kind": "vgg", "depth": depth, "in_shape": list(in_shape), "n_classes": n_classes, "width": width}
+    return _initialised(layers, in_shape, activation, init, gain, seed, dtype, device, spec)
+
+
 def mlp(widths, activation="elu", init="xavier", gain=None, seed=0, dtype="float64", device=None):
     """A multi-layer perceptron ``n_0 → n_1 → … → n_L`` (2024 paper, section 2.1).
 
@@ -175,18 +273,13 @@ def mlp(widths, activation="elu", init="xavier", gain=None, seed=0, dtype="float
         raise ValueError(f"mlp needs at least [n_in, n_out] with positive widths, got {widths}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
-    act = make_activation(activation)
-    gain = act.gain if gain is None else float(gain)
     layers = []
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(Dense(n_in, n_out))
         if i < len(widths) - 2:
-            layers.append(make_activation(act))
-    rng = np.random.default_rng(seed)
-    theta = np.concatenate([init_dense(rng, l.n_in, l.n_out, init, gain) for l in layers if isinstance(l, Dense)])
-    net = Sequential(layers, (widths[0],), dtype=dtype, device=device, theta=theta)
-    net.spec = {"kind": "mlp", "widths": widths, "activation": act.name, "init": init, "gain": gain, "seed": seed}
-    return net
+            layers.append(make_activation(activation))
+    return _initialised(layers, (widths[0],), activation, init, gain, seed, dtype, device,
+                        {"kind": "mlp", "widths": widths})
 
 
-__all__ = ["Sequential", "mlp", "init_dense"]
+__all__ = ["Sequential", "alexnet_like", "init_dense", "init_layer", "mlp", "vgg_like"]

@@ -95,3 +95,29 @@ def test_conv_shape_errors():
         ne.Sequential([Conv2d(1, 2, 5), ne.Flatten()], (1, 3, 3))
     with pytest.raises(ValueError, match="kernel must be"):
         Conv2d(1, 1, -1)
+
+
+@pytest.mark.parametrize("build", ["alexnet", "vgg11", "vgg16"])
+def test_builders_give_trainable_nets_with_exact_curvature(build):
+    rng = np.random.default_rng(3)
+    if build == "alexnet":
+        net = ne.alexnet_like(in_shape=(3, 8, 8), n_classes=4, width=1 / 16, activation="tanh", seed=1)
+        X = rng.standard_normal((4, 3, 8, 8))
+    else:
+        net = ne.vgg_like(n_classes=4, depth=int(build[3:]), width=1 / 64, activation="tanh", seed=1)
+        X = rng.standard_normal((3, 3, 32, 32))
+    y = rng.integers(0, 4, len(X))
+    assert net(X).shape == (len(X), 4) and net.spec["kind"] in ("alexnet", "vgg")
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    theta, v = to_numpy(net.theta).copy(), rng.standard_normal(net.num_params)
+    v /= np.linalg.norm(v)
+    assert_close(loss.hvp(v), central_difference(loss.gradient, theta, v), TOL["fd"], f"{build} hvp")
+
+
+def test_builder_arguments():
+    with pytest.raises(ValueError, match="depth must be one of"):
+        ne.vgg_like(depth=13)
+    with pytest.raises(ValueError, match="32×32"):
+        ne.vgg_like(in_shape=(3, 28, 28))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        ne.alexnet_like(in_shape=(3, 30, 30))
