@@ -1,6 +1,7 @@
 """Cost of the curvature products as multiples of one gradient, and against PyTorch and JAX.
 
     python bench/curvature.py [--n 1000] [--rounds 7] [--dtype float64 float32] [--device cpu|gpu] [--no-peers]
+                              [--conv alexnet vgg11] [--conv-n 200]
 
 The network is the 2024 paper's MLP (1024 inputs, five hidden layers of 512,
 ELU, 6 outputs) on n examples. Ours: value+gradient, ∇²L̃ v (k = 1), G v
@@ -9,6 +10,10 @@ installed and on the CPU: PyTorch's double-backward HVP, forward-over-reverse
 HVP, ``vmap`` of 11 HVPs and a GGN product (jvp, then vjp); JAX's
 forward-over-reverse HVP, ``vmap`` of 11 and a GGN product, all jitted. Every
 peer's result is checked against ours before it is timed.
+
+Then the conv nets of the 2022 paper at laptop width (``--conv alexnet vgg11``,
+dice as 1×32×32 images, ``--conv-n`` examples): hvp/gradient and ours against
+PyTorch's double-backward HVP.
 
 All contenders run once per round (bench/timing.py), so the ratios are
 measured side by side.
@@ -230,17 +235,104 @@ def run(dtype, n, rounds, device, peers):
     return times
 
 
+def torch_conv_forward(net, torch):
+    """A PyTorch function of the parameter list computing our conv net's outputs (same layers, same order)."""
+    import torch.nn.functional as F
+
+    def forward(params, X):
+        h, j = X, 0
+        for layer in net.layers:
+            name = type(layer).__name__
+            if name == "Conv2d":
+                W = params[j].reshape(layer.F, layer.C, layer.win.kh, layer.win.kw)
+                h = F.conv2d(h, W, params[j + 1], stride=(layer.win.sh, layer.win.sw),
+                             padding=(layer.win.ph, layer.win.pw))
+                j += 2
+            elif name == "Dense":
+                h = h @ params[j].T + params[j + 1]
+                j += 2
+            elif name == "MaxPool2d":
+                h = F.max_pool2d(h, (layer.win.kh, layer.win.kw), (layer.win.sh, layer.win.sw))
+            elif name == "Flatten":
+                h = h.reshape(h.shape[0], -1)
+            else:
+                h = {"ReLU": torch.relu, "Tanh": torch.tanh, "ELU": F.elu}[name](h)
+        return h
+    return forward
+
+
+def run_conv(arch, n, rounds, peers):
+    """hvp/gradient of a conv net (dice as 1×32×32 images), and ours/PyTorch's double-backward HVP."""
+    rng = np.random.default_rng(0)
+    X = ne.datasets.dice("train", n=n)[0].reshape(n, 1, 32, 32)
+    y = np.arange(n) % 6
+    build = {"alexnet": lambda: ne.alexnet_like((1, 32, 32), 6, width=0.25, activation="relu"),
+             "vgg11": lambda: ne.vgg_like((1, 32, 32), 6, depth=11, width=0.125, activation="relu")}[arch]
+    net = build()
+    loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, y)
+    v = rng.standard_normal(net.num_params)
+    V = rng.standard_normal((net.num_params, K_BLOCK))
+    print(f"\n=== {arch} (width scaled), float64, cpu, P = {net.num_params}, n = {n} ===")
+    contenders = {"ours: value+gradient": lambda: loss.value_and_gradient()[1], "ours: hvp (k=1)": lambda: loss.hvp(v),
+                  "ours: ggn (k=1)": lambda: loss.ggn(v), f"ours: hvp block (k={K_BLOCK})": lambda: loss.hvp(V)}
+    if peers:
+        try:
+            import torch
+        except ImportError:
+            print("  PyTorch not installed")
+        else:
+            torch.set_num_threads(os.cpu_count() or 1)
+            forward = torch_conv_forward(net, torch)
+            params = []
+            for layer, part in zip(net.layers, net._slices(to_numpy(net.theta))):
+                if layer.num_params:
+                    W, b = layer.split(part)
+                    params += [torch.tensor(W.copy()), torch.tensor(b.copy())]
+            Xt, yt = torch.tensor(X), torch.tensor(y)
+            vs = []
+            for layer, part in zip(net.layers, net._slices(v)):
+                if layer.num_params:
+                    W, b = layer.split(part)
+                    vs += [torch.tensor(W.copy()), torch.tensor(b.copy())]
+
+            def double_backward():
+                p = [q.detach().requires_grad_() for q in params]
+                g = torch.autograd.grad(torch.nn.functional.cross_entropy(forward(p, Xt), yt), p, create_graph=True)
+                return torch.autograd.grad(g, p, grad_outputs=vs)
+
+            theirs = torch.cat([t.reshape(-1) for t in double_backward()]).numpy()
+            mine = to_numpy(loss.hvp(v))
+            err = np.abs(theirs - mine).max() / np.abs(mine).max()
+            print(f"  PyTorch double-backward hvp: relative difference from ours {err:.1e}")
+            if err < 1e-8:
+                contenders["PyTorch: hvp double-backward"] = double_backward
+    times = median_times(contenders, rounds=rounds)
+    g = times["ours: value+gradient"]
+    print(table([[k, f"{t:.4f}", f"{t / g:.2f}"] for k, t in times.items()], ["contender", "median s", "/ our gradient"]))
+    h = times["ours: hvp (k=1)"]
+    line = f"hvp/gradient = {h / g:.2f} (bar 3.5)"
+    if "PyTorch: hvp double-backward" in times:
+        line += f"   ours/PyTorch double-backward hvp = {h / times['PyTorch: hvp double-backward']:.2f}"
+    print(line)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--dtype", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
+    parser.add_argument("--dtype", nargs="*", default=["float64", "float32"], choices=["float64", "float32"],
+                        help="MLP runs (none: --dtype with no names)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--no-peers", dest="peers", action="store_false")
+    parser.add_argument("--conv", nargs="*", default=["alexnet", "vgg11"], choices=["alexnet", "vgg11"],
+                        help="conv nets to time after the MLP (none: --conv with no names)")
+    parser.add_argument("--conv-n", type=int, default=200)
     args = parser.parse_args()
     print(f"threads: {os.cpu_count()} cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     for dtype in args.dtype:
         run(dtype, args.n, args.rounds, args.device, args.peers)
+    for arch in args.conv:
+        run_conv(arch, args.conv_n, args.rounds, args.peers)
 
 
 if __name__ == "__main__":

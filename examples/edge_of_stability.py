@@ -10,7 +10,8 @@ change of a step along each. Writes Figure 1 (ρ_{n_c−1}, ρ_{n_c} over t), Fi
 while ρ_{n_c−1} > 0.7) beside the paper's numbers, saying plainly whether each
 claim holds in this run. ``--classes 2 3 5`` repeats the largest η on dice
 subsets with that many classes (Figure 2). Laptop scale on dice by default;
-the paper's scale (CIFAR-10, AlexNet/VGG) needs the conv layers of a later issue.
+``--arch alexnet`` (or vgg11/vgg16, scaled by ``--width``) runs the 2022 paper's
+conv nets on dice; the paper's scale is CIFAR-10 with ``--width 1`` on a GPU.
 """
 
 import argparse
@@ -27,7 +28,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.5, 0.25, 0.1])
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="MLP hidden widths")
+    parser.add_argument("--arch", default="mlp", choices=["mlp", "alexnet", "vgg11", "vgg16"],
+                        help="the 2022 paper's AlexNet / non-normalised VGG on 1×32×32 dice images")
+    parser.add_argument("--width", type=float, default=0.25, help="channel multiplier of the conv nets")
     parser.add_argument("--activation", default="elu", choices=["elu", "relu", "tanh"])
     parser.add_argument("--max-time", type=float, default=40.0)
     parser.add_argument("--every", type=float, default=2.0, help="telemetry every this many units of t")
@@ -39,8 +43,8 @@ def main():
 
     # with --classes, a pool six times larger leaves at least n images of any two classes
     X_all, y_all = ne.datasets.dice("train", n=6 * args.n if args.classes else args.n, seed=args.seed)
-    settings = {"hidden": args.hidden, "activation": args.activation, "seed": args.seed, "device": args.device,
-                "max_time": args.max_time,
+    settings = {"hidden": args.hidden, "arch": args.arch, "width": args.width, "activation": args.activation,
+                "seed": args.seed, "device": args.device, "max_time": args.max_time,
                 "telemetry_every": args.every, "telemetry_k": 8}
     X, y = X_all[:args.n], y_all[:args.n]
     runs = {lr: run_with_telemetry(f"gd_lr{lr:g}", ne.GradientDescent(lr), settings, X, y, args.out)

@@ -10,6 +10,8 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 CASES = {
     "curvature_tour.py": [],
+    "edge_of_stability.py --arch alexnet": ["--arch", "alexnet", "--width", "0.0625", "--lrs", "0.1", "--n", "24",
+                                            "--max-time", "0.2", "--every", "0.1"],
     "edge_of_stability.py": ["--lrs", "0.5", "--n", "60", "--hidden", "8", "--max-time", "2", "--every", "1",
                              "--classes", "2"],
     "gradient_flow.py": ["--sizes", "30", "60", "90", "--hidden", "8", "--max-time", "2"],
@@ -19,9 +21,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("script", sorted(CASES))
-def test_example_runs(script, tmp_path):
-    args = list(CASES[script])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_example_runs(case, tmp_path):
+    script, args = case.split()[0], list(CASES[case])
     if script != "curvature_tour.py":
         args += ["--out", str(tmp_path)]
     done = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), *args], capture_output=True, text=True,
