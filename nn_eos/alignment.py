@@ -30,6 +30,7 @@ import numpy as np
 
 from .activations import Activation
 from .backend import to_numpy
+from .conv import Conv2d
 from .criteria import criterion as make_criterion
 from .layers import Dense
 
@@ -64,6 +65,55 @@ def preactivation_jacobians(net, X):
         jac[i - 1] = (jac[i] @ dense[i].A) * acts[i - 1].s[:, None, :]
     inputs = [d.x for d in dense]
     return z, jac, inputs
+
+
+def output_jacobians(net, X):
+    """``∂f/∂y`` at the output y of every layer with parameters, each (n, O, *y.shape[1:]), for any Sequential.
+
+    The O unit vectors of the output are back-propagated, as a block of O
+    "directions", through the layers' first-order R-backward pass (the plain
+    backward pass with a leading axis), one pass for all examples.
+    """
+    xp = net.xp
+    z = net.forward(X)
+    n, O = z.shape
+    cotangent = xp.broadcast_to(xp.eye(O, dtype=z.dtype)[:, None, :], (O, n, O)).copy()   # (o, n, O)
+    jacobians = {}
+    first = min(i for i, layer in enumerate(net.layers) if layer.num_params)
+    for i in reversed(range(first, len(net.layers))):
+        layer = net.layers[i]
+        if layer.num_params:
+            jacobians[i] = xp.moveaxis(cotangent, 0, 1)                          # (n, O, …)
+        if i > first:
+            scratch = xp.empty((O, layer.num_params), dtype=z.dtype)   # Σ_n of the parameter part: unused
+            cotangent = layer.r_backward(cotangent, None, scratch, second_order=False)
+    return z, [jacobians[i] for i in sorted(jacobians)]
+
+
+def layer_grams(net, criterion, X, y):
+    """``K^i (K^i)ᵀ`` (n, O, O) for every layer with parameters, and ``R`` (2024 paper, section 2.2).
+
+    Dense layer: ``(1 + ‖x‖²) R J Jᵀ R`` with J = ∂f/∂x̂ (O × n_out). Conv layer
+    (weight sharing breaks that shortcut): with J_f the (O × positions) Jacobian
+    of filter f's output map and ``Γ_pq = cols(x)_p · cols(x)_q + 1`` the Gram of
+    the input patches over positions (the 1 for the bias),
+    ``K^i (K^i)ᵀ = R (Σ_f J_f Γ J_fᵀ) R``.
+    """
+    z, jacobians = output_jacobians(net, X)
+    R = criterion.sqrt_hessian(z, y)
+    grams = []
+    for layer, J in zip([l for l in net.layers if l.num_params], jacobians):
+        if isinstance(layer, Dense):
+            inner = (1 + (layer.x * layer.x).sum(axis=1))[:, None, None] * (J @ J.transpose(0, 2, 1))
+        elif isinstance(layer, Conv2d):
+            n, O = J.shape[:2]
+            Jf = J.reshape(n, O, layer.F, -1).transpose(0, 2, 1, 3)                 # (n, f, O, p)
+            gamma = layer.x_cols @ layer.x_cols.transpose(0, 2, 1) + 1               # (n, p, p)
+            inner = (Jf @ gamma[:, None] @ Jf.transpose(0, 1, 3, 2)).sum(axis=1)    # (n, O, O)
+        else:
+            raise ValueError(f"no K^i for {layer!r}")
+        grams.append(R @ inner @ R)
+    return grams
 
 
 def batched_top_eigenvalue(matvec, n, d, xp, dtype, tol=1e-9, steps=24, seed=0):
@@ -171,26 +221,36 @@ def _top_eigenvalue_small(M, xp):
 
 
 def per_example_quantities(net, criterion, X, y):
-    """Per-example squared norms for one batch: ‖K‖², ‖Δ^i‖², (χ^i)², ‖J^i‖², ‖Δ^i/χ^i‖² (host arrays)."""
+    """Per-example squared norms for one batch (host arrays): ‖K‖², ‖K^i‖² for every layer, and for MLPs
+    ‖Δ^i‖² = ‖K^i‖², (χ^i)², ‖∂x̂^{i+1}/∂x̂^i‖² (eq. 5 needs the MLP structure)."""
     xp = net.xp
-    dense, acts = dense_layers(net)
-    z, jac, inputs = preactivation_jacobians(net, X)
-    R = criterion.sqrt_hessian(z, y)                                        # (n, O, O)
-    one_plus = [1 + (x * x).sum(axis=1) for x in inputs]                    # i = 1..L
-    grams = []
-    for i in range(len(dense)):
-        RJ = R @ jac[i]                                                     # R ∂f/∂x̂^i, (n, O, n_i)
-        grams.append(one_plus[i][:, None, None] * (RJ @ RJ.transpose(0, 2, 1)))   # Δ^i (Δ^i)ᵀ
-    delta2 = [_top_eigenvalue_small(g, xp) for g in grams]                  # ‖Δ^i‖² = ‖K^i‖²
-    K2 = _top_eigenvalue_small(sum(grams), xp)                              # ‖K‖², eq. 4
-    chi2 = [one_plus[i] / one_plus[i + 1] for i in range(len(dense) - 1)]   # (χ^i)²
-    J2 = [layerwise_jacobian_norm2(dense[i + 1].A, acts[i].s, xp) for i in range(len(dense) - 1)]
+    grams = layer_grams(net, criterion, X, y)                               # K^i (K^i)ᵀ, eq. 4
+    delta2 = [_top_eigenvalue_small(g, xp) for g in grams]                  # ‖K^i‖² (= ‖Δ^i‖² for an MLP)
+    K2 = _top_eigenvalue_small(sum(grams), xp)                              # ‖K‖²
+    chi2, J2 = [], []
+    if _is_mlp(net):
+        dense, acts = dense_layers(net)
+        one_plus = [1 + (d.x * d.x).sum(axis=1) for d in dense]            # 1 + ‖x^{i−1}‖², i = 1..L
+        chi2 = [one_plus[i] / one_plus[i + 1] for i in range(len(dense) - 1)]
+        J2 = [layerwise_jacobian_norm2(dense[i + 1].A, acts[i].s, xp) for i in range(len(dense) - 1)]
     return {"K2": to_numpy(K2), "delta2": [to_numpy(d) for d in delta2], "chi2": [to_numpy(c) for c in chi2],
             "J2": [to_numpy(j) for j in J2]}
 
 
+def _is_mlp(net):
+    try:
+        dense_layers(net)
+        return True
+    except ValueError:
+        return False
+
+
 def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, tol=1e-6, eigenvectors=False):
     """The 2024 paper's decomposition at θ (default: the network's own) over the dataset (X, y).
+
+    Any Sequential of Dense/Conv2d/pooling/activation layers gets E‖K‖², E‖K^i‖² per
+    layer with parameters, ρ(K) and the sharpness; the layerwise terms (χ^i,
+    layerwise Jacobians, alignment ratios, eq. 7) need an MLP and are NaN otherwise.
 
     Expectations are means over all examples, accumulated in chunks of
     ``chunk_size``. With ``sharpness=True`` the top eigenvalues of ∇²L̃, G and
@@ -216,6 +276,8 @@ def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, t
 
     delta2, chi2, J2 = per_layer("delta2"), per_layer("chi2"), per_layer("J2")
     L = delta2.shape[0]
+    if chi2.shape[0] != L - 1:   # not an MLP: the layerwise terms of eq. 5–7 are not defined
+        chi2 = J2 = np.full((max(L - 1, 0), len(K2)), np.nan)
     # ‖Δ^{i+1} ∂x̂^{i+1}/∂x̂^i‖² = ‖Δ^i / χ^i‖² = ‖Δ^i‖² / (χ^i)², per example (eq. 5)
     # (a layer whose Δ vanishes, e.g. behind dead ReLUs, gives 0/0 = NaN ratios: reported as such)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -124,10 +124,12 @@ def test_chunked_analysis_equals_whole():
         assert_close(getattr(chunked, field), getattr(whole, field), TOL["exact"], field)
 
 
-def test_alignment_needs_an_mlp():
+def test_layerwise_terms_need_an_mlp():
     net = ne.Sequential([ne.Dense(3, 3), ne.Dense(3, 2)], (3,))
     with pytest.raises(ValueError, match="needs an MLP"):
-        alignment.analyze(net, "mse", np.ones((2, 3)), np.array([0, 1]))
+        alignment.dense_layers(net)
+    rep = alignment.analyze(net, "mse", np.ones((2, 3)), np.array([0, 1]))
+    assert np.all(np.isnan(rep.chi2)) and np.isfinite(rep.K_norm2) and len(rep.K_layer_norm2) == 2
 
 
 def test_power_law_recovers_known_coefficients():
@@ -162,3 +164,33 @@ def test_analyze_run_caches_beside_the_run(tmp_path):
     assert (tmp_path / "r" / "alignment.jsonl").read_text() == first
     np.testing.assert_array_equal(again["K_norm2"], series["K_norm2"])
     assert list(alignment.analyze_run(tmp_path / "r", skip=2, every=4, progress=False)["step"]) == [4]
+
+
+@given(problem=problems(max_depth=4, max_width=4, max_examples=4))
+def test_output_jacobians_are_the_preactivation_jacobians_of_an_mlp(problem):
+    net = problem.net
+    _, general = alignment.output_jacobians(net, net.xp.asarray(problem.X))
+    _, mlp_only, _ = alignment.preactivation_jacobians(net, net.xp.asarray(problem.X))
+    for i, (a, b) in enumerate(zip(general, mlp_only)):
+        assert_close(a, b, IDENTITY, f"∂f/∂x̂^{i + 1}")
+
+
+def test_conv_layer_grams_match_explicit_jacobians():
+    """K^i (K^i)ᵀ of conv and dense layers (Gram over positions for conv) against R ∂f/∂θ^i (∂f/∂θ^i)ᵀ R."""
+    from nn_eos.conv import AvgPool2d, Conv2d, MaxPool2d
+
+    rng = np.random.default_rng(5)
+    net = ne.Sequential([Conv2d(2, 3, 3, stride=1, padding=1), ne.Tanh(), MaxPool2d(2), Conv2d(3, 2, 2),
+                         ne.ELU(), AvgPool2d(1), ne.Flatten(), ne.Dense(2 * 2 * 2, 3)], (2, 6, 6))
+    net.set_theta(rng.standard_normal(net.num_params) * 0.5)
+    X, y = rng.permutation(5 * 72).reshape(5, 2, 6, 6) * 0.01, rng.integers(0, 3, 5)
+    crit = ne.CrossEntropy()
+    grams = [to_numpy(g) for g in alignment.layer_grams(net, crit, X, y)]
+    z = net(X)
+    R = to_numpy(crit.sqrt_hessian(z, net.xp.asarray(y)))
+    K = R @ parameter_jacobian(net, X)
+    for i, part in enumerate(layer_slices(net)):
+        assert_close(grams[i], K[:, :, part] @ K[:, :, part].transpose(0, 2, 1), IDENTITY, f"layer {i + 1}")
+    rep = alignment.analyze(net, crit, X, y, tol=1e-10)
+    assert rep.K_norm2 == pytest.approx(np.mean(np.linalg.eigvalsh(K @ K.transpose(0, 2, 1))[:, -1]), rel=IDENTITY)
+    assert 0 <= rep.overlap_ratio <= 1 + 1e-10 and np.all(np.isnan(rep.chi2))

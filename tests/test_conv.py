@@ -121,3 +121,18 @@ def test_builder_arguments():
         ne.vgg_like(in_shape=(3, 28, 28))
     with pytest.raises(ValueError, match="multiples of 4"):
         ne.alexnet_like(in_shape=(3, 30, 30))
+
+
+def test_tiny_conv_net_products_match_dense_matrices():
+    from test_curvature import dense_ggn, dense_hessian
+
+    rng = np.random.default_rng(7)
+    net = ne.Sequential([Conv2d(1, 2, 2), ne.Tanh(), AvgPool2d(2, 1), ne.Flatten(), ne.Dense(2 * 2 * 2, 3)], (1, 4, 4))
+    net.set_theta(rng.standard_normal(net.num_params) * 0.5)
+    X, y = rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 3, 4)
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    theta, identity = to_numpy(net.theta).copy(), np.eye(net.num_params)
+    H_full, G = dense_hessian(loss, theta), dense_ggn(loss, theta)
+    assert_close(loss.hvp(identity), H_full, TOL["fd"], "∇²L̃ against the dense Hessian")
+    assert_close(loss.ggn(identity), G, TOL["fd"], "G against Jᵀ H_z J")
+    assert np.linalg.eigvalsh((G + G.T) / 2).min() > -1e-10
