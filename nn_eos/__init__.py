@@ -20,9 +20,13 @@ from .layers import Dense, Flatten
 from .network import Sequential, alexnet_like, mlp, vgg_like
 
 __all__ = [
-    "AvgPool2d", "Conv2d", "MaxPool2d", "CrossEntropy", "alexnet_like", "vgg_like", "Dense", "ELU", "EigenResult", "Flatten", "MSE", "NonConvergenceWarning", "ReLU",
-    "Sequential", "Tanh", "TrainingLoss", "gpu_available", "mlp", "top_eigenpairs", "__version__",
-    "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "load_run", "train", "alignment",
-    "datasets", "eos",
-    "plots",
+    # layers, criteria, networks
+    "AvgPool2d", "Conv2d", "Dense", "ELU", "Flatten", "MaxPool2d", "ReLU", "Sequential", "Tanh",
+    "CrossEntropy", "MSE", "alexnet_like", "mlp", "vgg_like",
+    # curvature and eigenpairs
+    "EigenResult", "NonConvergenceWarning", "TrainingLoss", "top_eigenpairs",
+    # dynamics
+    "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "load_run", "train",
+    # measurements, data, figures
+    "alignment", "datasets", "eos", "plots", "gpu_available", "__version__",
 ]

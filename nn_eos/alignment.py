@@ -320,8 +320,9 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
 
     Snapshots before step ``skip`` are left out (the paper ignores the first
     ten iterations, an initial transient); of the rest, those at steps that
-    are multiples of ``every`` are analysed (the paper: every 100). Results are cached in ``alignment.jsonl`` beside the run, so a
-    second call only computes snapshots it has not seen. The data default to
+    are multiples of ``every`` are analysed (the paper: every 100). Results
+    are cached in ``alignment.jsonl`` beside the run, so a second call only
+    computes snapshots it has not seen. The data default to
     the run's own (``config.json``'s data spec, dice only); pass X, y otherwise.
     """
     import json

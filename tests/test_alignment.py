@@ -34,7 +34,8 @@ def setup(problem):
 
 @given(problem=problems(max_depth=3, max_width=4, max_examples=5))
 def test_layer_grams_match_explicit_jacobians_and_sum_to_K(problem):
-    """K^i(K^i)ᵀ = (1 + ‖x^{i−1}‖²) R ∂f/∂x̂^i (∂f/∂x̂^i)ᵀ R equals R ∂f/∂θ^i (∂f/∂θ^i)ᵀ R; Σ_i = K Kᵀ (eq. 4)."""
+    """K^i(K^i)ᵀ = (1 + ‖x^{i−1}‖²) R ∂f/∂x̂^i (∂f/∂x̂^i)ᵀ R equals R ∂f/∂θ^i (∂f/∂θ^i)ᵀ R;
+    Σ_i K^i(K^i)ᵀ = K Kᵀ (eq. 4)."""
     net, loss, X, y, jac, inputs, R = setup(problem)
     J = parameter_jacobian(net, X)
     K = R @ J                                                                         # (n, O, P)
