@@ -330,16 +330,18 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
 
     from tqdm.auto import tqdm
 
-    from . import datasets
     from .network import mlp
     from .train import columns, load_run, load_snapshot, read_rows, snapshot_steps
 
     config, metrics, _, _ = load_run(run_dir)
     if X is None:
-        data = config.get("data") or {}
-        if data.get("dataset") != "dice":
-            raise ValueError(f"{run_dir}: cannot rebuild data {data!r}; pass X and y")
-        X, y = datasets.dice(data.get("split", "train"), n=data["n"], seed=data.get("seed", 0))
+        from .config import ConfigError, build_data
+
+        try:
+            X, y = build_data(config.get("data") or {})
+        except (ConfigError, KeyError) as error:
+            raise ValueError(f"{run_dir}: cannot rebuild the data from {config.get('data')!r} ({error}); "
+                             f"pass X and y") from None
     spec = config["net"]
     if spec.get("kind") != "mlp":
         raise ValueError(f"{run_dir}: alignment needs an MLP, the run's net is {spec!r}")

@@ -32,6 +32,91 @@ def _data(args):
     print(f"wrote {os.path.join(args.out, 'dice_examples.png')}")
 
 
+def _train(args):
+    from . import config
+
+    cfg = config.load(args.config)
+    out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    run = config.run(cfg, out, device=args.device, resume=args.resume, progress=not args.no_progress)
+    print(f"{run.status}: {run.message}\nrun directory: {os.path.abspath(out)}")
+
+
+def _analyze(args):
+    import numpy as np
+
+    from . import alignment, eos
+    from .train import load_run
+
+    cfg, metrics, telemetry, result = load_run(args.run_dir)
+    print(f"{args.run_dir}: {len(metrics.get('step', []))} steps, "
+          f"{'status ' + result['status'] if result else 'not finished'}")
+    if args.eos or not args.alignment:
+        if not telemetry:
+            print("  no telemetry in this run (add a [telemetry] section to the config)")
+        else:
+            n_top = telemetry[0]["n_top"]
+            rho = np.array([r["rho"] for r in telemetry])
+            print(f"  2022 telemetry: {len(telemetry)} measurements; max ρ_i over t: "
+                  + ", ".join(f"ρ_{i + 1} = {v:.3f}" for i, v in enumerate(rho.max(axis=0))))
+            table = eos.top_bulk_table(telemetry, n_top, 0.7)
+            if table is None:
+                print(f"  Table 1: fewer than 3 measurements with ρ_{n_top} > 0.7")
+            else:
+                print(f"  Table 1 (ρ_{n_top} > 0.7, {table['rows']} rows): ΔL̃ top {table['top_mean']:+.4f} "
+                      f"({table['top_std']:.4f}), bulk {table['bulk_mean']:+.4f} ({table['bulk_std']:.4f})")
+    if args.alignment:
+        series = alignment.analyze_run(args.run_dir, every=args.every, skip=args.skip)
+        if len(series.get("step", [])) == 0:
+            print("  no snapshots to analyse (train with train.snapshot_every)")
+            return
+        first = [c["P_J"] for c in series["components_1"]]
+        print(f"  alignment over {len(series['step'])} snapshots: max ρ(K) = {np.nanmax(series['overlap_ratio']):.3f}, "
+              f"E‖K‖² from {series['K_norm2'][0]:.4g} to {series['K_norm2'][-1]:.4g}, "
+              f"P^1_Δ,J grew ×{np.nanmax(np.array(first) / first[0]):.2f}")
+
+
+def _plot(args):
+    from . import plots
+    from .train import load_run
+
+    cfg, metrics, telemetry, _ = load_run(args.run_dir)
+    folder = os.path.join(args.run_dir, "figures")
+    os.makedirs(folder, exist_ok=True)
+    label = os.path.basename(os.path.normpath(args.run_dir))
+    lr = (cfg.get("integrator") or {}).get("lr")
+    figures = {"loss": lambda: plots.loss_over_time([(label, metrics)])}
+    if telemetry:
+        n_classes = telemetry[0]["n_top"] + 1
+        figures["sharpness"] = lambda: plots.sharpness_over_time([(label, telemetry, lr)])
+        figures["projections"] = lambda: plots.projections_over_time([(label, telemetry)])
+        if len(telemetry[0]["rho"]) >= n_classes >= 2:
+            figures["rho"] = lambda: plots.rho_over_time([(label, telemetry)], n_classes)
+    elif "lambda_1" in metrics:
+        figures["sharpness"] = lambda: plots.curves([(label, metrics["t"], metrics["lambda_1"])], "t", "λ_1",
+                                                    "Sharpness of the training loss")
+    cache = os.path.join(args.run_dir, "alignment.jsonl")
+    if os.path.exists(cache):
+        from .train import columns, read_rows
+
+        series = columns(read_rows(cache))
+        for key in ("Pi_chi", "P_chi", "Pi_J", "P_J", "delta_L"):
+            figures[f"alignment_{key}"] = (lambda k=key: plots.curves(
+                [(label, series["t"], [c[k] for c in series["components_1"]])], "t", k, f"Component {k} of E‖Δ^1‖²",
+                logy=True))
+        figures["alignment_rho_K"] = lambda: plots.curves([(label, series["t"], series["overlap_ratio"])], "t",
+                                                          "ρ(K)", "Overlap ratio ρ(K)")
+    if args.figure:
+        unknown = sorted(set(args.figure) - set(figures))
+        if unknown:
+            raise SystemExit(f"nn-eos plot: no figure {unknown} for this run; available: {sorted(figures)}")
+        figures = {name: figures[name] for name in args.figure}
+    for name, make in figures.items():
+        fig = make()
+        for ext in ("png", "pdf"):
+            fig.savefig(os.path.join(folder, f"{name}.{ext}"), dpi=110)
+        print(f"wrote {os.path.join(folder, name)}.png/.pdf")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="nn-eos", description="Why neural network training runs on the edge of "
                                      "stability: exact curvature and the measurements of Lowell (2022) and "
@@ -48,6 +133,35 @@ def build_parser():
     demo.add_argument("--max-time", type=float, help="train each run until this t (default 40)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
+    train = commands.add_parser("train", help="one run from a TOML config",
+                                description="Train one network as a TOML config describes ([data], [net], [criterion], "
+                                "[integrator], [train], [telemetry]; see nn_eos/config.py), writing a resumable run "
+                                "directory: config, per-step metrics (loss, Δt, λ_1), the 2022 paper's telemetry, θ "
+                                "snapshots and a checkpoint.")
+    train.add_argument("config", help="the TOML file")
+    train.add_argument("--out", help="run directory (default: runs/<config name>)")
+    train.add_argument("--device", choices=["cpu", "gpu"], default=None)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(run=_train)
+    analyze = commands.add_parser("analyze", help="the papers' measurements over a run",
+                                  description="--eos: the 2022 paper's telemetry summary (max ρ_i = ηλ_i/2, Table 1's "
+                                  "top/bulk loss changes while ρ_{n_c−1} > 0.7). --alignment: the 2024 paper's "
+                                  "decomposition (ρ(K), E‖K‖², the five factors of E‖Δ^1‖²) at every snapshot, "
+                                  "cached in alignment.jsonl beside the run.")
+    analyze.add_argument("run_dir")
+    analyze.add_argument("--eos", action="store_true")
+    analyze.add_argument("--alignment", action="store_true")
+    analyze.add_argument("--every", type=int, default=1, help="analyse snapshots at multiples of this step")
+    analyze.add_argument("--skip", type=int, default=10, help="skip the first steps (the paper: 10)")
+    analyze.set_defaults(run=_analyze)
+    plot = commands.add_parser("plot", help="the papers' figures of a run, as PNG and PDF",
+                               description="Loss, sharpness λ_1 (with 2/η for GD), ρ_{n_c−1} and ρ_{n_c}, ‖P_top g‖ "
+                               "and ‖P_bulk g‖, and, after `nn-eos analyze --alignment`, ρ(K) and the five factors "
+                               "of E‖Δ^1‖², into RUN_DIR/figures.")
+    plot.add_argument("run_dir")
+    plot.add_argument("--figure", nargs="+", help="only these figures")
+    plot.set_defaults(run=_plot)
     data = commands.add_parser("data", help="write a built-in dataset to files")
     data.add_argument("name", choices=["dice"])
     data.add_argument("--out", required=True, help="folder for dice_train.npz, dice_test.npz and a preview")

@@ -1,0 +1,160 @@
+"""Experiment configs: one TOML file describes a run (data, net, criterion, integrator, stopping, telemetry).
+
+Every key is checked before any compute starts; an unknown key, a wrong type
+or a missing data path is reported with the key and the file.
+
+    [data]        dataset = "dice" | "cifar10" | "ucr" | "arrays", path, split, n, size, classes,
+                  subset_seed, standardize, segment, stride
+    [net]         arch = "mlp" | "alexnet" | "vgg11" | "vgg16", hidden, width, activation, init, seed, dtype
+    [criterion]   name = "cross_entropy" | "mse"
+    [integrator]  name = "gd" | "adaptive_flow" | "exponential_euler" and its settings
+    [train]       until_loss, max_steps, max_time, snapshot_every
+    [telemetry]   k, every_time, n_classes, tol, method            (optional: the 2022 paper's telemetry)
+"""
+
+import os
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
+SCHEMA = {
+    "data": {"dataset": str, "path": str, "split": str, "n": int, "size": int, "classes": list,
+             "subset_seed": int, "standardize": bool, "segment": int, "stride": int, "seed": int},
+    "net": {"arch": str, "hidden": list, "width": (int, float), "activation": str, "init": str, "seed": int,
+            "dtype": str},
+    "criterion": {"name": str},
+    "integrator": {"name": str, "lr": (int, float), "lr_max": (int, float), "safety": (int, float), "k": int,
+                   "tol": (int, float), "maxiter": int, "method": str, "stop": str},
+    "train": {"until_loss": (int, float), "max_steps": int, "max_time": (int, float), "snapshot_every": int},
+    "telemetry": {"k": int, "every_time": (int, float), "n_classes": int, "tol": (int, float), "method": str},
+}
+REQUIRED = {"data": ("dataset",), "integrator": ("name",)}
+
+
+class ConfigError(ValueError):
+    """A config file that cannot describe a run; the message names the file and the key."""
+
+
+def _type_name(kind):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                        list: "a list"}[k] for k in kinds)
+
+
+def validate(config, source="<config>"):
+    """Check sections, keys and value types against SCHEMA; return the config."""
+    for section, values in config.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{source}: unknown section [{section}]; expected one of {sorted(SCHEMA)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table of keys")
+        for key, value in values.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{source}: unknown key {section}.{key}; expected one of {sorted(SCHEMA[section])}")
+            kind = SCHEMA[section][key]
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+                raise ConfigError(f"{source}: {section}.{key} must be {_type_name(kind)}, got {value!r}")
+    for section, keys in REQUIRED.items():
+        for key in keys:
+            if key not in config.get(section, {}):
+                raise ConfigError(f"{source}: missing {section}.{key}")
+    data = config["data"]
+    if data["dataset"] != "dice":
+        if "path" not in data:
+            raise ConfigError(f"{source}: data.path is required for dataset {data['dataset']!r}")
+        if not os.path.exists(os.path.expanduser(data["path"])):
+            raise ConfigError(f"{source}: data.path {data['path']!r} does not exist")
+    return config
+
+
+def load(path):
+    """Read and validate a TOML config file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path!r} not found")
+    with open(path, "rb") as f:
+        try:
+            config = tomllib.load(f)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    return validate(config, path)
+
+
+def build_data(data):
+    """(X, y) from the [data] section: load, subset, standardise (the explicit steps of datasets.py)."""
+    from . import datasets
+
+    name = data["dataset"]
+    split = data.get("split", "train")
+    if name == "dice":
+        X, y = datasets.dice(split, n=data.get("n"), seed=data.get("seed", 0))
+    elif name == "cifar10":
+        X, y = datasets.load_cifar10(data["path"], split)
+    elif name == "ucr":
+        X, y = datasets.load_ucr(data["path"], split, segment=data.get("segment"), stride=data.get("stride"))
+    elif name == "arrays":
+        X, y = datasets.load_arrays(data["path"])
+    else:
+        raise ConfigError(f"unknown data.dataset {name!r}; expected dice, cifar10, ucr or arrays")
+    if "size" in data or "classes" in data:
+        X, y = datasets.subset(X, y, size=data.get("size"), classes=data.get("classes"),
+                               seed=data.get("subset_seed", 0))
+    if data.get("standardize", False):
+        X, _ = datasets.standardize(X)
+    return X, y
+
+
+def build_net(net_cfg, X, n_classes, device=None):
+    """The network of the [net] section for inputs X; returns (net, X shaped for it).
+
+    'mlp' flattens X and puts ``hidden`` between the input size and n_classes;
+    the conv nets take (C, H, W) images (flat dice vectors become 1×32×32).
+    """
+    from .network import alexnet_like, mlp, vgg_like
+
+    arch = net_cfg.get("arch", "mlp")
+    common = {"activation": net_cfg.get("activation", "elu" if arch == "mlp" else "relu"),
+              "init": net_cfg.get("init", "xavier" if arch == "mlp" else "kaiming"), "seed": net_cfg.get("seed", 0),
+              "dtype": net_cfg.get("dtype", "float64"), "device": device}
+    if arch == "mlp":
+        X = X.reshape(len(X), -1)
+        return mlp([X.shape[1], *net_cfg.get("hidden", [512] * 5), n_classes], **common), X
+    if X.ndim == 2 and X.shape[1] == 1024:
+        X = X.reshape(len(X), 1, 32, 32)
+    if X.ndim != 4:
+        raise ConfigError(f"net.arch = {arch!r} needs (n, C, H, W) images, got data of shape {X.shape}")
+    width = net_cfg.get("width", 1.0)
+    if arch == "alexnet":
+        return alexnet_like(X.shape[1:], n_classes, width=width, **common), X
+    if arch in ("vgg11", "vgg16"):
+        return vgg_like(X.shape[1:], n_classes, depth=int(arch[3:]), width=width, **common), X
+    raise ConfigError(f"unknown net.arch {arch!r}; expected mlp, alexnet, vgg11 or vgg16")
+
+
+def run(config, out, device=None, resume=False, progress=True):
+    """Train the run a validated config describes into the run directory ``out``; returns the Run."""
+    import json
+
+    import numpy as np
+
+    from .curvature import TrainingLoss
+    from .eos import Telemetry
+    from .integrators import from_config
+    from .train import atomic_write, train
+
+    X, y = build_data(config["data"])
+    n_classes = int(np.max(y)) + 1
+    net, X = build_net(config.get("net", {}), X, n_classes, device)
+    loss = TrainingLoss(net, config.get("criterion", {}).get("name", "cross_entropy"), X, y)
+    try:
+        integrator = from_config(config["integrator"])
+    except TypeError as error:
+        raise ConfigError(f"[integrator]: {error}") from None
+    telemetry = Telemetry(**config["telemetry"]) if "telemetry" in config else None
+    os.makedirs(out, exist_ok=True)
+    atomic_write(os.path.join(out, "experiment.json"), lambda f: f.write(json.dumps(config, indent=2).encode()))
+    return train(loss, integrator, telemetry=telemetry, run_dir=out, resume=resume, progress=progress,
+                 config=config["data"], **config.get("train", {}))

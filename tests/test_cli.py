@@ -1,0 +1,93 @@
+"""The nn-eos command: configs checked before compute, and train → analyze → plot end to end."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from nn_eos import cli, config
+
+TINY = """
+[data]
+dataset = "dice"
+n = 48
+
+[net]
+hidden = [6, 6]
+activation = "elu"
+
+[integrator]
+name = "gd"
+lr = 0.5
+
+[train]
+until_loss = 0.0
+max_steps = 12
+snapshot_every = 2
+
+[telemetry]
+k = 7
+every_time = 1.0
+method = "lanczos"
+"""
+
+
+def write(tmp_path, text, name="run.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_train_analyze_plot_end_to_end(tmp_path, capsys):
+    cfg = write(tmp_path, TINY)
+    out = tmp_path / "run"
+    cli.main(["train", cfg, "--out", str(out), "--no-progress"])
+    assert "max_steps" in capsys.readouterr().out
+    saved = json.loads((out / "experiment.json").read_text())
+    assert saved["integrator"] == {"name": "gd", "lr": 0.5}
+    cli.main(["analyze", str(out), "--eos", "--alignment", "--skip", "2"])
+    text = capsys.readouterr().out
+    assert "2022 telemetry: 6 measurements" in text and "alignment over 6 snapshots" in text   # t = 6, every 1
+    assert (out / "alignment.jsonl").exists()
+    cli.main(["plot", str(out)])
+    for name in ("loss", "sharpness", "rho", "projections", "alignment_P_J", "alignment_rho_K"):
+        assert (out / "figures" / f"{name}.png").exists() and (out / "figures" / f"{name}.pdf").exists(), name
+    with pytest.raises(SystemExit, match="no figure"):
+        cli.main(["plot", str(out), "--figure", "figure99"])
+    # resuming a finished run is instant and changes nothing
+    before = (out / "metrics.jsonl").read_bytes()
+    cli.main(["train", cfg, "--out", str(out), "--resume", "--no-progress"])
+    assert (out / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("text,message", [
+    (TINY.replace('lr = 0.5', 'lr = 0.5\nlearning_rate = 1'), r"unknown key integrator.learning_rate"),
+    (TINY.replace('n = 48', 'n = "48"'), r"data.n must be an integer, got '48'"),
+    (TINY.replace('hidden = [6, 6]', 'hidden = 6'), r"net.hidden must be a list, got 6"),
+    (TINY.replace('[telemetry]', '[telemtry]'), r"unknown section \[telemtry\]"),
+    (TINY.replace('dataset = "dice"', 'dataset = "cifar10"\npath = "/no/such/folder"'),
+     r"data.path '/no/such/folder' does not exist"),
+    (TINY.replace('[integrator]\nname = "gd"', '[integrator]'), r"missing integrator.name"),
+    ("[data\n", r"not valid TOML"),
+])
+def test_config_errors_name_the_key_and_the_file(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(config.ConfigError, match=message) as error:
+        config.load(path)
+    assert path in str(error.value) or "not valid TOML" in str(error.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(config.ConfigError, match="not found"):
+        cli.main(["train", str(tmp_path / "none.toml")])
+
+
+def test_shipped_config_is_valid():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "configs",
+                        "dice_exponential_euler.toml")
+    cfg = config.load(path)
+    assert cfg["integrator"]["name"] == "exponential_euler"
+    X, y = config.build_data({**cfg["data"], "n": 12})
+    net, X = config.build_net(cfg["net"], X, 6)
+    assert net(X).shape == (12, 6) and np.array_equal(np.bincount(y), [2] * 6)
