@@ -176,64 +176,65 @@ class Conv2d(Layer):
         return self.uncols(back)
 
 
-class AvgPool2d(Layer):
-    """Mean over kh×kw windows (linear: R-passes are the same map, no second-order term)."""
+class _Pool(Layer):
+    """A pooling layer: a fixed map ``pool`` of each window and its adjoint ``unpool``.
 
-    def __init__(self, kernel, stride=None, padding=0):
-        self.win = _Windows(kernel, kernel if stride is None else stride, padding)
-
-    def __repr__(self):
-        return f"AvgPool2d(kernel=({self.win.kh}, {self.win.kw}), stride=({self.win.sh}, {self.win.sw}))"
-
-    def output_shape(self, input_shape):
-        return (input_shape[0], *self.win.out_hw(*input_shape[1:]))
-
-    def _pool(self, x):
-        return self.win.windows(x).mean(axis=(-2, -1))
-
-    def _unpool(self, d):
-        xp = array_module(d)
-        w = xp.broadcast_to(d[..., None, None] / (self.win.kh * self.win.kw), d.shape + (self.win.kh, self.win.kw))
-        return self.win.fold(w, *self.hw)
-
-    def forward(self, x):
-        self.hw = x.shape[-2:]
-        return self._pool(x)
-
-    def backward(self, delta, grad=None, need_input=True):
-        return self._unpool(delta) if need_input else None
-
-    def r_forward(self, r_x, v):
-        return None if r_x is None else self._pool(r_x)
-
-    def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
-        return self._unpool(r_delta) if need_input else None
-
-
-class MaxPool2d(Layer):
-    """Maximum over kh×kw windows; every pass routes through the argmax of each window.
-
-    Piecewise linear: away from ties the max is the entry at the argmax, so
-    ``R{y} = R{x}`` at the argmax and the backward passes scatter to it; there
-    is no second-order term. Padding, if any, pads with −∞.
+    Pooling has no parameters and is linear (average) or linear between the
+    ties (max), so its backward pass is the adjoint and its R-passes apply the
+    same maps to R-quantities, with no second-order term.
     """
 
     def __init__(self, kernel, stride=None, padding=0):
         self.win = _Windows(kernel, kernel if stride is None else stride, padding)
 
     def __repr__(self):
-        return f"MaxPool2d(kernel=({self.win.kh}, {self.win.kw}), stride=({self.win.sh}, {self.win.sw}))"
+        w = self.win
+        return f"{type(self).__name__}(kernel=({w.kh}, {w.kw}), stride=({w.sh}, {w.sw}), padding=({w.ph}, {w.pw}))"
 
     def output_shape(self, input_shape):
         return (input_shape[0], *self.win.out_hw(*input_shape[1:]))
 
-    def _gather(self, x):
+    def backward(self, delta, grad=None, need_input=True):
+        return self.unpool(delta) if need_input else None
+
+    def r_forward(self, r_x, v):
+        return None if r_x is None else self.pool(r_x)
+
+    def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
+        return self.unpool(r_delta) if need_input else None
+
+
+class AvgPool2d(_Pool):
+    """Mean over kh×kw windows: ``y = (1/(kh·kw)) Σ_window x``; the adjoint spreads δ evenly."""
+
+    def pool(self, x):
+        return self.win.windows(x).mean(axis=(-2, -1))
+
+    def unpool(self, d):
+        xp = array_module(d)
+        w = xp.broadcast_to(d[..., None, None] / (self.win.kh * self.win.kw), d.shape + (self.win.kh, self.win.kw))
+        return self.win.fold(w, *self.hw)
+
+    def forward(self, x):
+        self.hw = x.shape[-2:]
+        return self.pool(x)
+
+
+class MaxPool2d(_Pool):
+    """Maximum over kh×kw windows; every pass routes through the argmax of each window.
+
+    Away from ties the max is the entry at the argmax, so ``R{y} = R{x}`` at the
+    argmax and the backward passes scatter to it. Padding pads with −∞.
+    """
+
+    def pool(self, x):
+        """The entries of x at each window's argmax (recorded by forward)."""
         w = self.win.windows(x)
         flat = w.reshape(w.shape[:-2] + (-1,))
         xp = array_module(x)
         return xp.take_along_axis(flat, xp.broadcast_to(self.argmax, flat.shape[:-1] + (1,)), axis=-1)[..., 0]
 
-    def _scatter(self, d):
+    def unpool(self, d):
         xp = array_module(d)
         size = self.win.kh * self.win.kw
         onehot = (xp.arange(size) == self.argmax).astype(d.dtype)     # (n, C, Ho, Wo, kh·kw)
@@ -250,12 +251,3 @@ class MaxPool2d(Layer):
         flat = w.reshape(w.shape[:-2] + (-1,))
         self.argmax = flat.argmax(axis=-1)[..., None]
         return xp.take_along_axis(flat, self.argmax, axis=-1)[..., 0]
-
-    def backward(self, delta, grad=None, need_input=True):
-        return self._scatter(delta) if need_input else None
-
-    def r_forward(self, r_x, v):
-        return None if r_x is None else self._gather(r_x)
-
-    def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
-        return self._scatter(r_delta) if need_input else None
