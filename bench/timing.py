@@ -20,6 +20,13 @@ def sync(result):
     return result
 
 
+def timed(fn):
+    """(fn(), seconds) for one call, waiting for any GPU work behind the result."""
+    start = time.perf_counter()
+    result = sync(fn())
+    return result, time.perf_counter() - start
+
+
 def median_times(contenders, rounds=7, warmup=1):
     """{name: median seconds} for a dict {name: zero-argument callable}."""
     for _ in range(warmup):

@@ -49,24 +49,6 @@ def dense_layers(net):
     return dense, acts
 
 
-def preactivation_jacobians(net, X):
-    """``∂f/∂x̂^i`` for i = 1..L, each (n, O, n_i), and the activations x^{i−1} (n, n_{i−1}) feeding layer i.
-
-    Back-propagates the O unit vectors of the output (``∂f/∂x̂^L = I``) through
-    ``∂f/∂x^{i−1} = (∂f/∂x̂^i) A^i`` and ``∂f/∂x̂^{i−1} = ∂f/∂x^{i−1} ⊙ σ'(x̂^{i−1})``.
-    """
-    dense, acts = dense_layers(net)
-    xp = net.xp
-    z = net.forward(X)
-    n, O = z.shape
-    jac = [None] * len(dense)
-    jac[-1] = xp.broadcast_to(xp.eye(O, dtype=z.dtype), (n, O, O))
-    for i in range(len(dense) - 1, 0, -1):
-        jac[i - 1] = (jac[i] @ dense[i].A) * acts[i - 1].s[:, None, :]
-    inputs = [d.x for d in dense]
-    return z, jac, inputs
-
-
 def output_jacobians(net, X):
     """``∂f/∂y`` at the output y of every layer with parameters, each (n, O, *y.shape[1:]), for any Sequential.
 

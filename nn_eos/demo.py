@@ -30,7 +30,7 @@ from . import datasets, eos, plots
 from .curvature import TrainingLoss
 from .eigen import NonConvergenceWarning
 from .integrators import ExponentialEuler, GradientDescent
-from .network import alexnet_like, mlp, vgg_like
+from .config import build_net
 from .train import load_run, train
 
 N_CLASSES = 6
@@ -42,32 +42,16 @@ EDGE = 0.7          # the 2022 paper's threshold for "indisputably on the edge o
 BELOW = 0.5         # "clearly below the edge"
 
 
-def build_net(settings, X, n_classes):
-    """The network of ``settings['arch']``: 'mlp' (hidden widths), or 'alexnet', 'vgg11', 'vgg16' (width).
-
-    The conv nets take dice as 1×32×32 images; X is reshaped accordingly.
-    """
-    arch, common = settings.get("arch", "mlp"), {"activation": settings["activation"], "seed": settings["seed"],
-                                                  "device": settings.get("device")}
-    if arch == "mlp":
-        return mlp([X.shape[1], *settings["hidden"], n_classes], **common), X
-    images = X.reshape(len(X), 1, 32, 32)
-    width = settings.get("width", 0.25)
-    if arch == "alexnet":
-        return alexnet_like((1, 32, 32), n_classes, width=width, **common), images
-    if arch in ("vgg11", "vgg16"):
-        return vgg_like((1, 32, 32), n_classes, depth=int(arch[3:]), width=width, **common), images
-    raise ValueError(f"unknown arch {arch!r}; expected mlp, alexnet, vgg11 or vgg16")
-
-
 def run_with_telemetry(name, integrator, settings, X, y, out, progress=True, n_classes=N_CLASSES):
     """One resumable run in ``out/runs/name`` on (X, y) with the 2022 paper's telemetry.
 
     ``settings`` holds hidden, activation, seed, max_time, telemetry_every,
     telemetry_k and optionally until_loss, device ('cpu' or 'gpu'), arch and
-    width (see ``build_net``); returns (metrics, telemetry rows, result).
+    width (see ``config.build_net``); returns (metrics, telemetry rows, result).
     """
-    net, X = build_net(settings, X, n_classes)
+    net_cfg = {"arch": settings.get("arch", "mlp"), "hidden": settings["hidden"], "width": settings.get("width", 0.25),
+               "activation": settings["activation"], "seed": settings["seed"]}
+    net, X = build_net(net_cfg, X, n_classes, settings.get("device"))
     loss = TrainingLoss(net, "cross_entropy", X, y)
     telemetry = eos.Telemetry(k=settings["telemetry_k"], every_time=settings["telemetry_every"], tol=1e-3,
                               maxiter=300, method="lanczos", n_classes=n_classes)
