@@ -60,7 +60,7 @@ def main():
     print("\n== Table 1: loss change of a step along P_top g and along P_bulk g, while at the edge ==")
     print(f"paper: {PAPER_TABLE_1}")
     for lr, (_, rows, _) in runs.items():
-        bulk = bulk_claim(rows)
+        bulk = bulk_claim(rows, 6)
         if bulk["holds"] is None:
             print(f"  η = {lr:g}: fewer than 3 measurements at the edge (the paper omits such rows)")
         else:

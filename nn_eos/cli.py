@@ -117,6 +117,27 @@ def _plot(args):
         print(f"wrote {os.path.join(folder, name)}.png/.pdf")
 
 
+def _sweep(args):
+    from . import sweep, tables
+
+    spec = sweep.load(args.sweep)
+    out = args.out or os.path.join("sweeps_out", spec.name)
+    runs = spec.runs()
+    print(f"sweep {spec.name}: {len(runs)} runs into {os.path.abspath(out)}")
+    result = sweep.run_sweep(spec, out, workers=args.workers, scheduler=args.scheduler, device=args.device,
+                             progress=not args.no_progress)
+    statuses = [s["status"] for s in result["runs"].values()]
+    failed = [name for name, s in result["runs"].items() if s["status"] == "failed"]
+    print(f"{len(statuses) - len(failed)} runs finished ({statuses.count('skipped (finished)')} already were), "
+          f"{len(failed)} failed" + (f": {', '.join(failed)} (see error.txt in each)" if failed else ""))
+    for name, rows in result["tables"].items():
+        if name != "runs":
+            print(f"\n{tables.TITLES[name]}\n{tables.markdown(rows)}")
+    print(f"tables in {os.path.join(out, 'tables')}")
+    if failed:
+        raise SystemExit(1)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="nn-eos", description="Why neural network training runs on the edge of "
                                      "stability: exact curvature and the measurements of Lowell (2022) and "
@@ -162,6 +183,24 @@ def build_parser():
     plot.add_argument("run_dir")
     plot.add_argument("--figure", nargs="+", help="only these figures")
     plot.set_defaults(run=_plot)
+    sweep = commands.add_parser("sweep", help="a grid of runs on Dask, and its aggregate tables",
+                                description="Run every combination of a sweep file's [grid] over its [base] run "
+                                "config (e.g. Table 1 of the 2024 paper: subset sizes × 4 init seeds × 4 subset "
+                                "seeds), each as a resumable run directory under OUT/runs, then the aggregates "
+                                "its [sweep] section asks for: the 2022 paper's Table 1 (top/bulk loss changes at "
+                                "the edge) and the 2024 paper's Table 2 (power law of peak P^1_Δ,J against "
+                                "dataset size). Running it again skips finished runs and resumes unfinished ones. "
+                                "Runs on a Dask LocalCluster (one worker per core) or on a running Dask cluster "
+                                "(--scheduler, e.g. from dask-jobqueue on SLURM/PBS; see the README).")
+    sweep.add_argument("sweep", help="the sweep TOML file (see sweeps/)")
+    sweep.add_argument("--out", help="sweep folder (default: sweeps_out/<sweep name>)")
+    sweep.add_argument("--workers", type=int, default=None,
+                       help="LocalCluster worker processes (default: one per core, or per GPU with --device gpu; "
+                       "0 runs in this process without Dask)")
+    sweep.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    sweep.add_argument("--device", choices=["cpu", "gpu"], default=None)
+    sweep.add_argument("--no-progress", action="store_true")
+    sweep.set_defaults(run=_sweep)
     data = commands.add_parser("data", help="write a built-in dataset to files")
     data.add_argument("name", choices=["dice"])
     data.add_argument("--out", required=True, help="folder for dice_train.npz, dice_test.npz and a preview")

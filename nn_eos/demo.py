@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 
 from . import datasets, eos, plots
+from .eos import EDGE, bulk_claim
 from .curvature import TrainingLoss
 from .eigen import NonConvergenceWarning
 from .integrators import ExponentialEuler, GradientDescent
@@ -38,7 +39,6 @@ DEFAULTS = {"n": 1000, "hidden": [64, 64], "activation": "elu", "lrs": [0.25, 0.
             "max_time": 40.0, "telemetry_every": 2.0, "telemetry_k": N_CLASSES + 2, "seed": 0}
 QUICK = {**DEFAULTS, "n": 120, "hidden": [16], "max_time": 4.0, "telemetry_every": 1.0}
 
-EDGE = 0.7          # the 2022 paper's threshold for "indisputably on the edge of stability"
 BELOW = 0.5         # "clearly below the edge"
 
 
@@ -75,17 +75,6 @@ def edge_claim(rows, n_classes=N_CLASSES):
             "at_edge": int(np.sum(rho.max(axis=0) >= EDGE)), "holds": bool(top >= EDGE and nxt <= BELOW)}
 
 
-def bulk_claim(rows, n_classes=N_CLASSES):
-    """Table 1 while ρ_{n_c−1} > 0.7; if too few such rows, while ρ_1 > 0.7 (said in the result)."""
-    table, index = eos.top_bulk_table(rows, n_classes - 1, EDGE), n_classes - 1
-    if table is None:
-        table, index = eos.top_bulk_table(rows, 1, EDGE), 1
-    if table is None:
-        return {"rows": 0, "holds": None, "edge_index": None}
-    holds = table["bulk_mean"] < 0 and table["bulk_all_negative"] and table["top_mean"] >= table["bulk_mean"] / 2
-    return {**table, "edge_index": index, "holds": bool(holds)}
-
-
 def monotone_claim(metrics):
     loss = np.asarray(metrics["loss"])
     rises = int(np.sum(np.diff(loss) > 1e-12 * np.abs(loss[:-1])))
@@ -106,7 +95,7 @@ def summarise(settings, gd, ee):
     result = {"settings": settings, "gd": {}, "ee": {}}
     for lr, (metrics, rows, end) in gd.items():
         edge = edge_claim(rows)
-        bulk = bulk_claim(rows)
+        bulk = bulk_claim(rows, N_CLASSES)
         result["gd"][lr] = {"edge": edge, "bulk": bulk, "end": end}
         lines.append(f"| 1. GD η = {lr:g}: ρ_{N_CLASSES - 1} reaches the edge (≥ {EDGE}) while ρ_{N_CLASSES} stays "
                      f"≤ {BELOW} | ρ_9 ≥ 0.693 at every η; ρ_10 ≤ 0.246 at η = 0.0001 | max ρ_{N_CLASSES - 1} = "

@@ -20,6 +20,8 @@ import numpy as np
 from .backend import array_module, to_numpy
 from .eigen import BlockOperator, NonConvergenceWarning, top_eigenpairs
 
+EDGE = 0.7          # the 2022 paper's threshold for "indisputably on the edge of stability"
+
 
 def projections(gradient, top_vectors):
     """``(P_top g, P_bulk g)`` for orthonormal top eigenvectors (columns), 2022 paper, section 3.2."""
@@ -119,3 +121,20 @@ def top_bulk_table(rows, edge_index, threshold=0.7, min_rows=3):
     bulk = np.array([r["delta_loss_bulk"] for r in chosen])
     return {"rows": len(chosen), "top_mean": float(top.mean()), "top_std": float(top.std()),
             "bulk_mean": float(bulk.mean()), "bulk_std": float(bulk.std()), "bulk_all_negative": bool(np.all(bulk < 0))}
+
+
+def bulk_claim(rows, n_classes):
+    """Does learning occur in the bulk (2022 paper, section 5.3, Table 1)? Our pre-set test of the claim.
+
+    Table 1 while ρ_{n_c−1} > 0.7; if too few such rows, while ρ_1 > 0.7 (said
+    in ``edge_index``). The claim holds when the mean bulk step lowers the loss,
+    every bulk step does, and the mean top step lowers it by less than half as
+    much (the paper: "either positive or very close to 0").
+    """
+    table, index = top_bulk_table(rows, n_classes - 1, EDGE), n_classes - 1
+    if table is None:
+        table, index = top_bulk_table(rows, 1, EDGE), 1
+    if table is None:
+        return {"rows": 0, "holds": None, "edge_index": None}
+    holds = table["bulk_mean"] < 0 and table["bulk_all_negative"] and table["top_mean"] >= table["bulk_mean"] / 2
+    return {**table, "edge_index": index, "holds": bool(holds)}

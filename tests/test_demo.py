@@ -48,11 +48,11 @@ def test_claim_checks_can_hold_and_fail():
     assert not edge_claim(below)["holds"]
     too_many = [row([1.0, 0.9, 0.9, 0.8, 0.75, 0.72, 0.2])] * 4
     assert not edge_claim(too_many)["holds"]
-    assert bulk_claim(at_edge)["holds"] and bulk_claim(at_edge)["edge_index"] == 5
+    assert bulk_claim(at_edge, 6)["holds"] and bulk_claim(at_edge, 6)["edge_index"] == 5
     lowering_top = [row([1.0, 0.9, 0.9, 0.8, 0.75, 0.3], top=-0.02, bulk=-0.01)] * 4
-    assert not bulk_claim(lowering_top)["holds"]
-    assert bulk_claim(below)["edge_index"] == 1   # falls back to ρ_1 when ρ_{n_c−1} never reaches 0.7
-    assert bulk_claim([row([0.1] * 7)])["holds"] is None
+    assert not bulk_claim(lowering_top, 6)["holds"]
+    assert bulk_claim(below, 6)["edge_index"] == 1   # falls back to ρ_1 when ρ_{n_c−1} never reaches 0.7
+    assert bulk_claim([row([0.1] * 7)], 6)["holds"] is None
     assert monotone_claim({"loss": [3.0, 2.0, 1.0]})["holds"]
     assert not monotone_claim({"loss": [3.0, 2.0, 2.5]})["holds"]
 

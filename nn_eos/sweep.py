@@ -1,0 +1,315 @@
+"""Sweeps: a grid of runs described in one TOML file, run on Dask from a laptop to a cluster.
+
+Both papers are sweeps: the 2024 paper trained 368 networks (Table 1: dataset ×
+subset size × 4 initialisation seeds × 4 subset seeds), the 2022 paper a grid
+of architectures, activations and learning rates. A sweep file holds a run
+config (``[base]``, the sections of ``nn-eos train``), the values to vary
+(``[grid]``, dotted keys; every combination is one run) and what to do with
+the runs (``[sweep]``)::
+
+    [sweep]
+    name = "dice-alignment"            # default: the file's name
+    analyze = ["alignment"]            # per run, after training: the 2024 paper's decomposition
+    analyze_every = 5                  # snapshots at multiples of this step (the paper: 100)
+    analyze_skip = 10                  # the initial transient the paper leaves out
+    tables = ["table2"]                # aggregates: "table1" (2022 paper), "table2" (2024 paper)
+
+    [base.data]
+    dataset = "dice"
+    ...
+
+    [grid]
+    "data.size" = [117, 234, 468, 937]
+    "net.seed" = [0, 1, 2, 3]
+    "data.subset_seed" = [0, 1, 2, 3]
+
+Every run is a resumable run directory ``OUT/runs/<name>``, so running a sweep
+again skips finished runs, resumes unfinished ones from their last checkpoint
+(a killed sweep or a lost worker costs at most the steps since the last
+snapshot), and retries failed ones. A run that raises keeps its traceback in
+``error.txt`` in its directory and does not stop the others.
+
+Runs go to a Dask cluster (``dask.distributed``, the ``[sweep]`` extra): a
+``LocalCluster`` with one single-threaded worker per core (per GPU with
+``device="gpu"``) by default, or any running cluster by its scheduler address,
+e.g. one started with ``dask-jobqueue`` on SLURM or PBS (README). The run
+directories must then be on a file system every worker sees. ``workers=0``
+runs everything in this process, without Dask.
+"""
+
+import itertools
+import json
+import os
+import re
+import time
+import traceback
+
+from . import config as configs
+from .train import write_json
+
+SWEEP_SCHEMA = {"name": str, "analyze": list, "analyze_every": int, "analyze_skip": int, "tables": list}
+ANALYSES = ("alignment",)
+TABLES = ("table1", "table2")
+FINISHED = ("converged", "max_steps", "max_time", "diverged")
+
+
+class Sweep:
+    """A parsed, validated sweep file: its settings, base config and grid; ``runs`` expands the grid."""
+
+    def __init__(self, name, base, grid, analyze=(), analyze_every=1, analyze_skip=10, tables=(), source=None):
+        self.name, self.base, self.grid = name, base, grid
+        self.analyze, self.analyze_every, self.analyze_skip = tuple(analyze), analyze_every, analyze_skip
+        self.tables, self.source = tuple(tables), source
+
+    def runs(self):
+        """[(run name, run config)] for every combination of the grid's values, in the file's order."""
+        keys = list(self.grid)
+        short = {key: key.split(".")[1] for key in keys}
+        if len(set(short.values())) < len(keys):     # e.g. net.seed and data.seed: keep the section
+            short = {key: key.replace(".", "-") for key in keys}
+        out = []
+        for values in itertools.product(*self.grid.values()):
+            config = json.loads(json.dumps(self.base))
+            for key, value in zip(keys, values):
+                section, name = key.split(".")
+                config.setdefault(section, {})[name] = value
+            name = "_".join(f"{short[k]}-{_label(v)}" for k, v in zip(keys, values)) or "run"
+            out.append((name, config))
+        return out
+
+
+def _label(value):
+    text = "x".join(map(str, value)) if isinstance(value, list) else str(value)
+    return re.sub(r"[^A-Za-z0-9.-]+", "", text)
+
+
+def load(path):
+    """Read a sweep file and check it, and every run it expands to, before any compute."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise configs.ConfigError(f"sweep file {path!r} not found")
+    with open(path, "rb") as f:
+        try:
+            raw = configs.tomllib.load(f)
+        except configs.tomllib.TOMLDecodeError as error:
+            raise configs.ConfigError(f"{path}: not valid TOML ({error})") from None
+    unknown = sorted(set(raw) - {"sweep", "base", "grid"})
+    if unknown:
+        raise configs.ConfigError(f"{path}: unknown section [{unknown[0]}]; a sweep file has [sweep], [base] "
+                                  f"(a run config, as for nn-eos train) and [grid]")
+    settings = raw.get("sweep", {})
+    for key, value in settings.items():
+        if key not in SWEEP_SCHEMA:
+            raise configs.ConfigError(f"{path}: unknown key sweep.{key}; expected one of {sorted(SWEEP_SCHEMA)}")
+        if not isinstance(value, SWEEP_SCHEMA[key]) or isinstance(value, bool):
+            raise configs.ConfigError(f"{path}: sweep.{key} must be {configs._type_name(SWEEP_SCHEMA[key])}, "
+                                      f"got {value!r}")
+    for key, allowed in (("analyze", ANALYSES), ("tables", TABLES)):
+        for value in settings.get(key, []):
+            if value not in allowed:
+                raise configs.ConfigError(f"{path}: sweep.{key} has {value!r}; expected some of {list(allowed)}")
+    grid = raw.get("grid", {})
+    for key, values in grid.items():
+        section, _, name = key.partition(".")
+        if section not in configs.SCHEMA or name not in configs.SCHEMA[section]:
+            raise configs.ConfigError(f"{path}: grid key {key!r} is not a config key (section.key, e.g. "
+                                      f"\"data.size\")")
+        if not isinstance(values, list) or not values:
+            raise configs.ConfigError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
+    sweep = Sweep(settings.get("name", os.path.splitext(os.path.basename(path))[0]), raw.get("base", {}), grid,
+                  analyze=settings.get("analyze", []), analyze_every=settings.get("analyze_every", 1),
+                  analyze_skip=settings.get("analyze_skip", 10), tables=settings.get("tables", []), source=path)
+    from .integrators import from_config
+
+    for name, config in sweep.runs():
+        configs.validate(config, f"{path} (run {name})")
+        try:
+            from_config(dict(config["integrator"]))
+        except (TypeError, ValueError) as error:
+            raise configs.ConfigError(f"{path} (run {name}): [integrator]: {error}") from None
+    if "table2" in sweep.tables and "alignment" not in sweep.analyze:
+        raise configs.ConfigError(f"{path}: sweep.tables has 'table2', which needs sweep.analyze = ['alignment']")
+    if "table1" in sweep.tables and "telemetry" not in sweep.base:
+        raise configs.ConfigError(f"{path}: sweep.tables has 'table1', which needs a [base.telemetry] section")
+    return sweep
+
+
+# ----- one run, in a worker ------------------------------------------------------------
+
+def run_state(run_dir):
+    """'finished', 'failed', 'started' or 'new': what a run directory holds now."""
+    result = os.path.join(run_dir, "result.json")
+    if os.path.exists(result):
+        with open(result) as f:
+            if json.load(f).get("status") in FINISHED:
+                return "finished"
+    if os.path.exists(os.path.join(run_dir, "error.txt")):
+        return "failed"
+    return "started" if os.path.exists(os.path.join(run_dir, "checkpoint.npz")) else "new"
+
+
+def is_done(run_dir, analyses):
+    """True when the run is trained and every requested analysis has been recorded as complete."""
+    marker = os.path.join(run_dir, "done.json")
+    if run_state(run_dir) != "finished" or not os.path.exists(marker):
+        return False
+    with open(marker) as f:
+        return set(analyses) <= set(json.load(f)["analyses"])
+
+
+def run_one(name, config, run_dir, analyses=(), analyze_every=1, analyze_skip=10, device=None):
+    """Train (or resume, or skip) one run of a sweep and analyse it; never raises.
+
+    Returns a summary dict with ``status`` (a run's final status, or 'failed'
+    with the error, whose traceback is also written to ``run_dir/error.txt``).
+    """
+    start = time.perf_counter()
+    error_path = os.path.join(run_dir, "error.txt")
+    try:
+        _use_worker_gpu(device)
+        if run_state(run_dir) != "finished":
+            resume = os.path.exists(os.path.join(run_dir, "checkpoint.npz"))
+            configs.run(config, run_dir, device=device, resume=resume, progress=False)
+        if "alignment" in analyses:
+            from .alignment import analyze_run
+
+            analyze_run(run_dir, every=analyze_every, skip=analyze_skip, progress=False)
+        with open(os.path.join(run_dir, "result.json")) as f:
+            result = json.load(f)
+        write_json(os.path.join(run_dir, "done.json"), {"analyses": list(analyses)})
+        if os.path.exists(error_path):
+            os.remove(error_path)
+        return {"name": name, "status": result["status"], "steps": result["steps"], "loss": result["loss"],
+                "seconds": time.perf_counter() - start}
+    except Exception as error:   # a failed run is reported, and the sweep goes on
+        os.makedirs(run_dir, exist_ok=True)
+        with open(error_path, "w") as f:
+            f.write(traceback.format_exc())
+        return {"name": name, "status": "failed", "error": f"{type(error).__name__}: {error}",
+                "seconds": time.perf_counter() - start}
+
+
+def _use_worker_gpu(device):
+    """On a LocalCluster with one worker per GPU, worker i computes on GPU i."""
+    if device != "gpu":
+        return
+    try:
+        from distributed import get_worker
+
+        index = int(get_worker().name)
+    except (ImportError, ValueError, TypeError):
+        return
+    import cupy
+
+    cupy.cuda.Device(index % cupy.cuda.runtime.getDeviceCount()).use()
+
+
+# ----- the sweep -------------------------------------------------------------------------
+
+def _check_run_dir(name, config, run_dir):
+    """A run directory made from another config is an error, never silently reused."""
+    path = os.path.join(run_dir, "experiment.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved != json.loads(json.dumps(config)):
+            raise configs.ConfigError(f"run {name}: {run_dir} was made from another config; the sweep file changed "
+                                      f"since — choose another output folder, or delete that run")
+
+
+def _default_workers(device):
+    if device == "gpu":
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    return os.cpu_count() or 1
+
+
+def run_sweep(sweep, out, workers=None, scheduler=None, device=None, progress=True):
+    """Run every run of ``sweep`` (a Sweep or a file path) into ``out/runs``; then its tables.
+
+    ``workers``: LocalCluster size (default one per core, one per GPU with
+    ``device="gpu"``; 0 runs in this process). ``scheduler``: the address of a
+    running Dask scheduler to use instead. Returns a dict with the runs'
+    summaries by name and the tables written.
+    """
+    from tqdm.auto import tqdm
+
+    from . import tables
+
+    if not isinstance(sweep, Sweep):
+        sweep = load(sweep)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    runs = sweep.runs()
+    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    write_json(os.path.join(out, "sweep.json"), {
+        "name": sweep.name, "source": sweep.source, "grid": sweep.grid, "analyze": list(sweep.analyze),
+        "analyze_every": sweep.analyze_every, "analyze_skip": sweep.analyze_skip, "tables": list(sweep.tables),
+        "runs": {name: config for name, config in runs}})
+    todo, summaries = [], {}
+    for name, config in runs:
+        run_dir = os.path.join(out, "runs", name)
+        _check_run_dir(name, config, run_dir)
+        if is_done(run_dir, sweep.analyze):
+            summaries[name] = {"name": name, "status": "skipped (finished)"}
+        else:
+            todo.append((name, config, run_dir))
+    args = (sweep.analyze, sweep.analyze_every, sweep.analyze_skip, device)
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not progress, unit="run",
+               desc=f"sweep {sweep.name}", dynamic_ncols=True)
+    counts = {"done": len(runs) - len(todo), "failed": 0}
+
+    def record(summary, running):
+        summaries[summary["name"]] = summary
+        counts["failed" if summary["status"] == "failed" else "done"] += 1
+        bar.set_postfix(done=counts["done"], running=running, failed=counts["failed"], refresh=False)
+        bar.update(1)
+        if summary["status"] == "failed":
+            bar.write(f"run {summary['name']} failed: {summary['error']} (traceback in its error.txt)")
+
+    if workers == 0 and scheduler is None:
+        for i, (name, config, run_dir) in enumerate(todo):
+            record(run_one(name, config, run_dir, *args), running=min(1, len(todo) - i - 1))
+    elif todo:
+        with _client(workers if workers is not None else _default_workers(device), scheduler) as client:
+            n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
+            futures = [client.submit(run_one, name, config, run_dir, *args, key=f"nn-eos-run-{sweep.name}-{name}",
+                                     pure=False) for name, config, run_dir in todo]
+            from distributed import as_completed
+
+            for i, future in enumerate(as_completed(futures)):
+                record(future.result(), running=min(n_workers, len(todo) - i - 1))
+    bar.close()
+    written = tables.write_tables(out, sweep.tables) if sweep.tables else {}
+    return {"runs": summaries, "tables": written}
+
+
+class _client:
+    """A Dask client on the given scheduler, or on a LocalCluster of ``workers`` single-threaded processes."""
+
+    def __init__(self, workers, scheduler):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise ImportError("nn-eos sweep runs on Dask: pip install 'nn_eos[sweep]' (dask.distributed), "
+                              "or pass workers=0 (--workers 0) to run the sweep in this process") from None
+        self.cluster = None
+        if scheduler is None:
+            import logging
+
+            # One thread per worker process: the runs are NumPy-bound, and Dask sets OMP/MKL/OpenBLAS
+            # to one thread in each worker, so W workers use W cores without oversubscription.
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=logging.ERROR)
+            self.client = Client(self.cluster)
+        else:
+            self.client = Client(scheduler)
+
+    def __enter__(self):
+        return self.client
+
+    def __exit__(self, *exc):
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

@@ -1,0 +1,172 @@
+"""Sweeps: grid expansion and checks before compute, failures kept, a killed sweep resumed on a 2-worker
+LocalCluster, and the aggregate tables computed from the runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from nn_eos import config, sweep, tables
+from nn_eos.train import load_run, load_snapshot, snapshot_steps
+
+BASE = """
+[base.data]
+dataset = "dice"
+n = 96
+
+[base.net]
+hidden = [6, 6]
+
+[base.integrator]
+name = "gd"
+lr = 0.5
+
+[base.train]
+until_loss = 0.0
+max_steps = 40
+snapshot_every = 10
+"""
+
+TELEMETRY = """
+[base.telemetry]
+k = 7
+every_time = 2.0
+method = "lanczos"
+"""
+
+
+def write(tmp_path, text, name="sweep.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_grid_expands_to_named_runs_in_file_order(tmp_path):
+    spec = sweep.load(write(tmp_path, BASE + '[grid]\n"data.size" = [24, 48]\n"net.seed" = [0, 1]\n'
+                                             '"net.hidden" = [[6, 6], [8]]\n'))
+    runs = spec.runs()
+    assert [name for name, _ in runs][:3] == ["size-24_seed-0_hidden-6x6", "size-24_seed-0_hidden-8",
+                                              "size-24_seed-1_hidden-6x6"]
+    assert len(runs) == 8 and len({name for name, _ in runs}) == 8
+    name, cfg = runs[-1]
+    assert cfg["data"] == {"dataset": "dice", "n": 96, "size": 48} and cfg["net"] == {"hidden": [8], "seed": 1}
+    assert spec.base["data"] == {"dataset": "dice", "n": 96}       # the base is not mutated
+    # two keys with the same name keep their sections apart
+    spec = sweep.load(write(tmp_path, BASE + '[grid]\n"net.seed" = [0]\n"data.seed" = [3]\n'))
+    assert spec.runs()[0][0] == "net-seed-0_data-seed-3"
+
+
+@pytest.mark.parametrize("text,message", [
+    (BASE + '[grid]\n"data.sise" = [1]\n', r"grid key 'data.sise' is not a config key"),
+    (BASE + '[grid]\n"data.size" = 24\n', r"grid.data.size must be a non-empty list"),
+    (BASE + '[grid]\n"data.size" = [24, "48"]\n', r"\(run size-48\): data.size must be an integer, got '48'"),
+    (BASE + '[sweep]\nworkers = 3\n', r"unknown key sweep.workers"),
+    (BASE + '[sweep]\ntables = ["table3"]\n', r"sweep.tables has 'table3'"),
+    (BASE + '[sweep]\ntables = ["table2"]\n', r"'table2', which needs sweep.analyze"),
+    (BASE + '[sweep]\ntables = ["table1"]\n', r"'table1', which needs a \[base.telemetry\]"),
+    (BASE + '[grid]\n"integrator.lr" = [0.5, -1.0]\n', r"\(run lr--1.0\): \[integrator\]"),
+    (BASE + '[runs]\n', r"unknown section \[runs\]"),
+])
+def test_sweep_errors_are_reported_before_any_compute(tmp_path, text, message):
+    with pytest.raises(config.ConfigError, match=message):
+        sweep.load(write(tmp_path, text))
+
+
+def test_failed_run_is_kept_and_does_not_stop_the_sweep(tmp_path):
+    path = write(tmp_path, BASE + '[grid]\n"data.classes" = [[0, 1], [0, 99]]\n')
+    out = str(tmp_path / "out")
+    result = sweep.run_sweep(path, out, workers=0, progress=False)
+    good, bad = result["runs"]["classes-0x1"], result["runs"]["classes-0x99"]
+    assert good["status"] == "max_steps" and bad["status"] == "failed" and "99" in bad["error"]
+    error = (tmp_path / "out" / "runs" / "classes-0x99" / "error.txt").read_text()
+    assert "Traceback" in error and "99" in error
+    rows = {r["run"]: r for r in tables.runs_table(out)}
+    assert rows["classes-0x1"]["status"] == "max_steps" and rows["classes-0x99"]["status"].startswith("failed: ")
+    # running it again skips the finished run and tries the failed one again
+    again = sweep.run_sweep(path, out, workers=0, progress=False)
+    assert again["runs"]["classes-0x1"]["status"] == "skipped (finished)"
+    assert again["runs"]["classes-0x99"]["status"] == "failed"
+
+
+def test_changed_sweep_file_does_not_reuse_old_runs(tmp_path):
+    out = str(tmp_path / "out")
+    sweep.run_sweep(write(tmp_path, BASE + '[grid]\n"net.seed" = [0]\n'), out, workers=0, progress=False)
+    changed = write(tmp_path, BASE.replace("lr = 0.5", "lr = 0.25") + '[grid]\n"net.seed" = [0]\n', "changed.toml")
+    with pytest.raises(config.ConfigError, match="was made from another config"):
+        sweep.run_sweep(changed, out, workers=0, progress=False)
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_killed_sweep_on_a_local_cluster_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    pytest.importorskip("distributed")
+    # Four tiny runs; the one with 30,000 steps is still running when the whole sweep is SIGKILLed.
+    text = BASE.replace("max_steps = 40", "max_steps = 40").replace("snapshot_every = 10", "snapshot_every = 500")
+    path = write(tmp_path, text + '[grid]\n"train.max_steps" = [40, 60, 80, 30000]\n')
+    out = tmp_path / "out"
+    runs = out / "runs"
+    long_dir = runs / "max_steps-30000"
+    short = [runs / f"max_steps-{n}" for n in (40, 60, 80)]
+    process = subprocess.Popen([sys.executable, "-m", "nn_eos.cli", "sweep", path, "--out", str(out),
+                                "--workers", "2", "--no-progress"], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: all((d / "done.json").exists() for d in short)
+                  and (long_dir / "snapshots" / "theta_00000500.npy").exists(), 120, "the long run to get going")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (long_dir / "result.json").exists(), "the long run finished before the kill: lengthen it"
+    killed_at = max(snapshot_steps(str(long_dir)))
+    assert 0 < killed_at < 30000
+    finished_at = {d: (d / "result.json").stat().st_mtime_ns for d in short}
+
+    result = sweep.run_sweep(path, str(out), workers=2, progress=False)
+    assert [result["runs"][d.name]["status"] for d in short] == ["skipped (finished)"] * 3
+    assert {d: (d / "result.json").stat().st_mtime_ns for d in short} == finished_at   # not run again
+    assert result["runs"]["max_steps-30000"]["status"] == "max_steps"
+    _, metrics, _, end = load_run(str(long_dir))
+    assert end["steps"] == 30000 and np.array_equal(metrics["step"], np.arange(30000))   # each step logged once
+
+    reference = tmp_path / "reference"
+    cfg = json.loads((long_dir / "experiment.json").read_text())
+    config.run(cfg, str(reference), progress=False)
+    assert np.array_equal(load_snapshot(str(long_dir), 30000), load_snapshot(str(reference), 30000))
+    assert np.array_equal(load_run(str(long_dir))[1]["loss"], load_run(str(reference))[1]["loss"])
+
+
+def test_tables_from_the_runs_of_a_sweep(tmp_path):
+    text = (BASE.replace("max_steps = 40", "max_steps = 24").replace("snapshot_every = 10", "snapshot_every = 4")
+            + TELEMETRY + '[sweep]\nanalyze = ["alignment"]\nanalyze_every = 4\nanalyze_skip = 4\n'
+            'tables = ["table1", "table2"]\n[grid]\n"data.size" = [24, 48, 96]\n"net.seed" = [0, 1]\n')
+    out = str(tmp_path / "out")
+    result = sweep.run_sweep(write(tmp_path, text), out, workers=0, progress=False)
+    t1, t2 = result["tables"]["table1"], result["tables"]["table2"]
+    # Table 1: one group per size, pooling the two seeds' telemetry rows at the edge
+    assert [row["group"] for row in t1] == ["data.size = 24", "data.size = 48", "data.size = 96"]
+    for row in t1:
+        _, _, run_dirs = zip(*tables.groups(out)[row["group"]])
+        pooled = [r for d in run_dirs for r in load_run(d)[2]]
+        claim = tables.bulk_claim(pooled, 6)
+        assert row["rows"] == claim["rows"] and row["bulk_mean"] == pytest.approx(claim["bulk_mean"])
+    # Table 2: one group (sizes left out, seeds pooled), the fit of eq. 9 over the six runs' peaks
+    (row,) = t2
+    peaks = [tables.peak_alignment(d) for _, _, d in tables.groups(out, leave_out=("data.size",))["all runs"]]
+    c1, c2, r2 = tables.power_law([24, 24, 48, 48, 96, 96], peaks)
+    assert row["runs"] == 6 and row["sizes"] == [24, 48, 96]
+    assert (row["c1"], row["c2"], row["r2"]) == pytest.approx((c1, c2, r2))
+    assert (row["paper_c1"], row["paper_c2"], row["paper_r2"]) == (0.0017, 0.23, 0.84)
+    text = (tmp_path / "out" / "tables" / "table2.md").read_text()
+    assert "c1 D^{c2}" in text and f"{c2:.4g}" in text
+    assert (tmp_path / "out" / "tables" / "table1.csv").exists()
