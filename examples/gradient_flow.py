@@ -14,7 +14,6 @@ as n_D grows. Says plainly whether each claim holds in this run.
 
 import argparse
 import os
-import warnings
 
 import numpy as np
 
@@ -81,16 +80,8 @@ def main():
         peak_step = int(metrics["step"][np.nanargmax(metrics["lambda_1"])])
         steps = snapshot_steps(run_dir)
         nearest = min(steps, key=lambda s: abs(s - peak_step))
-        theta = loss.net.check_theta(load_snapshot(run_dir, nearest))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ne.NonConvergenceWarning)
-            hessian = ne.eigen.BlockOperator(lambda V: loss.hvp(V, theta=theta), like=theta)
-            top = ne.top_eigenpairs(hessian, 1, method="lanczos", tol=1e-6)
-        h1 = top.vectors[:, 0]
-        lam = float(top.values[0])
-        span = np.sqrt(0.5 / abs(lam))          # where the quadratic model changes L̃ by ¼
-        deltas = np.linspace(-span, span, 41)
-        change = ne.eos.loss_along(loss, h1, deltas, theta=theta) - loss.value(theta=theta)
+        deltas, change, lam = ne.eos.cusp_scan(loss, load_snapshot(run_dir, nearest))
+        span = deltas[-1]
         ax.plot(deltas, change, label=f"n_D = {n} (λ_1 = {lam:.3g}, step {nearest})")
         print(f"  n_D = {n}: snapshot at step {nearest} (peak at {peak_step}), λ_1 = {lam:.3f}; "
               f"L̃ change at ±{span:.3f}: {change[0]:+.4f}, {change[-1]:+.4f}")

@@ -76,45 +76,18 @@ def _analyze(args):
 
 
 def _plot(args):
-    from . import plots
-    from .train import load_run
+    from . import figures
 
-    cfg, metrics, telemetry, _ = load_run(args.run_dir)
-    folder = os.path.join(args.run_dir, "figures")
-    os.makedirs(folder, exist_ok=True)
-    label = os.path.basename(os.path.normpath(args.run_dir))
-    lr = (cfg.get("integrator") or {}).get("lr")
-    figures = {"loss": lambda: plots.loss_over_time([(label, metrics)])}
-    if telemetry:
-        n_classes = telemetry[0]["n_top"] + 1
-        figures["sharpness"] = lambda: plots.sharpness_over_time([(label, telemetry, lr)])
-        figures["projections"] = lambda: plots.projections_over_time([(label, telemetry)])
-        if len(telemetry[0]["rho"]) >= n_classes >= 2:
-            figures["rho"] = lambda: plots.rho_over_time([(label, telemetry)], n_classes)
-    elif "lambda_1" in metrics:
-        figures["sharpness"] = lambda: plots.curves([(label, metrics["t"], metrics["lambda_1"])], "t", "λ_1",
-                                                    "Sharpness of the training loss")
-    cache = os.path.join(args.run_dir, "alignment.jsonl")
-    if os.path.exists(cache):
-        from .train import columns, read_rows
-
-        series = columns(read_rows(cache))
-        for key in ("Pi_chi", "P_chi", "Pi_J", "P_J", "delta_L"):
-            figures[f"alignment_{key}"] = (lambda k=key: plots.curves(
-                [(label, series["t"], [c[k] for c in series["components_1"]])], "t", k, f"Component {k} of E‖Δ^1‖²",
-                logy=True))
-        figures["alignment_rho_K"] = lambda: plots.curves([(label, series["t"], series["overlap_ratio"])], "t",
-                                                          "ρ(K)", "Overlap ratio ρ(K)")
-    if args.figure:
-        unknown = sorted(set(args.figure) - set(figures))
-        if unknown:
-            raise SystemExit(f"nn-eos plot: no figure {unknown} for this run; available: {sorted(figures)}")
-        figures = {name: figures[name] for name in args.figure}
-    for name, make in figures.items():
-        fig = make()
-        for ext in ("png", "pdf"):
-            fig.savefig(os.path.join(folder, f"{name}.{ext}"), dpi=110)
-        print(f"wrote {os.path.join(folder, name)}.png/.pdf")
+    try:
+        made = figures.build(args.path, args.figure)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"nn-eos plot: {error}") from None
+    if not made:
+        raise SystemExit(f"nn-eos plot: nothing to draw for {args.path} yet" + (
+            f" (the figures {args.figure} need data this run does not hold)" if args.figure else ""))
+    folder = os.path.join(args.path, "figures")
+    figures.save(made, folder)
+    print(f"wrote {len(made)} figures to {folder}: {', '.join(made)} (PNG and PDF)")
 
 
 def _sweep(args):
@@ -176,12 +149,18 @@ def build_parser():
     analyze.add_argument("--every", type=int, default=1, help="analyse snapshots at multiples of this step")
     analyze.add_argument("--skip", type=int, default=10, help="skip the first steps (the paper: 10)")
     analyze.set_defaults(run=_analyze)
-    plot = commands.add_parser("plot", help="the papers' figures of a run, as PNG and PDF",
-                               description="Loss, sharpness λ_1 (with 2/η for GD), ρ_{n_c−1} and ρ_{n_c}, ‖P_top g‖ "
-                               "and ‖P_bulk g‖, and, after `nn-eos analyze --alignment`, ρ(K) and the five factors "
-                               "of E‖Δ^1‖², into RUN_DIR/figures.")
-    plot.add_argument("run_dir")
-    plot.add_argument("--figure", nargs="+", help="only these figures")
+    plot = commands.add_parser("plot", help="the papers' figures of a run or a sweep, as PNG and PDF",
+                               description="Every figure the runs hold data for, into PATH/figures: the 2022 "
+                               "paper's ρ_{n_c−1}/ρ_{n_c} (Figures 1–2), ‖P_top g‖/‖P_bulk g‖ (3), ρ_i and |d_i| (4), "
+                               "λ_1 along the flow (5) and, on request, the cusp along h_1 (6, --figure cusp); after "
+                               "alignment analysis the 2024 paper's sharpness of ∇²L̃/H/G (Figures 1, 6–9), ρ(K) "
+                               "and E‖K‖² (2, 10–13), E‖K^i‖² (3, 14–18), the factors of E‖Δ^1‖² (4, 19–22), "
+                               "E(χ^i)² (23–27), r(χ^i, Δ^i/χ^i) (28–32), layerwise Jacobian norms (33–37), "
+                               "r(Δ^{i+1}, ∂x̂^{i+1}/∂x̂^i) (38–42) and the power law of Table 2. A sweep's runs "
+                               "are coloured by dataset size, learning rate or number of classes, as in the "
+                               "papers. Figure names: see nn_eos/figures.py.")
+    plot.add_argument("path", help="a run directory or a sweep folder")
+    plot.add_argument("--figure", nargs="+", help="only these figures (names in nn_eos/figures.py)")
     plot.set_defaults(run=_plot)
     sweep = commands.add_parser("sweep", help="a grid of runs on Dask, and its aggregate tables",
                                 description="Run every combination of a sweep file's [grid] over its [base] run "

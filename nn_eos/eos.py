@@ -100,6 +100,24 @@ def loss_along(loss, direction, deltas, theta=None):
     return np.array([loss.value(theta=theta + float(delta) * u) for delta in deltas])
 
 
+def cusp_scan(loss, theta, points=41, tol=1e-6):
+    """The 2022 paper's Figure 6 at θ*: ``(Δ, L̃(θ* + Δ h_1) − L̃(θ*), λ_1)``.
+
+    ``h_1`` is the top eigenvector of ∇²L̃(θ*) (Lanczos). Δ spans ±sqrt(0.5/|λ_1|),
+    where the quadratic model ``λ_1 Δ²/2`` changes L̃ by ¼: a smooth minimum
+    along h_1 looks like a parabola there, a cusp like a V.
+    """
+    theta = loss.net.check_theta(theta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonConvergenceWarning)
+        hessian = BlockOperator(lambda V: loss.hvp(V, theta=theta), like=theta)
+        top = top_eigenpairs(hessian, 1, method="lanczos", tol=tol)
+    lam = float(top.values[0])
+    span = np.sqrt(0.5 / abs(lam))
+    deltas = np.linspace(-span, span, points)
+    return deltas, loss_along(loss, top.vectors[:, 0], deltas, theta=theta) - loss.value(theta=theta), lam
+
+
 # ----- summaries of a run's telemetry (the 2022 paper's Figure 1 and Table 1) ----------
 
 def rho_series(rows, i):

@@ -124,3 +124,52 @@ def curves(series, xlabel, ylabel, title, path=None, logy=False):
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     return _finish(fig, ax, path, title)
+
+
+def colour_scale(values):
+    """{value: colour} over the sorted distinct values (dataset sizes, learning rates…), dark to light."""
+    distinct = sorted(set(values), key=lambda v: (isinstance(v, str), v))
+    return dict(zip(distinct, _colours(len(distinct))))
+
+
+def panel_grid(panels, lines, title, xlabel="t", legend_title=None, logy=(), path=None, ncols=3):
+    """One panel per quantity, one line per run in every panel: the layout of most of both papers' figures.
+
+    ``panels``: the panels' y labels (in the papers' notation). ``lines``: list
+    of ``(label, colour, style, x, ys)`` with ``ys[j]`` the curve of panel j
+    (None leaves it out). Lines sharing a label are listed once in the legend
+    (the seeds of one dataset size share a colour). ``logy``: indices of the
+    panels drawn on a log scale.
+    """
+    ncols = min(ncols, len(panels))
+    nrows = -(-len(panels) // ncols)
+    size = (6.4, 4.4) if len(panels) == 1 else (4.0 * ncols, 3.1 * nrows + 0.6)
+    fig, axes = _subplots(nrows, ncols, squeeze=False, figsize=size)
+    for j, (ax, ylabel) in enumerate(zip(axes.flat, panels)):
+        for label, colour, style, x, ys in lines:
+            if ys[j] is not None:
+                ax.plot(x, ys[j], style, color=colour, lw=1.2, label=label)
+        if j in logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles and len(panels) == 1:
+        axes[0, 0].legend(handles.values(), handles.keys(), title=legend_title, fontsize=7, title_fontsize=8)
+    elif handles:
+        ncol = min(len(handles), 6)
+        fig.legend(handles.values(), handles.keys(), title=legend_title, fontsize=7, title_fontsize=8,
+                   loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=ncol)
+    legend_rows = -(-len(handles) // 6) if handles and len(panels) > 1 else 0
+    fig.suptitle(title, x=0.02, ha="left", fontsize=10)
+    bottom = (0.045 + 0.035 * legend_rows) * (4.0 / size[1]) if legend_rows else 0
+    fig.tight_layout(rect=(0, bottom, 1, 1 - 0.3 / size[1]))
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig

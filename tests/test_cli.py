@@ -51,9 +51,13 @@ def test_train_analyze_plot_end_to_end(tmp_path, capsys):
     assert "2022 telemetry: 6 measurements" in text and "alignment over 6 snapshots" in text   # t = 6, every 1
     assert (out / "alignment.jsonl").exists()
     cli.main(["plot", str(out)])
-    for name in ("loss", "sharpness", "rho", "projections", "alignment_P_J", "alignment_rho_K"):
+    for name in ("loss", "sharpness", "rho", "projections", "entering", "sharpness_G_H", "overlap", "K_layers",
+                 "components", "chi2", "r_chi", "jacobian_norms", "r_jacobian"):
         assert (out / "figures" / f"{name}.png").exists() and (out / "figures" / f"{name}.pdf").exists(), name
-    with pytest.raises(SystemExit, match="no figure"):
+    assert not (out / "figures" / "cusp.png").exists()          # computed, so drawn only on request
+    cli.main(["plot", str(out), "--figure", "cusp"])
+    assert (out / "figures" / "cusp.png").exists()
+    with pytest.raises(SystemExit, match="no figure named"):
         cli.main(["plot", str(out), "--figure", "figure99"])
     # resuming a finished run is instant and changes nothing
     before = (out / "metrics.jsonl").read_bytes()

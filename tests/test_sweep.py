@@ -170,3 +170,27 @@ def test_tables_from_the_runs_of_a_sweep(tmp_path):
     text = (tmp_path / "out" / "tables" / "table2.md").read_text()
     assert "c1 D^{c2}" in text and f"{c2:.4g}" in text
     assert (tmp_path / "out" / "tables" / "table1.csv").exists()
+
+
+def test_sweep_cli_then_every_figure_of_the_sweep(tmp_path, capsys):
+    from nn_eos import cli, figures
+
+    text = (BASE.replace("max_steps = 40", "max_steps = 16").replace("snapshot_every = 10", "snapshot_every = 2")
+            + TELEMETRY + '[sweep]\nanalyze = ["alignment"]\nanalyze_every = 2\nanalyze_skip = 2\n'
+            'tables = ["table1", "table2"]\n[grid]\n"data.size" = [24, 48]\n"integrator.lr" = [0.25, 0.5]\n')
+    out = tmp_path / "out"
+    cli.main(["sweep", write(tmp_path, text), "--out", str(out), "--workers", "0", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "4 runs finished (0 already were), 0 failed" in printed and "c1 D^{c2}" in printed
+    made = figures.build(str(out))
+    # colour by dataset size (the first of the papers' colour keys in the grid), one figure per learning rate
+    assert {"rho__integrator.lr_=_0.25", "components__integrator.lr_=_0.5", "power_law__integrator.lr_=_0.5"} <= set(made)
+    records, legend = figures.collect(str(out))
+    assert legend == "D" and sorted({r.colour for r in records}) == [24, 48]
+    fig = made["K_layers__integrator.lr_=_0.5"]
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 3             # L = 3 weight layers
+    assert {len(ax.lines) for ax in fig.axes if ax.get_visible()} == {2}     # the two runs at this η
+    cli.main(["plot", str(out), "--figure", "power_law", "rho"])
+    assert (out / "figures" / "power_law__integrator.lr_=_0.25.pdf").exists()
+    with pytest.raises(SystemExit, match="neither a run directory"):
+        cli.main(["plot", str(tmp_path)])
