@@ -129,6 +129,30 @@ def test_layerwise_jacobian_norms_match_svd(shape, dense_below):
     np.testing.assert_allclose(ours, reference, rtol=1e-8)
 
 
+@pytest.mark.parametrize("shape", [(160, 240), (240, 160)])
+def test_layerwise_jacobian_norms_stop_early_and_stay_exact(shape):
+    """Wide random layers (a crowded spectral edge, as at initialisation): Lanczos stops long before
+    m = d, with per-example scalings far from the warm start's average and one dead example, to 1e-8."""
+    rng = np.random.default_rng(shape[0])
+    A = rng.standard_normal(shape) / np.sqrt(shape[1])
+    s = rng.uniform(0, 1, size=(12, shape[1])) ** rng.uniform(0.2, 3, size=(12, 1))
+    s[3] = 0.0
+    calls = []
+    original = alignment.batched_top_eigenvalue
+
+    def counting(matvec, *args, **kwargs):
+        return original(lambda v: calls.append(1) or matvec(v), *args, **kwargs)
+
+    alignment.batched_top_eigenvalue = counting
+    try:
+        ours = alignment.layerwise_jacobian_norm2(A, s, np, dense_below=0)
+    finally:
+        alignment.batched_top_eigenvalue = original
+    reference = np.array([np.linalg.svd(A * s[n][None, :], compute_uv=False)[0] ** 2 for n in range(12)])
+    np.testing.assert_allclose(ours, reference, rtol=1e-8, atol=1e-300)
+    assert ours[3] == 0.0 and len(calls) < min(shape) / 2
+
+
 def test_chunked_analysis_equals_whole():
     net = ne.mlp([5, 6, 6, 3], activation="tanh", seed=1)
     rng = np.random.default_rng(0)
