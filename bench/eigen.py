@@ -1,7 +1,7 @@
 """Cost of the top eigenpairs of ∇²L̃ and G, cold and warm-started, by each method.
 
     python bench/eigen.py [--n 1000] [--widths 1024 512 512 512 512 512 6] [--tol 1e-6]
-                          [--k-hessian 20] [--k-ggn 7] [--methods power lobpcg lanczos] [--guard 0]
+                          [--k-hessian 20] [--k-ggn 7] [--methods power krylov lobpcg lanczos] [--guard 0]
 
 For each operator and method: wall time, matvecs (single-vector products),
 iterations, whether it converged, and the time as a multiple of one gradient
@@ -61,7 +61,7 @@ def main():
         for method in args.methods:
             net.set_theta(theta0)
             kwargs = dict(method=method, tol=args.tol, maxiter=args.maxiter)
-            if method == "power":
+            if method in ("power", "krylov"):
                 kwargs["guard"] = args.guard
             cold, t_cold = timed(lambda: quietly(ne.top_eigenpairs, operator, k, **kwargs))
             step = 0.5 / max(abs(float(to_numpy(cold.values)[0])), 1e-12)

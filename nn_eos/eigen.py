@@ -10,6 +10,11 @@ Three methods share one interface and one result type:
   eigenvalues of largest *magnitude*; a negative one among them keeps its
   sign (the 2022 paper treats those as NaN; ``EigenResult.negative`` lets the
   caller decide).
+- ``"krylov"``: block Krylov with Rayleigh–Ritz over the whole basis and
+  thick restarts — each block product adds the residuals ``A x − θ x`` of the
+  unconverged Ritz pairs to the basis, so span(V, A V, A² V, …) is searched
+  rather than only its last block; same ranking by |λ| as ``"power"``, the
+  fastest method warm or cold (see bench/eigen.py).
 - ``"lobpcg"``: ``scipy.sparse.linalg.lobpcg`` (``cupyx`` on the GPU), largest
   algebraic eigenvalues, the whole block in one operator call.
 - ``"lanczos"``: ``scipy.sparse.linalg.eigsh`` (``which='LA'``), the reference.
@@ -26,7 +31,7 @@ import numpy as np
 
 from . import backend
 
-METHODS = ("power", "lobpcg", "lanczos")
+METHODS = ("power", "krylov", "lobpcg", "lanczos")
 TINY = 1e-30
 
 
@@ -189,6 +194,78 @@ def power_iteration(A, k, V0, tol, maxiter, seed, guard, xp, dtype, stop="residu
                           converged=bool(converged), method="power")
 
 
+def _new_directions(W, Q, xp, drop=1e-10):
+    """An orthonormal basis of the part of span(W) orthogonal to span(Q), Q orthonormal.
+
+    Columns are scaled to unit norm, projected out of Q ("twice is enough")
+    and orthonormalised by SVQB (Stathopoulos & Wu 2002): with
+    ``WᵀW = U Λ Uᵀ``, ``W U Λ^{-1/2}`` is orthonormal — one small eigh and
+    tall-skinny products, much cheaper than a Householder QR of a (P, c)
+    block. Directions with ``λ < drop²`` lie (numerically) in span(Q) and are
+    dropped. Dividing by a small λ magnifies what is left of Q, so projection
+    and SVQB repeat until ``WᵀW = I`` to 1e-12 (once more, as a rule).
+    """
+    W = W / xp.maximum(xp.linalg.norm(W, axis=0), TINY)[None, :]
+    W = W - Q @ (Q.T @ W)
+    for _ in range(4):
+        W = W - Q @ (Q.T @ W)
+        gram = W.T @ W
+        if W.shape[1] == 0 or float(xp.abs(gram - xp.eye(W.shape[1], dtype=W.dtype)).max()) < 1e-12:
+            break                                            # orthonormal and orthogonal to Q
+        lam, U = xp.linalg.eigh((gram + gram.T) / 2)
+        lam, U = lam[::-1], U[:, ::-1]                       # strongest directions first
+        keep = np.flatnonzero(backend.to_numpy(lam) > drop ** 2)
+        keep = xp.asarray(keep) if xp is not np else keep
+        W = (W @ U[:, keep]) / xp.sqrt(lam[keep])[None, :]
+    return W
+
+
+def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None):
+    """Thick-restarted block Krylov iteration with Rayleigh–Ritz on the whole basis.
+
+    The basis Q (orthonormal) and A Q are kept; each iteration takes the Ritz
+    pairs of ``Qᵀ A Q`` (no product needed), stops when the top k relative
+    residuals are below tol, else adds the residuals ``r = A x − θ x`` of the
+    unconverged top-(k + guard) Ritz pairs, orthogonalised against Q, and
+    applies A to them — one block product, of only as many directions as are
+    still unconverged. Since span(Q, r) = span(Q, A x), after j products the
+    basis holds a block Krylov space of degree j (power iteration keeps only
+    its last block). When the basis would exceed ``max_basis`` columns
+    (default 3(k + guard), at least k + guard + 8) it restarts from the top
+    k + guard Ritz vectors, keeping their products: no product is repeated.
+    Ranks Ritz values by |θ|, like power iteration.
+    """
+    P = A.size
+    b = min(k + guard, P)
+    max_basis = min(P, max_basis or max(3 * b, b + 8))
+    Q = _start_block(P, b, V0, seed, xp, dtype)
+    AQ = A(Q)
+    iteration, converged = 1, False
+    while True:
+        theta, S = xp.linalg.eigh(((Q.T @ AQ) + (Q.T @ AQ).T) / 2)
+        order = xp.argsort(-xp.abs(theta))[:b]
+        theta, S = theta[order], S[:, order]
+        X, AX = Q @ S, AQ @ S
+        residual = AX - X * theta[None, :]
+        norms = backend.to_numpy(xp.linalg.norm(residual, axis=0) / xp.maximum(xp.abs(theta), TINY))
+        converged = bool(norms[:k].max() < tol)
+        if converged or iteration >= maxiter or Q.shape[1] >= P:
+            break
+        open_ = np.flatnonzero(norms >= tol)
+        W = residual[:, xp.asarray(open_)] if xp is not np else residual[:, open_]
+        if Q.shape[1] + W.shape[1] > max_basis:              # thick restart: keep the Ritz vectors,
+            R = xp.linalg.cholesky(X.T @ X).T                 # re-orthonormalised (X = Q R) so that
+            Q, AQ = X @ xp.linalg.inv(R), AX @ xp.linalg.inv(R)   # rounding does not pile up over restarts
+        W = _new_directions(W, Q, xp)
+        W = W[:, :P - Q.shape[1]]
+        if W.shape[1] == 0:                                  # the basis is invariant: Ritz pairs are exact
+            break
+        Q, AQ = xp.concatenate([Q, W], axis=1), xp.concatenate([AQ, A(W)], axis=1)
+        iteration += 1
+    return _sorted_result(theta[:k], X[:, :k], AX[:, :k], xp, matvecs=A.matvecs, iterations=iteration,
+                          converged=converged, method="krylov")
+
+
 def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
     """LOBPCG (scipy, or cupyx on the GPU) for the k largest algebraic eigenvalues.
 
@@ -277,9 +354,9 @@ def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None,
     ``operator`` is a block function ``V (P, b) ↦ A V`` (e.g. ``loss.hvp``,
     ``loss.ggn``, ``loss.residual``) or a ``LinearOperator``. ``V0`` (P, m)
     warm-starts from earlier eigenvectors; ``tol`` bounds the relative residual
-    norms; ``maxiter`` defaults to 1000 (power), 200 (lobpcg) or ARPACK's
-    default (lanczos); ``guard`` adds that many extra vectors to the power
-    iteration's block; ``stop='eigenvalues'`` (power only) stops on the change
+    norms; ``maxiter`` (block products for power and krylov) defaults to 1000
+    (power, krylov), 200 (lobpcg) or ARPACK's default (lanczos); ``guard`` adds
+    that many extra vectors to the block of power and krylov; ``stop='eigenvalues'`` (power only) stops on the change
     of the Ritz values, as the 2024 paper did. Returns an :class:`EigenResult`;
     if tol is not reached within maxiter it warns and returns
     ``converged=False`` with the residuals.
@@ -305,6 +382,8 @@ def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None,
     A = CountingOperator(operator, P, xp, dtype)
     if method == "power":
         result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, int(guard), xp, dtype, stop)
+    elif method == "krylov":
+        result = block_krylov(A, k, V0, tol, maxiter or 1000, seed, int(guard), xp, dtype)
     elif method == "lobpcg":
         result = lobpcg(A, k, V0, tol, maxiter or 200, seed, xp, dtype)
     else:

@@ -62,7 +62,9 @@ def _lookup(config, key):
 def _record(name, run_dir):
     config, metrics, telemetry, _ = load_run(run_dir)
     cache = os.path.join(run_dir, "alignment.jsonl")
-    alignment = columns(read_rows(cache)) if os.path.exists(cache) else None
+    # one row per step, in step order (an interrupted analysis may have appended a step twice)
+    alignment = (columns(sorted({r["step"]: r for r in read_rows(cache)}.values(), key=lambda r: r["step"]))
+                 if os.path.exists(cache) else None)
     return RunRecord(name, run_dir, config, metrics, telemetry, alignment)
 
 

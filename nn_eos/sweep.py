@@ -231,18 +231,24 @@ def run_sweep(sweep, out, workers=None, scheduler=None, device=None, progress=Tr
     ``workers``: LocalCluster size (default one per core, one per GPU with
     ``device="gpu"``; 0 runs in this process). ``scheduler``: the address of a
     running Dask scheduler to use instead. Returns a dict with the runs'
-    summaries by name and the tables written.
+    summaries by name and the tables written. One sweep at a time per folder
+    (a lock file, ``out/sweep.lock``, taken over when its holder was killed).
     """
-    from tqdm.auto import tqdm
-
-    from . import tables
-
     if not isinstance(sweep, Sweep):
         sweep = load(sweep)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
     runs = sweep.runs()
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    with _SweepLock(out):
+        return _run_locked(sweep, runs, out, workers, scheduler, device, progress)
+
+
+def _run_locked(sweep, runs, out, workers, scheduler, device, progress):
+    from tqdm.auto import tqdm
+
+    from . import tables
+
     write_json(os.path.join(out, "sweep.json"), {
         "name": sweep.name, "source": sweep.source, "grid": sweep.grid, "analyze": list(sweep.analyze),
         "analyze_every": sweep.analyze_every, "analyze_skip": sweep.analyze_skip, "tables": list(sweep.tables),
@@ -285,6 +291,58 @@ def run_sweep(sweep, out, workers=None, scheduler=None, device=None, progress=Tr
     return {"runs": summaries, "tables": written}
 
 
+class _SweepLock:
+    """Only one sweep at a time per folder: two would train and analyse the same runs at once.
+
+    The lock file records the pid and host of its holder. A lock left by a
+    sweep that was killed on this host (its pid is gone) is taken over; one
+    held by a live process, or by another host, is an error that says so.
+    """
+
+    def __init__(self, out):
+        self.path = os.path.join(out, "sweep.lock")
+
+    def __enter__(self):
+        import socket
+
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    with open(self.path) as f:
+                        holder = json.load(f)
+                except (OSError, ValueError):
+                    holder = {}
+                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                    os.remove(self.path)           # left by a sweep that was killed: take over
+                    continue
+                raise RuntimeError(f"{os.path.dirname(self.path)} is being swept by pid {holder.get('pid')} on "
+                                   f"{holder.get('host')} (since {holder.get('started')}); wait for it to finish, "
+                                   f"or delete {self.path} if that sweep is gone") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return self
+        raise RuntimeError(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc):
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def _alive(pid):
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class _client:
     """A Dask client on the given scheduler, or on a LocalCluster of ``workers`` single-threaded processes."""
 
@@ -300,8 +358,12 @@ class _client:
 
             # One thread per worker process: the runs are NumPy-bound, and Dask sets OMP/MKL/OpenBLAS
             # to one thread in each worker, so W workers use W cores without oversubscription.
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=logging.ERROR)
+            import warnings
+
+            with warnings.catch_warnings():   # "port … in use, hosting the HTTP server on … instead" is harmless
+                warnings.filterwarnings("ignore", message=".*already in use.*")
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=None, silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
         else:
             self.client = Client(scheduler)

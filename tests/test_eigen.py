@@ -12,7 +12,8 @@ from checks import build_problem
 from nn_eos.backend import to_numpy
 from nn_eos.eigen import NonConvergenceWarning, top_eigenpairs
 
-METHODS = ["power", "lobpcg", "lanczos"]
+METHODS = ["power", "krylov", "lobpcg", "lanczos"]
+BY_MAGNITUDE = ("power", "krylov")   # block iterations rank by |λ|; lobpcg and eigsh algebraically
 RTOL = 1e-8        # eigenvalues and subspace angles against eigh
 SOLVER_TOL = 1e-10  # relative residuals asked of the solvers
 
@@ -25,7 +26,7 @@ def matrix_with_spectrum(eigenvalues, seed):
 def expected_top(M, k, method):
     """eigh's top k: by magnitude for power iteration, algebraically for the others; decreasing."""
     w, U = np.linalg.eigh(M)
-    order = np.argsort(-np.abs(w) if method == "power" else -w)[:k]
+    order = np.argsort(-np.abs(w) if method in BY_MAGNITUDE else -w)[:k]
     order = order[np.argsort(-w[order])]
     return w[order], U[:, order]
 
@@ -59,7 +60,7 @@ def spectra(draw):
 @given(case=spectra(), seed=st.integers(0, 100))
 def test_matches_eigh_on_known_spectra(method, case, seed):
     eigenvalues, k, kind = case
-    if method != "power" and kind == "negative" and k >= 2:
+    if method not in BY_MAGNITUDE and kind == "negative" and k >= 2:
         k -= 1  # algebraically the negative eigenvalue is not among the top; the gap sits after k − 1
     M = matrix_with_spectrum(eigenvalues, seed)
     w, U = expected_top(M, k, method)
@@ -98,7 +99,8 @@ def test_methods_agree_on_a_small_mlp():
         np.testing.assert_allclose(to_numpy(res.values), reference, rtol=1e-8, err_msg=m)
 
 
-def test_warm_start_converges_in_at_most_three_iterations_for_a_well_separated_top_k():
+@pytest.mark.parametrize("method", ["power", "krylov"])
+def test_warm_start_converges_in_at_most_three_iterations_for_a_well_separated_top_k(method):
     """The operator one step later: eigenvectors rotated by ~1e-4, eigenvalues moved by ~1e-3.
 
     With λ_{k+1}/λ_k = 0.02 each power step divides the error by 50, so the old
@@ -113,14 +115,15 @@ def test_warm_start_converges_in_at_most_three_iterations_for_a_well_separated_t
     rotation, _ = np.linalg.qr(np.eye(P) + 1e-4 * (S - S.T))
     Q2 = Q @ rotation
     after = (Q2 * (eigenvalues * (1 + 1e-3 * rng.standard_normal(P)))) @ Q2.T
-    previous = top_eigenpairs(aslinearoperator(before), k, tol=1e-6)
-    warm = top_eigenpairs(aslinearoperator(after), k, V0=previous.vectors, tol=1e-6)
-    cold = top_eigenpairs(aslinearoperator(after), k, tol=1e-6)
+    previous = top_eigenpairs(aslinearoperator(before), k, tol=1e-6, method=method)
+    warm = top_eigenpairs(aslinearoperator(after), k, V0=previous.vectors, tol=1e-6, method=method)
+    cold = top_eigenpairs(aslinearoperator(after), k, tol=1e-6, method=method)
     assert warm.converged and warm.iterations <= 3 < cold.iterations
     np.testing.assert_allclose(to_numpy(warm.values), to_numpy(cold.values), rtol=1e-10)
 
 
-def test_warm_start_saves_iterations_on_a_network():
+@pytest.mark.parametrize("method", ["power", "krylov"])
+def test_warm_start_saves_iterations_on_a_network(method):
     """On a small ELU net with a top pair separated by λ_3/λ_2 ≈ 0.23, one small GD step later."""
     rng = np.random.default_rng(0)
     means = 2 * rng.standard_normal((4, 10))
@@ -128,10 +131,10 @@ def test_warm_start_saves_iterations_on_a_network():
     X = means[y] + rng.standard_normal((300, 10)) + 3.0
     net = ne.mlp([10, 32, 32, 4], activation="elu", seed=0)
     loss = ne.TrainingLoss(net, "cross_entropy", X, y)
-    previous = top_eigenpairs(loss.hvp, 2, tol=1e-6)
+    previous = top_eigenpairs(loss.hvp, 2, tol=1e-6, method=method)
     net.set_theta(to_numpy(net.theta) - 0.01 / float(previous.values[0]) * to_numpy(loss.gradient()))
-    warm = top_eigenpairs(loss.hvp, 2, V0=previous.vectors, tol=1e-6)
-    cold = top_eigenpairs(loss.hvp, 2, tol=1e-6)
+    warm = top_eigenpairs(loss.hvp, 2, V0=previous.vectors, tol=1e-6, method=method)
+    cold = top_eigenpairs(loss.hvp, 2, tol=1e-6, method=method)
     assert warm.converged and cold.converged and warm.iterations < cold.iterations
     np.testing.assert_allclose(to_numpy(warm.values), to_numpy(cold.values), rtol=1e-9)
 
@@ -141,6 +144,16 @@ def test_non_convergence_warns_and_returns_the_residuals():
     with pytest.warns(NonConvergenceWarning, match="did not reach tol"):
         res = top_eigenpairs(aslinearoperator(M), 3, tol=1e-12, maxiter=4)
     assert not res.converged and res.iterations == 4 and res.residual_norms.max() >= 1e-12
+
+
+def test_krylov_needs_far_fewer_products_than_power_iteration_on_a_slowly_decaying_spectrum():
+    """Power iteration keeps only its last block; the Krylov basis keeps them all."""
+    eigenvalues = np.concatenate([np.linspace(10, 8, 6), np.linspace(7.5, 0.1, 60)])
+    op = aslinearoperator(matrix_with_spectrum(eigenvalues, seed=3))
+    power = top_eigenpairs(op, 4, tol=1e-8, maxiter=5000)
+    krylov = top_eigenpairs(op, 4, method="krylov", tol=1e-8)
+    assert power.converged and krylov.converged and krylov.matvecs < power.matvecs / 5
+    np.testing.assert_allclose(to_numpy(krylov.values), to_numpy(power.values), rtol=1e-12)
 
 
 def test_guard_vectors_speed_up_convergence():

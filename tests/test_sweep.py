@@ -194,3 +194,23 @@ def test_sweep_cli_then_every_figure_of_the_sweep(tmp_path, capsys):
     assert (out / "figures" / "power_law__integrator.lr_=_0.25.pdf").exists()
     with pytest.raises(SystemExit, match="neither a run directory"):
         cli.main(["plot", str(tmp_path)])
+
+
+def test_one_sweep_at_a_time_per_folder_and_a_dead_holder_is_taken_over(tmp_path):
+    path = write(tmp_path, BASE + '[grid]\n"net.seed" = [0]\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / "sweep.lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": "another-host", "started": "earlier"}))
+    with pytest.raises(RuntimeError, match="being swept by pid .* on another-host"):
+        sweep.run_sweep(path, str(out), workers=0, progress=False)
+    import socket
+
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "earlier"}))
+    with pytest.raises(RuntimeError, match="being swept"):                   # alive: this very process
+        sweep.run_sweep(path, str(out), workers=0, progress=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}))
+    result = sweep.run_sweep(path, str(out), workers=0, progress=False)     # a killed sweep's lock
+    assert result["runs"]["seed-0"]["status"] == "max_steps" and not lock.exists()
