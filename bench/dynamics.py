@@ -1,11 +1,12 @@
 """Cost of one exponential-Euler step and one adaptive-flow step, as multiples of one gradient.
 
     python bench/dynamics.py [--sizes 1000 4096] [--widths 1024 512 512 512 512 512 6] [--steps 5] [--k 4 6]
+                             [--variants power/residual power/eigenvalues krylov/residual lanczos/residual]
 
 The network is the 2024 paper's MLP on n dice images. Exponential Euler runs
-with three eigensolver settings (power iteration stopping on residuals 1e-3,
-power stopping on Ritz-value changes 1e-3 as the paper did, and Lanczos);
-adaptive flow with power iteration both ways. Each integrator first
+with each eigensolver setting of ``--variants`` (power iteration stopping on
+residuals 1e-3, power stopping on Ritz-value changes 1e-3 as the paper did,
+block Krylov, Lanczos); adaptive flow with the block methods. Each integrator first
 takes one step from a cold start (its eigenvectors are then warm), then
 ``--steps`` more steps are timed along the trajectory; the table gives the
 median warm step, the eigensolver's matvecs per step, and the ratio to one
@@ -49,6 +50,9 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--k", type=int, nargs="+", default=[4], help="exponential Euler's k (k+1 eigenpairs)")
     parser.add_argument("--lr-max", type=float, default=0.01)
+    parser.add_argument("--variants", nargs="+", default=["power/residual", "power/eigenvalues", "krylov/residual",
+                                                          "lanczos/residual"],
+                        help="eigensolver/stopping rule pairs for the warm eigenpairs")
     args = parser.parse_args()
     warnings.simplefilter("ignore", ne.NonConvergenceWarning)
     rows = []
@@ -58,12 +62,13 @@ def main():
         loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, y)
         gradient = median_times({"g": loss.value_and_gradient}, rounds=5)["g"]
         print(f"n = {n}: MLP {args.widths}, P = {net.num_params}, one gradient = {gradient:.4f} s", flush=True)
-        variants = [("power", "residual"), ("power", "eigenvalues"), ("lanczos", "residual")]
+        variants = [tuple(v.split("/")) for v in args.variants]
         integrators = [(f"exponential Euler, k = {k} ({k + 1} pairs), {method}, stop on {stop}",
                         ne.ExponentialEuler(k=k, lr_max=args.lr_max, method=method, stop=stop))
                        for k in args.k for method, stop in variants]
-        integrators += [(f"adaptive flow (λ_1), power, stop on {stop}",
-                         ne.AdaptiveGradientFlow(lr_max=args.lr_max, stop=stop)) for stop in ("residual", "eigenvalues")]
+        integrators += [(f"adaptive flow (λ_1), {method}, stop on {stop}",
+                         ne.AdaptiveGradientFlow(lr_max=args.lr_max, method=method, stop=stop))
+                        for method, stop in variants if method != "lanczos"]
         for name, integrator in integrators:
             seconds, matvecs, dt = time_steps(loss, integrator, args.steps)
             rows.append([n, name, f"{seconds:.3f}", f"{matvecs:.0f}", f"{dt:.3g}", f"{seconds / gradient:.1f}"])

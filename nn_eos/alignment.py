@@ -326,7 +326,7 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
     from .network import mlp
     from .train import columns, load_run, load_snapshot, read_rows, snapshot_steps
 
-    config, metrics, _, _ = load_run(run_dir)
+    config, metrics, _, result = load_run(run_dir)
     if X is None:
         from .config import ConfigError, build_data
 
@@ -340,6 +340,8 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
         raise ValueError(f"{run_dir}: alignment needs an MLP, the run's net is {spec!r}")
     net = mlp(spec["widths"], activation=spec["activation"], dtype=config.get("dtype", "float64"))
     times = dict(zip(np.asarray(metrics.get("step", []), dtype=int).tolist(), metrics.get("t", [])))
+    if result is not None:
+        times[result["steps"]] = result["t"]          # the final θ has no metrics row of its own
     cache = os.path.join(run_dir, "alignment.jsonl")
     rows = {row["step"]: row for row in read_rows(cache)}
     steps = [s for s in snapshot_steps(run_dir) if s >= skip and s % every == 0]

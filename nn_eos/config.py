@@ -158,3 +158,21 @@ def run(config, out, device=None, resume=False, progress=True):
     atomic_write(os.path.join(out, "experiment.json"), lambda f: f.write(json.dumps(config, indent=2).encode()))
     return train(loss, integrator, telemetry=telemetry, run_dir=out, resume=resume, progress=progress,
                  config=config["data"], **config.get("train", {}))
+
+
+def rebuild_loss(run_dir):
+    """The TrainingLoss of a run made by ``nn-eos train``/``sweep`` (from its experiment.json)."""
+    import json
+
+    import numpy as np
+
+    from .curvature import TrainingLoss
+
+    path = os.path.join(run_dir, "experiment.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{run_dir}: no experiment.json (only runs made from a config can be rebuilt)")
+    with open(path) as f:
+        experiment = json.load(f)
+    X, y = build_data(experiment["data"])
+    net, X = build_net(experiment.get("net", {}), X, int(np.max(y)) + 1)
+    return TrainingLoss(net, experiment.get("criterion", {}).get("name", "cross_entropy"), X, y)

@@ -231,13 +231,13 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None)
     still unconverged. Since span(Q, r) = span(Q, A x), after j products the
     basis holds a block Krylov space of degree j (power iteration keeps only
     its last block). When the basis would exceed ``max_basis`` columns
-    (default 3(k + guard), at least k + guard + 8) it restarts from the top
+    (default 5(k + guard), at least k + guard + 8) it restarts from the top
     k + guard Ritz vectors, keeping their products: no product is repeated.
     Ranks Ritz values by |θ|, like power iteration.
     """
     P = A.size
     b = min(k + guard, P)
-    max_basis = min(P, max_basis or max(3 * b, b + 8))
+    max_basis = min(P, max_basis or max(5 * b, b + 8))
     Q = _start_block(P, b, V0, seed, xp, dtype)
     AQ = A(Q)
     iteration, converged = 1, False

@@ -27,7 +27,6 @@ A sweep whose grid varies more than the colour key gets one figure per group
 (named ``<figure>__<group>``).
 """
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -73,15 +72,13 @@ def collect(path):
     path = os.fspath(path)
     if os.path.exists(os.path.join(path, "config.json")):
         return [_record(os.path.basename(os.path.normpath(path)), path)], "run"
-    if not os.path.exists(os.path.join(path, "sweep.json")):
-        raise FileNotFoundError(f"{path!r} is neither a run directory (config.json) nor a sweep folder (sweep.json)")
-    with open(os.path.join(path, "sweep.json")) as f:
-        info = json.load(f)
+    from .tables import load_sweep
+
+    info, runs = load_sweep(path)
     grid = [k for k in info["grid"] if not k.endswith("seed")]
     colour_key, legend = next(((k, t) for k, t in COLOUR_KEYS if k in grid), (None, "run"))
     records = []
-    for name, run_config in info["runs"].items():
-        run_dir = os.path.join(path, "runs", name)
+    for name, run_config, run_dir in runs:
         if not os.path.exists(os.path.join(run_dir, "config.json")):
             continue
         record = _record(name, run_dir)
@@ -271,6 +268,7 @@ def sharpness(records, legend):
 
 def cusp(records, legend, points=41):
     """Figure 6 of the 2022 paper: the loss along h_1 at the snapshot nearest each run's peak λ_1."""
+    from .config import rebuild_loss
     from .eos import cusp_scan
     from .train import load_snapshot, snapshot_steps
 
@@ -295,21 +293,6 @@ def cusp(records, legend, points=41):
         return None
     return plots.panel_grid([r"$\tilde{L}(\theta^* + \Delta h_1) - \tilde{L}(\theta^*)$"], lines, r"Cusp formation: the loss along $h_1$ near peak $\lambda_1$",
                             xlabel=r"$\Delta$ along $h_1$", legend_title=legend)
-
-
-def rebuild_loss(run_dir):
-    """The TrainingLoss of a run made by ``nn-eos train``/``sweep`` (from its experiment.json)."""
-    from .config import build_data, build_net
-    from .curvature import TrainingLoss
-
-    path = os.path.join(run_dir, "experiment.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{run_dir}: no experiment.json (only runs made from a config can be rebuilt)")
-    with open(path) as f:
-        experiment = json.load(f)
-    X, y = build_data(experiment["data"])
-    net, X = build_net(experiment.get("net", {}), X, int(np.max(y)) + 1)
-    return TrainingLoss(net, experiment.get("criterion", {}).get("name", "cross_entropy"), X, y)
 
 
 FIGURES = {"loss": loss, "sharpness": sharpness, "rho": rho, "projections": projections, "entering": entering,

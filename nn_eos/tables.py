@@ -40,7 +40,8 @@ def load_sweep(sweep_dir):
     """(sweep.json, [(run name, run config, run directory)]) of a sweep folder."""
     path = os.path.join(sweep_dir, "sweep.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{sweep_dir!r} is not a sweep folder (no sweep.json; make one with nn-eos sweep)")
+        raise FileNotFoundError(f"{sweep_dir!r} is neither a run directory (config.json) nor a sweep folder "
+                                f"(sweep.json; make one with nn-eos sweep)")
     with open(path) as f:
         info = json.load(f)
     return info, [(name, config, os.path.join(sweep_dir, "runs", name)) for name, config in info["runs"].items()]

@@ -49,7 +49,9 @@ def test_train_analyze_plot_end_to_end(tmp_path, capsys):
     cli.main(["analyze", str(out), "--eos", "--alignment", "--skip", "2"])
     text = capsys.readouterr().out
     assert "2022 telemetry: 6 measurements" in text and "alignment over 6 snapshots" in text   # t = 6, every 1
-    assert (out / "alignment.jsonl").exists()
+    rows = [json.loads(line) for line in (out / "alignment.jsonl").read_text().splitlines()]
+    result = json.loads((out / "result.json").read_text())
+    assert rows[-1]["step"] == result["steps"] and rows[-1]["t"] == result["t"]   # the final θ has its t
     cli.main(["plot", str(out)])
     for name in ("loss", "sharpness", "rho", "projections", "entering", "sharpness_G_H", "overlap", "K_layers",
                  "components", "chi2", "r_chi", "jacobian_norms", "r_jacobian"):

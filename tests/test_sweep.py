@@ -53,7 +53,7 @@ def test_grid_expands_to_named_runs_in_file_order(tmp_path):
     assert [name for name, _ in runs][:3] == ["size-24_seed-0_hidden-6x6", "size-24_seed-0_hidden-8",
                                               "size-24_seed-1_hidden-6x6"]
     assert len(runs) == 8 and len({name for name, _ in runs}) == 8
-    name, cfg = runs[-1]
+    _, cfg = runs[-1]
     assert cfg["data"] == {"dataset": "dice", "n": 96, "size": 48} and cfg["net"] == {"hidden": [8], "seed": 1}
     assert spec.base["data"] == {"dataset": "dice", "n": 96}       # the base is not mutated
     # two keys with the same name keep their sections apart
