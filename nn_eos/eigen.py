@@ -238,32 +238,71 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None)
     P = A.size
     b = min(k + guard, P)
     max_basis = min(P, max_basis or max(5 * b, b + 8))
-    Q = _start_block(P, b, V0, seed, xp, dtype)
-    AQ = A(Q)
+    basis = _KrylovBasis(P, max_basis, xp, dtype)
+    start = _start_block(P, b, V0, seed, xp, dtype)
+    basis.add(start, A(start))
     iteration, converged = 1, False
     while True:
-        theta, S = xp.linalg.eigh(((Q.T @ AQ) + (Q.T @ AQ).T) / 2)
+        theta, S = xp.linalg.eigh(basis.T)
         order = xp.argsort(-xp.abs(theta))[:b]
         theta, S = theta[order], S[:, order]
-        X, AX = Q @ S, AQ @ S
+        X, AX = basis.Q @ S, basis.AQ @ S
         residual = AX - X * theta[None, :]
         norms = backend.to_numpy(xp.linalg.norm(residual, axis=0) / xp.maximum(xp.abs(theta), TINY))
         converged = bool(norms[:k].max() < tol)
-        if converged or iteration >= maxiter or Q.shape[1] >= P:
+        if converged or iteration >= maxiter or basis.size >= P:
             break
         open_ = np.flatnonzero(norms >= tol)
         W = residual[:, xp.asarray(open_)] if xp is not np else residual[:, open_]
-        if Q.shape[1] + W.shape[1] > max_basis:              # thick restart: keep the Ritz vectors,
-            R = xp.linalg.cholesky(X.T @ X).T                 # re-orthonormalised (X = Q R) so that
-            Q, AQ = X @ xp.linalg.inv(R), AX @ xp.linalg.inv(R)   # rounding does not pile up over restarts
-        W = _new_directions(W, Q, xp)
-        W = W[:, :P - Q.shape[1]]
+        if basis.size + W.shape[1] > max_basis:              # thick restart: keep the Ritz vectors
+            basis.restart(X, AX)
+        W = _new_directions(W, basis.Q, xp)[:, :P - basis.size]
         if W.shape[1] == 0:                                  # the basis is invariant: Ritz pairs are exact
             break
-        Q, AQ = xp.concatenate([Q, W], axis=1), xp.concatenate([AQ, A(W)], axis=1)
+        basis.add(W, A(W))
         iteration += 1
     return _sorted_result(theta[:k], X[:, :k], AX[:, :k], xp, matvecs=A.matvecs, iterations=iteration,
                           converged=converged, method="krylov")
+
+
+class _KrylovBasis:
+    """Q (orthonormal), A Q and ``T = Qᵀ A Q``, grown in place in preallocated column-major buffers.
+
+    Adding c columns costs the products ``Qᵀ (A W)`` and ``Wᵀ (A W)`` for the
+    new border of T, not a recomputation of T, and no copy of the basis.
+    """
+
+    def __init__(self, P, max_basis, xp, dtype):
+        self.xp = xp
+        self._Q = xp.empty((P, max_basis), dtype=dtype, order="F")
+        self._AQ = xp.empty((P, max_basis), dtype=dtype, order="F")
+        self.T = xp.zeros((0, 0), dtype=dtype)
+        self.size = 0
+
+    @property
+    def Q(self):
+        return self._Q[:, :self.size]
+
+    @property
+    def AQ(self):
+        return self._AQ[:, :self.size]
+
+    def add(self, W, AW):
+        xp, m, c = self.xp, self.size, W.shape[1]
+        border = self.Q.T @ AW                               # (m, c)
+        corner = W.T @ AW
+        T = xp.empty((m + c, m + c), dtype=self.T.dtype)
+        T[:m, :m], T[:m, m:], T[m:, :m], T[m:, m:] = self.T, border, border.T, (corner + corner.T) / 2
+        self._Q[:, m:m + c], self._AQ[:, m:m + c] = W, AW
+        self.T, self.size = T, m + c
+
+    def restart(self, X, AX):
+        """Keep only the Ritz vectors X (and A X), re-orthonormalised (X = Q R) so that rounding does not
+        pile up over restarts."""
+        inverse = self.xp.linalg.inv(self.xp.linalg.cholesky(X.T @ X).T)
+        X, AX = X @ inverse, AX @ inverse
+        self.size, self.T = 0, self.xp.zeros((0, 0), dtype=self.T.dtype)
+        self.add(X, AX)
 
 
 def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
