@@ -38,14 +38,20 @@ def main():
     _, t_layerwise = timed(lambda: [alignment.layerwise_jacobian_norm2(dense[i + 1].A, acts[i].s, xp)
                                     for i in range(len(dense) - 1)])
     _, t_all_per_example = timed(lambda: alignment.per_example_quantities(net, criterion, Xd, yd))
-    _, t_full = timed(lambda: alignment.analyze(net, criterion, X, y))
+    cold, t_full = timed(lambda: alignment.analyze(net, criterion, X, y, eigenvectors=True))
+    # the next snapshot of a run, warm-started from this one's eigenvectors (as analyze_run does)
+    moved = net.theta - 0.01 * loss.gradient()
+    _, t_warm = timed(lambda: alignment.analyze(net, criterion, X, y, theta=moved, start=cold.eigenvectors))
+    _, t_moved_cold = timed(lambda: alignment.analyze(net, criterion, X, y, theta=moved))
     rows = [["output-side Jacobians of every layer", f"{t_jac:.3f}", f"{t_jac / gradient:.1f}"],
             ["layerwise Jacobian norms (batched Lanczos)", f"{t_layerwise:.3f}", f"{t_layerwise / gradient:.1f}"],
             ["all per-example quantities (Jacobians, Grams, norms)", f"{t_all_per_example:.3f}",
              f"{t_all_per_example / gradient:.1f}"],
             ["sharpness of ∇²L̃, G, H (Lanczos) = rest of analyze", f"{t_full - t_all_per_example:.3f}",
              f"{(t_full - t_all_per_example) / gradient:.1f}"],
-            ["full analyze", f"{t_full:.3f}", f"{t_full / gradient:.1f}"]]
+            ["full analyze", f"{t_full:.3f}", f"{t_full / gradient:.1f}"],
+            ["full analyze one step (0.01 g) later, cold", f"{t_moved_cold:.3f}", f"{t_moved_cold / gradient:.1f}"],
+            ["  … warm-started from the previous eigenvectors", f"{t_warm:.3f}", f"{t_warm / gradient:.1f}"]]
     print(table(rows, ["part", "seconds", "/ gradient"]))
 
 

@@ -238,7 +238,8 @@ def _is_mlp(net):
         return False
 
 
-def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, tol=1e-6, eigenvectors=False):
+def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, tol=1e-6, eigenvectors=False,
+            start=None):
     """The 2024 paper's decomposition at θ (default: the network's own) over the dataset (X, y).
 
     Any Sequential of Dense/Conv2d/pooling/activation layers gets E‖K‖², E‖K^i‖² per
@@ -249,7 +250,8 @@ def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, t
     ``chunk_size``. With ``sharpness=True`` the top eigenvalues of ∇²L̃, G and
     H = ∇²L̃ − G are computed by Lanczos (relative residual ``tol``) and
     ``overlap_ratio`` = ρ(K) = λ_1(G)/E‖K‖² (eq. 3); ``eigenvectors=True``
-    keeps their top eigenvectors in ``report.eigenvectors``.
+    keeps their top eigenvectors in ``report.eigenvectors``, and ``start``
+    (such a dict, e.g. from the previous snapshot) warm-starts the solves.
     """
     from .curvature import TrainingLoss
     from .eigen import top_eigenpairs
@@ -283,7 +285,12 @@ def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, t
         theta = net.theta if theta is None else net.check_theta(theta)
         values, vectors = {}, {}
         for kind in ("hessian", "ggn", "residual"):
-            result = top_eigenpairs(loss.linear_operator(kind, theta=theta), 1, method="lanczos", tol=tol)
+            V0 = None if start is None or start.get(kind) is None else start[kind]
+            # warm, G (PSD: its largest |λ| is its largest λ) goes faster by block Krylov than by eigsh, whose
+            # first Lanczos factorisation costs 20 products however good the start; ∇²L̃ and H need the
+            # largest algebraic eigenvalue, which only eigsh and LOBPCG rank by
+            method = "krylov" if kind == "ggn" and V0 is not None else "lanczos"
+            result = top_eigenpairs(loss.linear_operator(kind, theta=theta), 1, method=method, tol=tol, V0=V0)
             values[kind] = float(to_numpy(result.values)[0])
             vectors[kind] = result.vectors[:, 0]
         report.sharpness = values
@@ -346,10 +353,12 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
     rows = {row["step"]: row for row in read_rows(cache)}
     steps = [s for s in snapshot_steps(run_dir) if s >= skip and s % every == 0]
     todo = [s for s in steps if s not in rows]
+    previous = None                       # the last snapshot's eigenvectors warm-start the next solves
     with open(cache, "a") as f:
         for step in tqdm(todo, disable=not progress, desc=f"alignment of {os.path.basename(os.fspath(run_dir))}"):
             report = analyze(net, config["criterion"], X, y, theta=load_snapshot(run_dir, step), sharpness=sharpness,
-                             chunk_size=chunk_size)
+                             chunk_size=chunk_size, eigenvectors=True, start=previous)
+            previous = report.eigenvectors
             rows[step] = report_row(report, step, times.get(step, np.nan))
             f.write(json.dumps(rows[step]) + "\n")
             f.flush()

@@ -233,3 +233,32 @@ def test_conv_layer_grams_match_explicit_jacobians():
     rep = alignment.analyze(net, crit, X, y, tol=1e-10)
     assert rep.K_norm2 == pytest.approx(np.mean(np.linalg.eigvalsh(K @ K.transpose(0, 2, 1))[:, -1]), rel=IDENTITY)
     assert 0 <= rep.overlap_ratio <= 1 + 1e-10 and np.all(np.isnan(rep.chi2))
+
+
+def test_warm_started_sharpness_matches_cold_and_saves_products():
+    """analyze_run warm-starts each snapshot's three solves from the previous snapshot's eigenvectors."""
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((60, 8)), rng.integers(0, 3, 60)
+    net = ne.mlp([8, 16, 16, 3], activation="elu", seed=2)
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    before = alignment.analyze(net, loss.criterion, X, y, tol=1e-10, eigenvectors=True)
+    theta = to_numpy(net.theta) - 0.05 * to_numpy(loss.gradient())
+    counts = {}
+    from nn_eos import eigen
+
+    solve = eigen.top_eigenpairs          # analyze imports it at call time, so this patch reaches it
+
+    def counting(*args, **kwargs):
+        result = solve(*args, **kwargs)
+        counts.setdefault("warm" if kwargs.get("V0") is not None else "cold", []).append(result.matvecs)
+        return result
+
+    eigen.top_eigenpairs = counting
+    try:
+        cold = alignment.analyze(net, loss.criterion, X, y, theta=theta, tol=1e-10)
+        warm = alignment.analyze(net, loss.criterion, X, y, theta=theta, tol=1e-10, start=before.eigenvectors)
+    finally:
+        eigen.top_eigenpairs = solve
+    for kind in ("hessian", "ggn", "residual"):
+        assert warm.sharpness[kind] == pytest.approx(cold.sharpness[kind], rel=1e-9)
+    assert sum(counts["warm"]) < sum(counts["cold"])

@@ -3,6 +3,7 @@ LocalCluster, and the aggregate tables computed from the runs."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -214,3 +215,19 @@ def test_one_sweep_at_a_time_per_folder_and_a_dead_holder_is_taken_over(tmp_path
     lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}))
     result = sweep.run_sweep(path, str(out), workers=0, progress=False)     # a killed sweep's lock
     assert result["runs"]["seed-0"]["status"] == "max_steps" and not lock.exists()
+
+
+SWEEPS = os.path.join(os.path.dirname(__file__), os.pardir, "sweeps")
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(SWEEPS) if f.endswith(".toml")))
+def test_shipped_sweep_files_are_valid(tmp_path, name):
+    """Every file in sweeps/ passes the checks made before compute, once its data path exists."""
+    text = open(os.path.join(SWEEPS, name)).read()
+    text = re.sub(r'"/path/to/[^"]*"', json.dumps(str(tmp_path)), text)
+    spec = sweep.load(write(tmp_path, text, name))
+    runs = spec.runs()
+    expected = {"alignment_dice_laptop.toml": 16, "eos_dice_laptop.toml": 6, "alignment_dice_paper.toml": 80,
+                "alignment_cifar10_paper.toml": 80, "alignment_atrialfibrillation_paper.toml": 80,
+                "alignment_sst_paper.toml": 64, "eos_cifar10_paper.toml": 16, "eos_cifar10_classes_paper.toml": 4}
+    assert len(runs) == expected[name]
