@@ -43,6 +43,7 @@ import os
 import re
 import time
 import traceback
+import uuid
 
 from . import config as configs
 from .train import write_json
@@ -280,15 +281,15 @@ def _run_locked(sweep, runs, out, workers, scheduler, device, progress):
     elif todo:
         with _client(workers if workers is not None else _default_workers(device), scheduler) as client:
             n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
-            futures = [client.submit(run_one, name, config, run_dir, *args, key=f"nn-eos-run-{sweep.name}-{name}",
+            tag = uuid.uuid4().hex[:8]     # keys unique per call: a shared scheduler may hold an older sweep
+            futures = [client.submit(run_one, name, config, run_dir, *args, key=f"nn-eos-{sweep.name}-{name}-{tag}",
                                      pure=False) for name, config, run_dir in todo]
             from distributed import as_completed
 
             for i, future in enumerate(as_completed(futures)):
                 record(future.result(), running=min(n_workers, len(todo) - i - 1))
     bar.close()
-    written = tables.write_tables(out, sweep.tables) if sweep.tables else {}
-    return {"runs": summaries, "tables": written}
+    return {"runs": summaries, "tables": tables.write_tables(out, sweep.tables)}
 
 
 class _SweepLock:
