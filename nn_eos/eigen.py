@@ -220,17 +220,18 @@ def _new_directions(W, Q, xp, drop=1e-10):
     return W
 
 
-def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None):
+def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None, expand=None):
     """Thick-restarted block Krylov iteration with Rayleigh–Ritz on the whole basis.
 
     The basis Q (orthonormal) and A Q are kept; each iteration takes the Ritz
     pairs of ``Qᵀ A Q`` (no product needed), stops when the top k relative
     residuals are below tol, else adds the residuals ``r = A x − θ x`` of the
-    unconverged top-(k + guard) Ritz pairs, orthogonalised against Q, and
-    applies A to them — one block product, of only as many directions as are
-    still unconverged. Since span(Q, r) = span(Q, A x), after j products the
-    basis holds a block Krylov space of degree j (power iteration keeps only
-    its last block). When the basis would exceed ``max_basis`` columns
+    ``expand`` worst unconverged top-(k + guard) Ritz pairs (default
+    max(4, ⌈(k + guard)/4⌉)), orthogonalised against Q, and applies A to
+    them — one block product. Since span(Q, r) = span(Q, A x), the basis
+    holds a block Krylov space (power iteration keeps only its last block);
+    small expansion blocks raise its degree faster per product (top 20 of a
+    Hessian: 272 products with blocks of 5, 346 with blocks of 20). When the basis would exceed ``max_basis`` columns
     (default 5(k + guard), at least k + guard + 8) it restarts from the top
     k + guard Ritz vectors, keeping their products: no product is repeated.
     Ranks Ritz values by |θ|, like power iteration.
@@ -238,6 +239,7 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None)
     P = A.size
     b = min(k + guard, P)
     max_basis = min(P, max_basis or max(5 * b, b + 8))
+    expand = expand or max(4, -(-b // 4))
     basis = _KrylovBasis(P, max_basis, xp, dtype)
     start = _start_block(P, b, V0, seed, xp, dtype)
     basis.add(start, A(start))
@@ -253,6 +255,7 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None)
         if converged or iteration >= maxiter or basis.size >= P:
             break
         open_ = np.flatnonzero(norms >= tol)
+        open_ = open_[np.argsort(-norms[open_])][:expand]    # the worst residuals only
         W = residual[:, xp.asarray(open_)] if xp is not np else residual[:, open_]
         if basis.size + W.shape[1] > max_basis:              # thick restart: keep the Ritz vectors
             basis.restart(X, AX)
