@@ -231,3 +231,26 @@ def test_shipped_sweep_files_are_valid(tmp_path, name):
                 "alignment_cifar10_paper.toml": 80, "alignment_atrialfibrillation_paper.toml": 80,
                 "alignment_sst_paper.toml": 64, "eos_cifar10_paper.toml": 16, "eos_cifar10_classes_paper.toml": 4}
     assert len(runs) == expected[name]
+
+
+def test_figure_two_colours_runs_by_number_of_classes(tmp_path):
+    """A grid over data.classes colours by n_c, as the 2022 paper's Figure 2 does."""
+    from nn_eos import figures
+
+    text = (BASE.replace("max_steps = 40", "max_steps = 6") + TELEMETRY
+            + '[grid]\n"data.classes" = [[0, 1, 2], [0, 1, 2, 3, 4]]\n')
+    out = str(tmp_path / "out")
+    sweep.run_sweep(write(tmp_path, text), out, workers=0, progress=False)
+    records, legend = figures.collect(out)
+    assert legend == "n_c" and sorted(r.colour for r in records) == [3, 5]
+    fig = figures.build(out, ["rho"])["rho"]
+    labels = {line.get_label() for line in fig.axes[0].lines}
+    assert {"n_c = 3", "n_c = 5"} <= labels
+    # each run's solid line is its own ρ_{n_c−1}: n_c − 1 = 2 and 4
+    by_label = {}
+    for line in fig.axes[0].lines:
+        by_label.setdefault(line.get_label(), []).append(line)
+    for r in records:
+        solid = by_label[f"n_c = {r.colour}"][0]
+        expected = [row["rho"][r.colour - 2] for row in r.telemetry]
+        np.testing.assert_array_equal(solid.get_ydata(), expected)
