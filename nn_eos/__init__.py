@@ -7,7 +7,7 @@ Stability Is Caused by Layerwise Jacobian Alignment* (2024).
 
 __version__ = "0.1.0"
 
-from . import alignment, datasets, eos, plots
+from . import alignment, datasets, eos, figures, plots, sweep, tables
 from .activations import ELU, ReLU, Tanh
 from .backend import gpu_available
 from .conv import AvgPool2d, Conv2d, MaxPool2d
@@ -28,5 +28,5 @@ __all__ = [
     # dynamics
     "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "load_run", "train",
     # measurements, data, figures
-    "alignment", "datasets", "eos", "plots", "gpu_available", "__version__",
+    "alignment", "datasets", "eos", "figures", "plots", "sweep", "tables", "gpu_available", "__version__",
 ]

@@ -3,7 +3,8 @@
 Figures are built as ``matplotlib.figure.Figure`` objects, not through pyplot,
 so they need no display and leave the user's pyplot backend and state alone;
 each function saves to ``path`` when given and returns the figure (which a
-notebook displays).
+notebook displays). ``paper_figures`` draws every figure of both papers from
+a run directory or a sweep folder (the catalogue is ``nn_eos/figures.py``).
 """
 
 import numpy as np
@@ -173,3 +174,17 @@ def panel_grid(panels, lines, title, xlabel="t", legend_title=None, logy=(), pat
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
+
+
+def paper_figures(path, names=None, folder=None):
+    """Every figure of both papers the runs in ``path`` (a run directory or sweep folder) hold data for.
+
+    Returns ``{name: Figure}`` (see ``nn_eos/figures.py`` for the names and the
+    papers' figure numbers); with ``folder``, also writes each as PNG and PDF.
+    """
+    from . import figures
+
+    made = figures.build(path, names)
+    if folder is not None:
+        figures.save(made, folder)
+    return made

@@ -191,6 +191,11 @@ def test_sweep_cli_then_every_figure_of_the_sweep(tmp_path, capsys):
     fig = made["K_layers__integrator.lr_=_0.5"]
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 3             # L = 3 weight layers
     assert {len(ax.lines) for ax in fig.axes if ax.get_visible()} == {2}     # the two runs at this η
+    import nn_eos as ne
+
+    assert set(ne.plots.paper_figures(str(out), ["loss"], folder=str(tmp_path / "f"))) == {
+        "loss__integrator.lr_=_0.25", "loss__integrator.lr_=_0.5"}
+    assert (tmp_path / "f" / "loss__integrator.lr_=_0.5.png").exists()
     cli.main(["plot", str(out), "--figure", "power_law", "rho"])
     assert (out / "figures" / "power_law__integrator.lr_=_0.25.pdf").exists()
     with pytest.raises(SystemExit, match="neither a run directory"):
