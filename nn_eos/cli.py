@@ -42,11 +42,33 @@ def _train(args):
 
 
 def _analyze(args):
+    path = args.run_dir
+    if os.path.exists(os.path.join(path, "sweep.json")):
+        from . import tables
+
+        _, runs = tables.load_sweep(path)
+        started = [run_dir for _, _, run_dir in runs if os.path.exists(os.path.join(run_dir, "config.json"))]
+        for run_dir in started:
+            _analyze_run(run_dir, args)
+        names = [n for n in ("table1", "table2") if n != "table2" or args.alignment]
+        written = tables.write_tables(path, names)
+        for name in names:
+            print(f"\n{tables.TITLES[name]}\n{tables.markdown(written[name])}")
+        print(f"{len(started)} of {len(runs)} runs analysed; tables in {os.path.join(path, 'tables')}")
+    elif os.path.exists(os.path.join(path, "config.json")):
+        _analyze_run(path, args)
+    else:
+        raise SystemExit(f"nn-eos analyze: {path!r} is neither a run directory (config.json) nor a sweep folder "
+                         f"(sweep.json)")
+
+
+def _analyze_run(run_dir, args):
     import numpy as np
 
     from . import alignment, eos
     from .train import load_run
 
+    args.run_dir = run_dir
     cfg, metrics, telemetry, result = load_run(args.run_dir)
     print(f"{args.run_dir}: {len(metrics.get('step', []))} steps, "
           f"{'status ' + result['status'] if result else 'not finished'}")
@@ -143,7 +165,7 @@ def build_parser():
                                   "top/bulk loss changes while ρ_{n_c−1} > 0.7). --alignment: the 2024 paper's "
                                   "decomposition (ρ(K), E‖K‖², the five factors of E‖Δ^1‖²) at every snapshot, "
                                   "cached in alignment.jsonl beside the run.")
-    analyze.add_argument("run_dir")
+    analyze.add_argument("run_dir", help="a run directory, or a sweep folder (every run, then its tables)")
     analyze.add_argument("--eos", action="store_true")
     analyze.add_argument("--alignment", action="store_true")
     analyze.add_argument("--every", type=int, default=1, help="analyse snapshots at multiples of this step")

@@ -200,6 +200,12 @@ def test_sweep_cli_then_every_figure_of_the_sweep(tmp_path, capsys):
     assert (out / "figures" / "power_law__integrator.lr_=_0.25.pdf").exists()
     with pytest.raises(SystemExit, match="neither a run directory"):
         cli.main(["plot", str(tmp_path)])
+    capsys.readouterr()
+    cli.main(["analyze", str(out), "--alignment"])      # every run (cached: instant), then the tables again
+    printed = capsys.readouterr().out
+    assert "4 of 4 runs analysed" in printed and "c1 D^{c2}" in printed and "Table 1" in printed
+    with pytest.raises(SystemExit, match="neither a run directory"):
+        cli.main(["analyze", str(tmp_path)])
 
 
 def test_one_sweep_at_a_time_per_folder_and_a_dead_holder_is_taken_over(tmp_path):
