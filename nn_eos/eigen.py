@@ -13,8 +13,9 @@ Three methods share one interface and one result type:
 - ``"krylov"``: block Krylov with Rayleigh–Ritz over the whole basis and
   thick restarts — each block product adds the residuals ``A x − θ x`` of the
   unconverged Ritz pairs to the basis, so span(V, A V, A² V, …) is searched
-  rather than only its last block; same ranking by |λ| as ``"power"``, the
-  fastest method warm or cold (see bench/eigen.py).
+  rather than only its last block; same ranking by |λ| as ``"power"``, and
+  far fewer products than power iteration (bench/eigen.py: the fastest on G;
+  eigsh still needs fewer products for a cold top 20 of ∇²L̃).
 - ``"lobpcg"``: ``scipy.sparse.linalg.lobpcg`` (``cupyx`` on the GPU), largest
   algebraic eigenvalues, the whole block in one operator call.
 - ``"lanczos"``: ``scipy.sparse.linalg.eigsh`` (``which='LA'``), the reference.
