@@ -68,9 +68,8 @@ def _analyze_run(run_dir, args):
     from . import alignment, eos
     from .train import load_run
 
-    args.run_dir = run_dir
-    cfg, metrics, telemetry, result = load_run(args.run_dir)
-    print(f"{args.run_dir}: {len(metrics.get('step', []))} steps, "
+    cfg, metrics, telemetry, result = load_run(run_dir)
+    print(f"{run_dir}: {len(metrics.get('step', []))} steps, "
           f"{'status ' + result['status'] if result else 'not finished'}")
     if args.eos or not args.alignment:
         if not telemetry:
@@ -87,7 +86,7 @@ def _analyze_run(run_dir, args):
                 print(f"  Table 1 (ρ_{n_top} > 0.7, {table['rows']} rows): ΔL̃ top {table['top_mean']:+.4f} "
                       f"({table['top_std']:.4f}), bulk {table['bulk_mean']:+.4f} ({table['bulk_std']:.4f})")
     if args.alignment:
-        series = alignment.analyze_run(args.run_dir, every=args.every, skip=args.skip)
+        series = alignment.analyze_run(run_dir, every=args.every, skip=args.skip)
         if len(series.get("step", [])) == 0:
             print("  no snapshots to analyse (train with train.snapshot_every)")
             return
