@@ -30,6 +30,7 @@ import numpy as np
 
 from .activations import Activation
 from .backend import to_numpy
+from .batched_lanczos import batched_top_eigenvalue
 from .conv import Conv2d
 from .criteria import criterion as make_criterion
 from .layers import Dense
@@ -98,67 +99,17 @@ def layer_grams(net, criterion, X, y):
     return grams
 
 
-def batched_top_eigenvalue(matvec, n, d, xp, dtype, tol=1e-9, start=None, seed=0):
-    """Largest eigenvalue of n symmetric PSD d×d operators at once, by a batched Lanczos recurrence.
-
-    ``matvec`` maps (n, d) to (n, d), example by example; each Lanczos step is
-    one batched product. Only the top eigenvalue is wanted, so no basis is
-    kept: the three-term recurrence (with the new vector re-orthogonalised
-    against the last two) is enough, since a loss of global orthogonality
-    only adds copies of eigenvalues that have already converged. ``start``, a
-    (d,) vector near the operators' common top eigenvector, warm-starts every
-    example (a random 5% is mixed in so no example starts orthogonal to its
-    own). Every few steps the tridiagonal (n, m, m) matrices are diagonalised
-    together; an example has converged when the error estimate of its top
-    Ritz value θ_1, ``min(r, r²/(θ_1 − θ_2))`` with ``r = |β_m s_m|`` (the
-    residual bound, sharpened by the Ritz gap), is below ``tol · θ_1``. At
-    m = d the Krylov space is the whole space and the answer exact.
-    """
-    rng = np.random.default_rng(seed)
-    q = xp.asarray(rng.standard_normal((n, d)), dtype=dtype)
-    q /= xp.linalg.norm(q, axis=1, keepdims=True)
-    if start is not None:
-        q = xp.asarray(start, dtype=dtype)[None, :] / xp.linalg.norm(start) + 0.05 * q
-        q /= xp.linalg.norm(q, axis=1, keepdims=True)
-    q_prev, b = xp.zeros_like(q), xp.zeros(n, dtype=dtype)
-    alpha, beta = [], []
-    for m in range(1, d + 1):
-        w = matvec(q)
-        a = (w * q).sum(axis=1)
-        w -= a[:, None] * q + b[:, None] * q_prev
-        for v in (q, q_prev):                                   # local re-orthogonalisation
-            w -= (w * v).sum(axis=1)[:, None] * v
-        b = xp.linalg.norm(w, axis=1)
-        alpha.append(a)
-        beta.append(b)
-        q_prev, q = q, w / xp.where(b > 0, b, 1)[:, None]      # b = 0: an invariant subspace, T is exact
-        if m % 4 and m < d:
-            continue
-        T = xp.zeros((n, m, m), dtype=dtype)
-        idx = xp.arange(m)
-        T[:, idx, idx] = xp.stack(alpha, axis=1)
-        if m > 1:
-            off = xp.stack(beta[:m - 1], axis=1)
-            T[:, idx[:-1], idx[1:]] = off
-            T[:, idx[1:], idx[:-1]] = off
-        theta, S = xp.linalg.eigh(T)
-        top = theta[:, -1]
-        r = xp.abs(b * S[:, -1, -1])
-        error = r if m == 1 else xp.minimum(r, r * r / xp.maximum(top - theta[:, -2], 1e-300))
-        if m == d or bool((error <= tol * xp.maximum(xp.abs(top), 1e-300)).all()):
-            return top
-    return top
-
-
 def layerwise_jacobian_norm2(A, s, xp, tol=1e-9, dense_below=128):
     """``‖A diag(s_n)‖²`` for every example n (s: (n, a), A: (b, a)): the layerwise Jacobians' squared norms.
 
-    The smaller side is used: ``λ_max(A diag(s²) Aᵀ)`` (b × b) or
-    ``λ_max(diag(s) Aᵀ A diag(s))`` (a × a). Sides up to ``dense_below`` are
-    formed per example and diagonalised (cheap at that size); larger ones go
-    through batched Lanczos with the matrix-free products ``A (s ⊙ v)`` and
-    ``s ⊙ (Aᵀ u)``, to a relative accuracy ``tol``, warm-started from the top
-    singular vector of ``A diag(rms_n s_n)``.
+    Each is ``λ_max(diag(s) C diag(s))`` with ``C = Aᵀ A`` (a × a) formed once
+    for all examples, or ``λ_max(A diag(s²) Aᵀ)`` (b × b), whichever costs less
+    per product. Sides up to ``dense_below`` are formed per example and
+    diagonalised (cheap at that size); larger ones go through batched Lanczos
+    (:mod:`nn_eos.batched_lanczos`) with the products ``s ⊙ ((s ⊙ v) C)`` —
+    one a × a product, where ``A (s ⊙ v)`` and ``s ⊙ (Aᵀ u)`` would be two a × b
+    ones — or ``((u A) ⊙ s²) Aᵀ``, to a relative accuracy ``tol``,
+    warm-started from the top singular vector of ``A diag(rms_n s_n)``.
     """
     b, a = A.shape
     n = s.shape[0]
@@ -170,9 +121,12 @@ def layerwise_jacobian_norm2(A, s, xp, tol=1e-9, dense_below=128):
         return xp.linalg.eigvalsh(gram)[:, -1]
     # warm start: the top singular vectors of A diag(rms of s over the examples), one SVD for all examples
     U, _, Vt = xp.linalg.svd(A * xp.sqrt((s * s).mean(axis=0)), full_matrices=False)
-    if b <= a:
-        return batched_top_eigenvalue(lambda u: ((u @ A) * s * s) @ A.T, n, b, xp, A.dtype, tol, start=U[:, 0])
-    return batched_top_eigenvalue(lambda v: ((v * s) @ A.T @ A) * s, n, a, xp, A.dtype, tol, start=Vt[0])
+    if a <= 2 * b:                                   # a² ≤ 2ab multiply-adds per example and product
+        C = A.T @ A
+        return batched_top_eigenvalue(lambda v, rows: ((v * s[rows]) @ C) * s[rows], n, a, xp, A.dtype, tol,
+                                      start=Vt[0])
+    return batched_top_eigenvalue(lambda u, rows: ((u @ A) * (s[rows] * s[rows])) @ A.T, n, b, xp, A.dtype, tol,
+                                  start=U[:, 0])
 
 
 @dataclass

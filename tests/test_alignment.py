@@ -141,7 +141,7 @@ def test_layerwise_jacobian_norms_stop_early_and_stay_exact(shape):
     original = alignment.batched_top_eigenvalue
 
     def counting(matvec, *args, **kwargs):
-        return original(lambda v: calls.append(1) or matvec(v), *args, **kwargs)
+        return original(lambda v, rows: calls.append(1) or matvec(v, rows), *args, **kwargs)
 
     alignment.batched_top_eigenvalue = counting
     try:
