@@ -20,7 +20,15 @@ both. ``residual`` is therefore computed directly, not as a difference.
 Examples are processed in chunks of ``chunk_size`` (all at once by default),
 each chunk contributing its share of the mean; the results do not depend on
 the chunking beyond rounding.
+
+With one chunk, the forward and backward passes are shared between calls at
+the same θ: an eigensolver's products all run at one θ (and an integrator's
+eigensolve at the θ of its gradient), so every call after the first starts
+from the R-forward pass. The layers' caches are reused only while nothing else
+has run through any network (``Sequential.passes``) and θ is equal value for value.
 """
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +37,17 @@ from .criteria import criterion as make_criterion
 from .validation import check_directions, check_inputs, check_labels
 
 KINDS = ("hessian", "ggn", "residual")
+
+
+@dataclass
+class _Passes:
+    """What a forward (and backward) pass over the whole dataset left in the network's layers."""
+
+    passes: int          # Sequential.passes right after them
+    placement: tuple     # (device, dtype) of the data
+    theta: object        # a copy of the θ they ran at
+    z: object            # the outputs f(X, θ)
+    backward: bool       # whether δ (from δ^L = (1/N) ∂l/∂z) is in the layers too
 
 
 class TrainingLoss:
@@ -50,6 +69,7 @@ class TrainingLoss:
             chunk_size = int(chunk_size)
         self.chunk_size = chunk_size
         self._placed = None
+        self._passes = None
 
     def __repr__(self):
         return (f"TrainingLoss({self.net!r}, {self.criterion!r}, N={self.num_examples}, "
@@ -107,6 +127,7 @@ class TrainingLoss:
                 net.backward(self.criterion.gradient(z, yc) / N, chunk_grad)
                 if chunk_grad is not grad:
                     grad += chunk_grad
+            self._remember_passes(z, theta, backward=True)
         return total / N, grad
 
     def gradient(self, theta=None):
@@ -145,9 +166,7 @@ class TrainingLoss:
         chunk_out = out if self.chunk_size is None else xp.empty_like(out)
         with net.using(theta):
             for Xc, yc in self.chunks():
-                z = net.forward(Xc)
-                if kind != "ggn":
-                    net.backward(self.criterion.gradient(z, yc) / N)
+                z = self._forward_backward(Xc, yc, theta, backward=(kind != "ggn"))
                 r_z = net.r_forward(Vk)
                 if kind == "residual":
                     r_delta = xp.zeros_like(r_z)
@@ -157,6 +176,34 @@ class TrainingLoss:
                 if chunk_out is not out:
                     out += chunk_out
         return out[0] if was_vector else out.T
+
+    def _forward_backward(self, Xc, yc, theta, backward):
+        """``z = f(X_c, θ)``, with the layers holding the forward pass and, if ``backward``, the backward pass
+        from ``δ^L = (1/N) ∂l/∂z`` — taken from an earlier call when it left them at this θ."""
+        net = self.net
+        reuse = self._passes
+        if (reuse is not None and reuse.passes == net.passes and reuse.placement == (net.device, net.dtype)
+                and bool(net.xp.array_equal(reuse.theta, self._theta_in_effect(theta)))):
+            z = reuse.z                                         # the layers still hold the forward pass at θ
+            if reuse.backward or not backward:
+                return z
+        else:
+            z = net.forward(Xc)
+        if backward:
+            net.backward(self.criterion.gradient(z, yc) / self.num_examples)
+        self._remember_passes(z, theta, backward)
+        return z
+
+    def _theta_in_effect(self, theta):
+        return self.net.theta if theta is None else self.net.check_theta(theta)
+
+    def _remember_passes(self, z, theta, backward):
+        """Keep what the passes just run left in the layers, when they covered the whole dataset in one chunk."""
+        if self.chunk_size is not None and self.chunk_size < self.num_examples:
+            self._passes = None
+            return
+        self._passes = _Passes(passes=self.net.passes, placement=(self.net.device, self.net.dtype),
+                               theta=self._theta_in_effect(theta).copy(), z=z, backward=backward)
 
     def linear_operator(self, kind="hessian", theta=None):
         """A ``scipy.sparse.linalg.LinearOperator`` (``cupyx`` on the GPU) of ∇²L̃, G or H.

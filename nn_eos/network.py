@@ -22,8 +22,13 @@ class Sequential:
 
     ``forward``/``backward``/``r_forward``/``r_backward`` run the passes of every
     layer (layers.py), splitting flat (…, P) arrays of gradients and directions
-    into each layer's views.
+    into each layer's views. ``Sequential.passes`` counts the forward and backward
+    passes of every network (layers may be shared between networks) and their
+    moves between devices and dtypes: whoever keeps what the layers hold after a
+    pass can tell from it whether any other pass has run since.
     """
+
+    passes = 0
 
     def __init__(self, layers, input_shape, dtype="float64", device=None, theta=None):
         self.layers = list(layers)
@@ -90,6 +95,7 @@ class Sequential:
         self.device = backend.check_device(device)
         self.theta = backend.to_device(self.theta, device)
         self._bind(self.theta)
+        Sequential.passes += 1
         return self
 
     def astype(self, dtype):
@@ -97,6 +103,7 @@ class Sequential:
         self.dtype = backend.resolve_dtype(dtype)
         self.theta = self.theta.astype(self.dtype)
         self._bind(self.theta)
+        Sequential.passes += 1
         return self
 
     # ----- passes -------------------------------------------------------------
@@ -106,12 +113,14 @@ class Sequential:
         return self.forward(backend.to_device(x, self.device).astype(self.dtype, copy=False))
 
     def forward(self, x):
+        Sequential.passes += 1
         for layer in self.layers:
             x = layer.forward(x)
         return x
 
     def backward(self, delta, grad=None):
         """Back-propagate ``δ^L = ∂L̃/∂z``; writes ``∂L̃/∂θ`` into ``grad`` (P,) when given."""
+        Sequential.passes += 1
         grads = self._slices(grad) if grad is not None else [None] * len(self.layers)
         for i in reversed(range(len(self.layers))):
             need_input = i > self._first_with_params

@@ -165,3 +165,55 @@ def test_linear_operator_uses_the_block_products(kind):
 def test_finite_difference_step_is_in_the_sweet_spot():
     """Guards the tolerance table: step² and rounding/step are both far below TOL['fd']."""
     assert FD_STEP ** 2 < 1e-3 * TOL["fd"] and np.finfo(np.float64).eps / FD_STEP < 1e-3 * TOL["fd"]
+
+
+def test_products_at_one_theta_share_the_forward_and_backward_passes(monkeypatch):
+    """An eigensolver's products at one θ run the forward and backward passes once (after a gradient at that
+    θ, not at all); a G product leaves a forward pass that ∇²L̃ products complete with a backward pass."""
+    p = build_problem([4, 5, 5, 3], "tanh", "cross_entropy", n=7, seed=3)
+    fresh = build_problem([4, 5, 5, 3], "tanh", "cross_entropy", n=7, seed=3).loss
+    counts = {"forward": 0, "backward": 0}
+    for name in counts:
+        original = getattr(ne.Sequential, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            counts[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(ne.Sequential, name, counted)
+    V = p.direction(2)
+    kinds = ("hessian", "ggn", "residual", "hessian")
+    expected = [to_numpy(fresh.curvature_product(V, kind)) for kind in kinds]
+    counts.update(forward=0, backward=0)
+    p.loss.gradient()
+    for kind, reference in zip(kinds, expected):
+        np.testing.assert_array_equal(to_numpy(p.loss.curvature_product(V, kind)), reference)
+    assert counts == {"forward": 1, "backward": 1}
+    counts.update(forward=0, backward=0)
+    q = build_problem([4, 5, 5, 3], "tanh", "cross_entropy", n=7, seed=3).loss
+    q.ggn(V), q.ggn(V), q.hvp(V), q.residual(V)
+    assert counts == {"forward": 1, "backward": 1}
+
+
+def test_shared_passes_are_not_reused_after_anything_changed():
+    """θ changed in place, another θ passed in, another pass through the network, another dtype: each time
+    the products equal those of a fresh TrainingLoss, bit for bit."""
+    p = build_problem([3, 4, 2], "tanh", "mse", n=5, seed=4)
+    V = p.direction(3)
+
+    def fresh(theta=None):
+        loss = ne.TrainingLoss(p.net, p.loss.criterion, p.X, p.y)
+        return to_numpy(loss.hvp(V, theta=theta))
+
+    theta0 = p.theta
+    first = to_numpy(p.loss.hvp(V))
+    moved = theta0 + 0.1 * p.direction()
+    p.net.set_theta(moved)                                    # in place: the same array, new values
+    np.testing.assert_array_equal(to_numpy(p.loss.hvp(V)), fresh())
+    assert np.abs(to_numpy(p.loss.hvp(V)) - first).max() > 0
+    np.testing.assert_array_equal(to_numpy(p.loss.hvp(V, theta=theta0)), first)
+    p.loss.hvp(V)
+    p.net(np.ones((2, 3)))                                    # another forward pass, on other data
+    np.testing.assert_array_equal(to_numpy(p.loss.hvp(V)), fresh())
+    p.net.astype("float32")
+    assert to_numpy(p.loss.hvp(V)).dtype == np.float32
