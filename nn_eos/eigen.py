@@ -13,9 +13,9 @@ Three methods share one interface and one result type:
 - ``"krylov"``: block Krylov with Rayleigh–Ritz over the whole basis and
   thick restarts — each block product adds the residuals ``A x − θ x`` of the
   unconverged Ritz pairs to the basis, so span(V, A V, A² V, …) is searched
-  rather than only its last block; same ranking by |λ| as ``"power"``, and
-  far fewer products than power iteration (bench/eigen.py: the fastest on G;
-  eigsh still needs fewer products for a cold top 20 of ∇²L̃).
+  rather than only its last block; same ranking by |λ| as ``"power"``, far
+  fewer products than power iteration, and, cold, fewer than eigsh
+  (bench/eigen.py).
 - ``"lobpcg"``: ``scipy.sparse.linalg.lobpcg`` (``cupyx`` on the GPU), largest
   algebraic eigenvalues, the whole block in one operator call.
 - ``"lanczos"``: ``scipy.sparse.linalg.eigsh`` (``which='LA'``), the reference.
@@ -221,48 +221,71 @@ def _new_directions(W, Q, xp, drop=1e-10):
     return W
 
 
-def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None, expand=None):
+def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None, block=None, keep=None):
     """Thick-restarted block Krylov iteration with Rayleigh–Ritz on the whole basis.
 
     The basis Q (orthonormal) and A Q are kept; each iteration takes the Ritz
     pairs of ``Qᵀ A Q`` (no product needed), stops when the top k relative
     residuals are below tol, else adds the residuals ``r = A x − θ x`` of the
-    ``expand`` worst unconverged top-(k + guard) Ritz pairs (default
-    max(4, ⌈(k + guard)/4⌉)), orthogonalised against Q, and applies A to
-    them — one block product. Since span(Q, r) = span(Q, A x), the basis
-    holds a block Krylov space (power iteration keeps only its last block);
-    small expansion blocks raise its degree faster per product (top 20 of a
-    Hessian: 272 products with blocks of 5, 346 with blocks of 20). When the basis would exceed ``max_basis`` columns
-    (default 5(k + guard), at least k + guard + 8) it restarts from the top
-    k + guard Ritz vectors, keeping their products: no product is repeated.
+    ``block`` worst unconverged top-(k + guard) Ritz pairs, orthogonalised
+    against Q, and applies A to them — one block product. Since span(Q, r)
+    = span(Q, A x), the basis holds a block Krylov space (power iteration
+    keeps only its last block).
+    A cold start is a random block of s vectors, not of k + guard: from
+    one block of s, the residuals of all Ritz pairs lie in the s-dim span
+    of the next Krylov block, so the iteration is block Lanczos of block
+    size s, whose polynomial degree grows by one for every s products (top
+    20 of ∇²L̃, bench/eigen.py at width 128: 65 products with s = 1, 82 with
+    s = 2, 105 with s = 4, 272 from a random block of 20, 133 for eigsh; s =
+    1 was also the fastest on the CPU). The default s is 1; larger blocks
+    make fewer, bigger products, which pays where a product's cost hardly
+    grows with its width (a GPU). A block of s sees at most s vectors of
+    any one eigenspace before rounding spreads them: an eigenvalue repeated
+    exactly more than s times among the top k (symmetric toy problems, not
+    trained networks) needs ``block`` at least its multiplicity, as for any
+    block method. A warm start is V0's block (topped up to
+    k + guard), whose residuals span k + guard directions, and expands by all
+    the unconverged ones: fewest block products from a good start, like
+    power iteration with memory. When the basis would exceed ``max_basis``
+    columns (default 5(k + guard), at least k + guard + 8) it restarts from
+    the top ``keep`` Ritz vectors (default 2(k + guard): keeping the next
+    ones too saves a third of the products for top 7 on a slowly decaying
+    spectrum), with their products: no product is repeated, and the
+    residuals of the kept Ritz vectors still lie in the next block's span.
     Ranks Ritz values by |θ|, like power iteration.
     """
     P = A.size
     b = min(k + guard, P)
     max_basis = min(P, max_basis or max(5 * b, b + 8))
-    expand = expand or max(4, -(-b // 4))
+    block = block or (b if V0 is not None else 1)
+    keep = max(b, min(keep or 2 * b, max_basis - block))
     basis = _KrylovBasis(P, max_basis, xp, dtype)
-    start = _start_block(P, b, V0, seed, xp, dtype)
+    start = _start_block(P, b if V0 is not None else min(block, b), V0, seed, xp, dtype)
     basis.add(start, A(start))
     iteration, converged = 1, False
     while True:
-        theta, S = xp.linalg.eigh(basis.T)
-        order = xp.argsort(-xp.abs(theta))[:b]
-        theta, S = theta[order], S[:, order]
+        theta_all, S_all = xp.linalg.eigh(basis.T)
+        order = xp.argsort(-xp.abs(theta_all))
+        theta, S = theta_all[order[:b]], S_all[:, order[:b]]
         X, AX = basis.Q @ S, basis.AQ @ S
         residual = AX - X * theta[None, :]
         norms = backend.to_numpy(xp.linalg.norm(residual, axis=0) / xp.maximum(xp.abs(theta), TINY))
-        converged = bool(norms[:k].max() < tol)
+        converged = len(norms) >= k and bool(norms[:k].max() < tol)
         if converged or iteration >= maxiter or basis.size >= P:
             break
         open_ = np.flatnonzero(norms >= tol)
-        open_ = open_[np.argsort(-norms[open_])][:expand]    # the worst residuals only
+        open_ = open_[np.argsort(-norms[open_])][:block]     # the worst residuals only
         W = residual[:, xp.asarray(open_)] if xp is not np else residual[:, open_]
-        if basis.size + W.shape[1] > max_basis:              # thick restart: keep the Ritz vectors
-            basis.restart(X, AX)
-        W = _new_directions(W, basis.Q, xp)[:, :P - basis.size]
-        if W.shape[1] == 0:                                  # the basis is invariant: Ritz pairs are exact
+        if basis.size + W.shape[1] > max_basis:              # thick restart: keep the top Ritz vectors
+            kept = S_all[:, order[:keep]]
+            basis.restart(basis.Q @ kept, basis.AQ @ kept)
+        W = _new_directions(W, basis.Q, xp)[:, :max_basis - basis.size]
+        if W.shape[1] == 0 and len(theta) >= k:              # the basis is invariant: Ritz pairs are exact
             break
+        if W.shape[1] == 0:                                  # invariant but too small (e.g. A = c I): go on
+            rng = np.random.default_rng([seed, iteration])   # from random directions outside it
+            W = xp.asarray(rng.standard_normal((P, block)), dtype=dtype)
+            W = _new_directions(W, basis.Q, xp)[:, :max_basis - basis.size]
         basis.add(W, A(W))
         iteration += 1
     return _sorted_result(theta[:k], X[:, :k], AX[:, :k], xp, matvecs=A.matvecs, iterations=iteration,
@@ -391,7 +414,7 @@ STOPS = ("residual", "eigenvalues")
 
 
 def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None, seed=0, guard=0,
-                   stop="residual"):
+                   stop="residual", block=None):
     """The top k eigenpairs of a symmetric operator (2022 paper, section 3.3; 2024 paper, section 7.1).
 
     ``operator`` is a block function ``V (P, b) ↦ A V`` (e.g. ``loss.hvp``,
@@ -399,8 +422,11 @@ def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None,
     warm-starts from earlier eigenvectors; ``tol`` bounds the relative residual
     norms; ``maxiter`` (block products for power and krylov) defaults to 1000
     (power, krylov), 200 (lobpcg) or ARPACK's default (lanczos); ``guard`` adds
-    that many extra vectors to the block of power and krylov; ``stop='eigenvalues'`` (power only) stops on the change
-    of the Ritz values, as the 2024 paper did. Returns an :class:`EigenResult`;
+    that many extra vectors to the block of power and krylov; ``block``
+    (krylov only) is the number of directions each product adds (default 1
+    cold, k + guard warm; see :func:`block_krylov`); ``stop='eigenvalues'``
+    (power only) stops on the change of the Ritz values, as the 2024 paper
+    did. Returns an :class:`EigenResult`;
     if tol is not reached within maxiter it warns and returns
     ``converged=False`` with the residuals.
     """
@@ -421,12 +447,17 @@ def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None,
         raise ValueError(f"stop must be one of {STOPS} ('eigenvalues' with method='power' only), got {stop!r}")
     if isinstance(guard, bool) or not isinstance(guard, (int, np.integer)) or guard < 0:
         raise ValueError(f"guard must be a non-negative integer, got {guard!r}")
+    if block is not None and (method != "krylov" or isinstance(block, bool)
+                              or not isinstance(block, (int, np.integer)) or block < 1):
+        raise ValueError(f"block must be a positive integer, for method='krylov' only; got {block!r} "
+                         f"with method={method!r}")
     xp, dtype = _array_module(operator, V0), _dtype(operator, V0)
     A = CountingOperator(operator, P, xp, dtype)
     if method == "power":
         result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, int(guard), xp, dtype, stop)
     elif method == "krylov":
-        result = block_krylov(A, k, V0, tol, maxiter or 1000, seed, int(guard), xp, dtype)
+        result = block_krylov(A, k, V0, tol, maxiter or 1000, seed, int(guard), xp, dtype,
+                              block=None if block is None else int(block))
     elif method == "lobpcg":
         result = lobpcg(A, k, V0, tol, maxiter or 200, seed, xp, dtype)
     else:

@@ -204,3 +204,42 @@ def test_eigenvalue_stopping_is_looser_but_keeps_eigenvalues_accurate():
     np.testing.assert_allclose(to_numpy(by_values.values), [10.0, 8.0, 6.0], rtol=1e-5)
     with pytest.raises(ValueError, match="stop must be one of"):
         top_eigenpairs(op, 3, method="lanczos", stop="eigenvalues")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k", [7, 20])
+def test_cold_krylov_needs_no_more_products_than_eigsh(seed, k):
+    """The bar of bench/eigen.py, on a Hessian-like spectrum: a few outliers, a slowly decaying bulk (top-k
+    gaps of ~2%) and negative eigenvalues. Started from a small block, the Krylov basis grows its degree as
+    fast as Lanczos does."""
+    rng = np.random.default_rng(seed)
+    P = 1500
+    eigenvalues = np.concatenate([[100, 70, 50, 35, 25], 8 * np.exp(-np.arange(P - 205) / 60), -2 * rng.random(200)])
+    op = aslinearoperator(matrix_with_spectrum(eigenvalues, seed=seed))
+    krylov = top_eigenpairs(op, k, method="krylov", tol=1e-6)
+    eigsh = top_eigenpairs(op, k, method="lanczos", tol=1e-6)
+    assert krylov.converged and eigsh.converged and krylov.matvecs <= eigsh.matvecs
+    np.testing.assert_allclose(to_numpy(krylov.values), np.sort(eigenvalues)[::-1][:k], rtol=1e-10)
+
+
+def test_krylov_goes_on_past_an_invariant_subspace_smaller_than_k():
+    """A single start vector's Krylov space of an operator with 3 distinct eigenvalues is 3-dimensional;
+    the top 4 pairs (the last one from a 28-fold eigenvalue) still come out, from fresh directions."""
+    eigenvalues = np.concatenate([[5.0, 3.0], np.ones(28)])
+    res = top_eigenpairs(aslinearoperator(matrix_with_spectrum(eigenvalues, seed=0)), 4, method="krylov", tol=1e-10)
+    assert res.converged
+    np.testing.assert_allclose(to_numpy(res.values), [5, 3, 1, 1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("block", [1, 3, 8])
+def test_krylov_block_sizes_agree(block):
+    M = matrix_with_spectrum(np.concatenate([[9, 7, 6, 5.5], np.linspace(3, -3, 80)]), seed=2)
+    res = top_eigenpairs(aslinearoperator(M), 4, method="krylov", tol=1e-9, block=block)
+    assert res.converged
+    np.testing.assert_allclose(to_numpy(res.values), [9, 7, 6, 5.5], rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [dict(block=0), dict(block=2.5), dict(block=2, method="power")])
+def test_bad_block_is_refused(bad):
+    with pytest.raises(ValueError, match="block must be a positive integer"):
+        top_eigenpairs(aslinearoperator(np.eye(5)), 2, **{"method": "krylov", **bad})
