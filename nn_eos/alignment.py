@@ -202,7 +202,7 @@ def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, t
 
     Expectations are means over all examples, accumulated in chunks of
     ``chunk_size``. With ``sharpness=True`` the top eigenvalues of ∇²L̃, G and
-    H = ∇²L̃ − G are computed by Lanczos (relative residual ``tol``) and
+    H = ∇²L̃ − G are computed by block Krylov (relative residual ``tol``) and
     ``overlap_ratio`` = ρ(K) = λ_1(G)/E‖K‖² (eq. 3); ``eigenvectors=True``
     keeps their top eigenvectors in ``report.eigenvectors``, and ``start``
     (such a dict, e.g. from the previous snapshot) warm-starts the solves.
@@ -240,11 +240,10 @@ def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, t
         values, vectors = {}, {}
         for kind in ("hessian", "ggn", "residual"):
             V0 = None if start is None or start.get(kind) is None else start[kind]
-            # warm, G (PSD: its largest |λ| is its largest λ) goes faster by block Krylov than by eigsh, whose
-            # first Lanczos factorisation costs 20 products however good the start; ∇²L̃ and H need the
-            # largest algebraic eigenvalue, which only eigsh and LOBPCG rank by
-            method = "krylov" if kind == "ggn" and V0 is not None else "lanczos"
-            result = top_eigenpairs(loss.linear_operator(kind, theta=theta), 1, method=method, tol=tol, V0=V0)
+            # λ_1 is the largest algebraic eigenvalue (H's spectrum has a negative side as large as its positive
+            # one); block Krylov from one vector needs fewer products than eigsh (bench/eigen.py), warm or cold
+            result = top_eigenpairs(loss.linear_operator(kind, theta=theta), 1, method="krylov", which="LA",
+                                    tol=tol, V0=V0)
             values[kind] = float(to_numpy(result.values)[0])
             vectors[kind] = result.vectors[:, 0]
         report.sharpness = values

@@ -198,84 +198,108 @@ def power_iteration(A, k, V0, tol, maxiter, seed, guard, xp, dtype, stop="residu
 def _new_directions(W, Q, xp, drop=1e-10):
     """An orthonormal basis of the part of span(W) orthogonal to span(Q), Q orthonormal.
 
-    Columns are scaled to unit norm, projected out of Q ("twice is enough")
-    and orthonormalised by SVQB (Stathopoulos & Wu 2002): with
-    ``WᵀW = U Λ Uᵀ``, ``W U Λ^{-1/2}`` is orthonormal — one small eigh and
-    tall-skinny products, much cheaper than a Householder QR of a (P, c)
-    block. Directions with ``λ < drop²`` lie (numerically) in span(Q) and are
-    dropped. Dividing by a small λ magnifies what is left of Q, so projection
-    and SVQB repeat until ``WᵀW = I`` to 1e-12 (once more, as a rule).
+    Columns are scaled to unit norm, projected out of Q and orthonormalised
+    by SVQB (Stathopoulos & Wu 2002): with ``WᵀW = U Λ Uᵀ``, ``W U Λ^{-1/2}``
+    is orthonormal — one small eigh and tall-skinny products, much cheaper
+    than a Householder QR of a (P, c) block. Directions with ``λ < drop²``
+    lie (numerically) in span(Q) and are dropped. Projection and SVQB repeat
+    until ``WᵀW = I`` to 1e-12: a second pass ("twice is enough") only when
+    the first removed more than 1e-6 of a column or SVQB divides by a λ
+    below 1e-4, since either magnifies what rounding left of Q. Residuals of
+    Ritz pairs are orthogonal to Q up to rounding and usually need one pass
+    — each pass reads the whole (P, m) basis twice, the main cost of an
+    iteration besides the product.
     """
     W = W / xp.maximum(xp.linalg.norm(W, axis=0), TINY)[None, :]
-    W = W - Q @ (Q.T @ W)
-    for _ in range(4):
-        W = W - Q @ (Q.T @ W)
+    for _ in range(5):
+        W = W - Q @ (Q.T @ W)                                # columns were unit: 1 − diag(WᵀW) is what left
         gram = W.T @ W
         if W.shape[1] == 0 or float(xp.abs(gram - xp.eye(W.shape[1], dtype=W.dtype)).max()) < 1e-12:
             break                                            # orthonormal and orthogonal to Q
+        removed = 1 - float(xp.diag(gram).min())
         lam, U = xp.linalg.eigh((gram + gram.T) / 2)
         lam, U = lam[::-1], U[:, ::-1]                       # strongest directions first
-        keep = np.flatnonzero(backend.to_numpy(lam) > drop ** 2)
-        keep = xp.asarray(keep) if xp is not np else keep
-        W = (W @ U[:, keep]) / xp.sqrt(lam[keep])[None, :]
+        lam_host = backend.to_numpy(lam)
+        keep = np.flatnonzero(lam_host > drop ** 2)
+        W = (W @ U[:, xp.asarray(keep)]) / xp.sqrt(lam[xp.asarray(keep)])[None, :]
+        if removed < 1e-12 and len(keep) and lam_host[keep].min() > 1e-4:
+            break                                            # Q's rounding remnant magnified 100× at most
     return W
 
 
-def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None, block=None, keep=None):
+def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None, block=None, keep=None,
+                 which="LM"):
     """Thick-restarted block Krylov iteration with Rayleigh–Ritz on the whole basis.
 
-    The basis Q (orthonormal) and A Q are kept; each iteration takes the Ritz
-    pairs of ``Qᵀ A Q`` (no product needed), stops when the top k relative
-    residuals are below tol, else adds the residuals ``r = A x − θ x`` of the
-    ``block`` worst unconverged top-(k + guard) Ritz pairs, orthogonalised
-    against Q, and applies A to them — one block product. Since span(Q, r)
-    = span(Q, A x), the basis holds a block Krylov space (power iteration
-    keeps only its last block).
-    A cold start is a random block of s vectors, not of k + guard: from
-    one block of s, the residuals of all Ritz pairs lie in the s-dim span
-    of the next Krylov block, so the iteration is block Lanczos of block
-    size s, whose polynomial degree grows by one for every s products (top
-    20 of ∇²L̃, bench/eigen.py at width 128: 65 products with s = 1, 82 with
-    s = 2, 105 with s = 4, 272 from a random block of 20, 133 for eigsh; s =
-    1 was also the fastest on the CPU). The default s is 1; larger blocks
-    make fewer, bigger products, which pays where a product's cost hardly
-    grows with its width (a GPU). A block of s sees at most s vectors of
-    any one eigenspace before rounding spreads them: an eigenvalue repeated
-    exactly more than s times among the top k (symmetric toy problems, not
-    trained networks) needs ``block`` at least its multiplicity, as for any
-    block method. A warm start is V0's block (topped up to
-    k + guard), whose residuals span k + guard directions, and expands by all
-    the unconverged ones: fewest block products from a good start, like
-    power iteration with memory. When the basis would exceed ``max_basis``
-    columns (default 5(k + guard), at least k + guard + 8) it restarts from
-    the top ``keep`` Ritz vectors (default 2(k + guard): keeping the next
-    ones too saves a third of the products for top 7 on a slowly decaying
-    spectrum), with their products: no product is repeated, and the
-    residuals of the kept Ritz vectors still lie in the next block's span.
-    Ranks Ritz values by |θ|, like power iteration.
+    The basis Q (orthonormal), A Q and T = Qᵀ A Q are kept. Each iteration
+    takes the Ritz pairs (θ, x) of T (no product needed), stops when the top
+    k relative residuals are below tol, else adds the residuals
+    ``r = A x − θ x`` of the ``block`` = s worst unconverged top-(k + guard)
+    pairs, orthogonalised against Q, and applies A to them: one product of
+    s directions. Since span(Q, r) = span(Q, A x), the basis is a block
+    Krylov space (power iteration keeps only its last block).
+
+    Start. Cold, from s random vectors; warm with s < k + guard, from s
+    random mixtures of V0's columns. From one block of s, the residuals of
+    all Ritz pairs lie in the s-dim span of the next Krylov block, so this
+    is block Lanczos of block size s, with full re-orthogonalisation, whose
+    polynomial degree grows by one every s products. bench/eigen.py, top 20
+    of ∇²L̃ at width 128: 65 products with s = 1, 82 with s = 2, 105 with
+    s = 4, 272 from a random block of 20, 133 for eigsh; warm one GD step
+    of 0.5/λ_1 later, 62 products, about 200 from V0's whole block. s = 1
+    (the default) was also the fastest on the CPU, at widths 128 and 512;
+    wider blocks make fewer, bigger products, which pays where a product's
+    cost hardly grows with its width (a GPU). With s ≥ k + guard and V0,
+    the start is V0's block (topped up to k + guard), expanded by the
+    residuals of every unconverged pair: fewest block products from a very
+    good start, power iteration with memory.
+
+    A block of s sees at most s vectors of any one eigenspace until rounding
+    spreads them: an eigenvalue repeated exactly more than s times among the
+    top k (symmetric toy problems, not trained networks) needs ``block`` at
+    least its multiplicity, as in any block method.
+
+    Restart. When the basis would exceed ``max_basis`` columns (default
+    5(k + guard), at least k + guard + 20) it restarts from the top ``keep``
+    Ritz vectors (default 2(k + guard): keeping the next ones too saves a
+    third of the products for top 7 on a slowly decaying spectrum) and their
+    products: no product is repeated, and the residuals of the kept Ritz
+    vectors still lie in the next block's span.
+
+    Ranks Ritz values by |θ| (``which='LM'``), like power iteration, or by θ
+    (``'LA'``): a Krylov space converges to both ends of the spectrum.
     """
     P = A.size
     b = min(k + guard, P)
-    max_basis = min(P, max_basis or max(5 * b, b + 8))
-    block = block or (b if V0 is not None else 1)
+    max_basis = min(P, max_basis or max(5 * b, b + 20))
+    block = block or 1
     keep = max(b, min(keep or 2 * b, max_basis - block))
     basis = _KrylovBasis(P, max_basis, xp, dtype)
-    start = _start_block(P, b if V0 is not None else min(block, b), V0, seed, xp, dtype)
+    if V0 is not None and block < b:                         # a warm start of `block` random mixtures of V0
+        V0 = xp.asarray(V0, dtype=dtype).reshape(P, -1)
+        mix = np.random.default_rng(seed).standard_normal((V0.shape[1], block))
+        V0 = V0 @ xp.asarray(mix, dtype=dtype)
+    start = _start_block(P, b if V0 is not None and block >= b else min(block, b), V0, seed, xp, dtype)
     basis.add(start, A(start))
     iteration, converged = 1, False
     while True:
         theta_all, S_all = xp.linalg.eigh(basis.T)
-        order = xp.argsort(-xp.abs(theta_all))
+        order = xp.argsort(-xp.abs(theta_all) if which == "LM" else -theta_all)
         theta, S = theta_all[order[:b]], S_all[:, order[:b]]
-        X, AX = basis.Q @ S, basis.AQ @ S
-        residual = AX - X * theta[None, :]
-        norms = backend.to_numpy(xp.linalg.norm(residual, axis=0) / xp.maximum(xp.abs(theta), TINY))
-        converged = len(norms) >= k and bool(norms[:k].max() < tol)
-        if converged or iteration >= maxiter or basis.size >= P:
-            break
+        norms, floor = basis.residual_estimates(theta, S)
+        final = iteration >= maxiter or basis.size >= P
+        if final or (len(norms) >= k and bool((norms[:k] < np.maximum(tol, floor[:k])).all())):
+            # the estimates say converged (or cannot see below their rounding floor): check for real
+            X, AX = basis.Q @ S, basis.AQ @ S
+            residual = AX - X * theta[None, :]
+            norms = backend.to_numpy(xp.linalg.norm(residual, axis=0) / xp.maximum(xp.abs(theta), TINY))
+            converged = len(norms) >= k and bool(norms[:k].max() < tol)
+            if converged or final:
+                break
         open_ = np.flatnonzero(norms >= tol)
         open_ = open_[np.argsort(-norms[open_])][:block]     # the worst residuals only
-        W = residual[:, xp.asarray(open_)] if xp is not np else residual[:, open_]
+        S_open = S[:, xp.asarray(open_)] if xp is not np else S[:, open_]
+        W = basis.AQ @ S_open - (basis.Q @ S_open) * theta[xp.asarray(open_) if xp is not np else open_][None, :]
         if basis.size + W.shape[1] > max_basis:              # thick restart: keep the top Ritz vectors
             kept = S_all[:, order[:keep]]
             basis.restart(basis.Q @ kept, basis.AQ @ kept)
@@ -288,15 +312,20 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None,
             W = _new_directions(W, basis.Q, xp)[:, :max_basis - basis.size]
         basis.add(W, A(W))
         iteration += 1
+    if not converged:                                        # the loop left before its exact check
+        X, AX = basis.Q @ S, basis.AQ @ S
     return _sorted_result(theta[:k], X[:, :k], AX[:, :k], xp, matvecs=A.matvecs, iterations=iteration,
                           converged=converged, method="krylov")
 
 
 class _KrylovBasis:
-    """Q (orthonormal), A Q and ``T = Qᵀ A Q``, grown in place in preallocated column-major buffers.
+    """Q (orthonormal), A Q, ``T = Qᵀ A Q`` and ``G = (A Q)ᵀ (A Q)``, grown in place in column-major buffers.
 
-    Adding c columns costs the products ``Qᵀ (A W)`` and ``Wᵀ (A W)`` for the
-    new border of T, not a recomputation of T, and no copy of the basis.
+    Adding c columns costs the products ``Qᵀ (A W)``, ``(A Q)ᵀ (A W)`` and
+    ``Wᵀ (A W)``, ``(A W)ᵀ (A W)`` for the new borders of T and G, not a
+    recomputation, and no copy of the basis. With G, the residual norm of a
+    Ritz pair (θ, x = Q s) needs no (P,)-long vector:
+    ``‖A x − θ x‖² = sᵀ G s − θ²`` (as xᵀ A x = θ and ‖x‖ = 1).
     """
 
     def __init__(self, P, max_basis, xp, dtype):
@@ -304,6 +333,7 @@ class _KrylovBasis:
         self._Q = xp.empty((P, max_basis), dtype=dtype, order="F")
         self._AQ = xp.empty((P, max_basis), dtype=dtype, order="F")
         self.T = xp.zeros((0, 0), dtype=dtype)
+        self.G = xp.zeros((0, 0), dtype=dtype)
         self.size = 0
 
     @property
@@ -315,20 +345,34 @@ class _KrylovBasis:
         return self._AQ[:, :self.size]
 
     def add(self, W, AW):
-        xp, m, c = self.xp, self.size, W.shape[1]
-        border = self.Q.T @ AW                               # (m, c)
-        corner = W.T @ AW
-        T = xp.empty((m + c, m + c), dtype=self.T.dtype)
-        T[:m, :m], T[:m, m:], T[m:, :m], T[m:, m:] = self.T, border, border.T, (corner + corner.T) / 2
-        self._Q[:, m:m + c], self._AQ[:, m:m + c] = W, AW
-        self.T, self.size = T, m + c
+        m = self.size
+        self.T = self._bordered(self.T, self.Q.T @ AW, W.T @ AW)
+        self.G = self._bordered(self.G, self.AQ.T @ AW, AW.T @ AW)
+        self._Q[:, m:m + W.shape[1]], self._AQ[:, m:m + W.shape[1]] = W, AW
+        self.size = m + W.shape[1]
+
+    def _bordered(self, M, border, corner):
+        m, c = border.shape
+        out = self.xp.empty((m + c, m + c), dtype=M.dtype)
+        out[:m, :m], out[:m, m:], out[m:, :m], out[m:, m:] = M, border, border.T, (corner + corner.T) / 2
+        return out
+
+    def residual_estimates(self, theta, S):
+        """``‖A x − θ x‖ / |θ|`` for the Ritz pairs (θ_j, Q s_j) from ``sᵀ G s − θ²``, and the rounding floor
+        below which that difference of two numbers of size ~θ_max² cannot see (host arrays)."""
+        xp = self.xp
+        r2 = (S * (self.G @ S)).sum(axis=0) - theta * theta
+        scale = xp.maximum(xp.abs(theta), TINY)
+        theta_max = float(xp.sqrt(xp.abs(xp.diag(self.G)).max())) if self.size else 0.0
+        floor = 10 * (self.size * np.finfo(backend.to_numpy(theta).dtype).eps) ** 0.5 * theta_max / scale
+        return backend.to_numpy(xp.sqrt(xp.maximum(r2, 0)) / scale), backend.to_numpy(floor)
 
     def restart(self, X, AX):
         """Keep only the Ritz vectors X (and A X), re-orthonormalised (X = Q R) so that rounding does not
         pile up over restarts."""
         inverse = self.xp.linalg.inv(self.xp.linalg.cholesky(X.T @ X).T)
         X, AX = X @ inverse, AX @ inverse
-        self.size, self.T = 0, self.xp.zeros((0, 0), dtype=self.T.dtype)
+        self.size, self.T, self.G = 0, self.T[:0, :0], self.G[:0, :0]
         self.add(X, AX)
 
 
@@ -414,7 +458,7 @@ STOPS = ("residual", "eigenvalues")
 
 
 def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None, seed=0, guard=0,
-                   stop="residual", block=None):
+                   stop="residual", block=None, which=None):
     """The top k eigenpairs of a symmetric operator (2022 paper, section 3.3; 2024 paper, section 7.1).
 
     ``operator`` is a block function ``V (P, b) ↦ A V`` (e.g. ``loss.hvp``,
@@ -423,10 +467,12 @@ def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None,
     norms; ``maxiter`` (block products for power and krylov) defaults to 1000
     (power, krylov), 200 (lobpcg) or ARPACK's default (lanczos); ``guard`` adds
     that many extra vectors to the block of power and krylov; ``block``
-    (krylov only) is the number of directions each product adds (default 1
-    cold, k + guard warm; see :func:`block_krylov`); ``stop='eigenvalues'``
+    (krylov only) is the number of directions each product adds (default 1;
+    see :func:`block_krylov`); ``stop='eigenvalues'``
     (power only) stops on the change of the Ritz values, as the 2024 paper
-    did. Returns an :class:`EigenResult`;
+    did; ``which`` is 'LM' (largest |λ|: power, and krylov by default) or
+    'LA' (largest λ: lobpcg, lanczos, and krylov when asked). Returns an
+    :class:`EigenResult`;
     if tol is not reached within maxiter it warns and returns
     ``converged=False`` with the residuals.
     """
@@ -451,13 +497,17 @@ def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None,
                               or not isinstance(block, (int, np.integer)) or block < 1):
         raise ValueError(f"block must be a positive integer, for method='krylov' only; got {block!r} "
                          f"with method={method!r}")
+    natural = "LM" if method in ("power", "krylov") else "LA"
+    if which not in (None, natural) and not (method == "krylov" and which in ("LM", "LA")):
+        raise ValueError(f"which must be 'LM' or 'LA' for method='krylov', {natural!r} for method={method!r}; "
+                         f"got {which!r}")
     xp, dtype = _array_module(operator, V0), _dtype(operator, V0)
     A = CountingOperator(operator, P, xp, dtype)
     if method == "power":
         result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, int(guard), xp, dtype, stop)
     elif method == "krylov":
         result = block_krylov(A, k, V0, tol, maxiter or 1000, seed, int(guard), xp, dtype,
-                              block=None if block is None else int(block))
+                              block=None if block is None else int(block), which=which or "LM")
     elif method == "lobpcg":
         result = lobpcg(A, k, V0, tol, maxiter or 200, seed, xp, dtype)
     else:

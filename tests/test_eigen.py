@@ -115,9 +115,10 @@ def test_warm_start_converges_in_at_most_three_iterations_for_a_well_separated_t
     rotation, _ = np.linalg.qr(np.eye(P) + 1e-4 * (S - S.T))
     Q2 = Q @ rotation
     after = (Q2 * (eigenvalues * (1 + 1e-3 * rng.standard_normal(P)))) @ Q2.T
-    previous = top_eigenpairs(aslinearoperator(before), k, tol=1e-6, method=method)
-    warm = top_eigenpairs(aslinearoperator(after), k, V0=previous.vectors, tol=1e-6, method=method)
-    cold = top_eigenpairs(aslinearoperator(after), k, tol=1e-6, method=method)
+    blocks = {"block": k} if method == "krylov" else {}          # krylov's block mode: k directions a product
+    previous = top_eigenpairs(aslinearoperator(before), k, tol=1e-6, method=method, **blocks)
+    warm = top_eigenpairs(aslinearoperator(after), k, V0=previous.vectors, tol=1e-6, method=method, **blocks)
+    cold = top_eigenpairs(aslinearoperator(after), k, tol=1e-6, method=method, **blocks)
     assert warm.converged and warm.iterations <= 3 < cold.iterations
     np.testing.assert_allclose(to_numpy(warm.values), to_numpy(cold.values), rtol=1e-10)
 
@@ -243,3 +244,17 @@ def test_krylov_block_sizes_agree(block):
 def test_bad_block_is_refused(bad):
     with pytest.raises(ValueError, match="block must be a positive integer"):
         top_eigenpairs(aslinearoperator(np.eye(5)), 2, **{"method": "krylov", **bad})
+
+
+@pytest.mark.parametrize("which, expected", [("LM", [-10, 5]), ("LA", [5, 4])])
+def test_krylov_ranks_by_magnitude_or_by_value(which, expected):
+    M = matrix_with_spectrum(np.concatenate([[-10, 5, 4], np.linspace(-2, 2, 50)]), seed=5)
+    res = top_eigenpairs(aslinearoperator(M), 2, method="krylov", which=which, tol=1e-10)
+    assert res.converged
+    np.testing.assert_allclose(np.sort(to_numpy(res.values)), np.sort(expected), rtol=1e-12)
+
+
+@pytest.mark.parametrize("method, which", [("power", "LA"), ("lanczos", "LM"), ("krylov", "SA")])
+def test_unavailable_ranking_is_refused(method, which):
+    with pytest.raises(ValueError, match="which must be"):
+        top_eigenpairs(aslinearoperator(np.eye(5)), 2, method=method, which=which)
