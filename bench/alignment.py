@@ -5,7 +5,7 @@
 Parts: the pre-activation Jacobians and the O×O Grams of Δ^i and K (all
 examples at once); the layerwise Jacobians' squared operator norms (batched
 Lanczos over examples); and the three sharpness eigensolves (λ_1 of ∇²L̃, G
-and H by Lanczos), which ρ(K) needs. Aim: under 30 gradients in all, the
+and H by block Krylov), which ρ(K) needs. Aim: under 30 gradients in all, the
 layerwise Jacobian norms under 5.
 """
 
@@ -47,7 +47,7 @@ def main():
             ["layerwise Jacobian norms (batched Lanczos)", f"{t_layerwise:.3f}", f"{t_layerwise / gradient:.1f}"],
             ["all per-example quantities (Jacobians, Grams, norms)", f"{t_all_per_example:.3f}",
              f"{t_all_per_example / gradient:.1f}"],
-            ["sharpness of ∇²L̃, G, H (Lanczos) = rest of analyze", f"{t_full - t_all_per_example:.3f}",
+            ["sharpness of ∇²L̃, G, H (block Krylov) = rest of analyze", f"{t_full - t_all_per_example:.3f}",
              f"{(t_full - t_all_per_example) / gradient:.1f}"],
             ["full analyze", f"{t_full:.3f}", f"{t_full / gradient:.1f}"],
             ["full analyze one step (0.01 g) later, cold", f"{t_moved_cold:.3f}", f"{t_moved_cold / gradient:.1f}"],

@@ -139,10 +139,15 @@ def rayleigh_ritz(V, AV, xp):
     return theta, V @ S, AV @ S
 
 
+def column_norms(M, xp):
+    """‖M[:, j]‖ for each column of a tall (P, b) array (einsum: no strided reduction over a C-ordered array)."""
+    return xp.sqrt(xp.einsum("ij,ij->j", M, M))
+
+
 def residual_norms(values, vectors, A_vectors, xp):
     """``‖A v_j − λ_j v_j‖ / max(|λ_j|, tiny)`` for each column j, as a host array."""
     R = A_vectors - vectors * values[None, :]
-    return backend.to_numpy(xp.linalg.norm(R, axis=0) / xp.maximum(xp.abs(values), TINY))
+    return backend.to_numpy(column_norms(R, xp) / xp.maximum(xp.abs(values), TINY))
 
 
 def _sorted_result(values, vectors, A_vectors, xp, **fields):
@@ -210,7 +215,7 @@ def _new_directions(W, Q, xp, drop=1e-10):
     — each pass reads the whole (P, m) basis twice, the main cost of an
     iteration besides the product.
     """
-    W = W / xp.maximum(xp.linalg.norm(W, axis=0), TINY)[None, :]
+    W = W / xp.maximum(column_norms(W, xp), TINY)[None, :]
     for _ in range(5):
         W = W - Q @ (Q.T @ W)                                # columns were unit: 1 − diag(WᵀW) is what left
         gram = W.T @ W
@@ -292,7 +297,7 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None,
             # the estimates say converged (or cannot see below their rounding floor): check for real
             X, AX = basis.Q @ S, basis.AQ @ S
             residual = AX - X * theta[None, :]
-            norms = backend.to_numpy(xp.linalg.norm(residual, axis=0) / xp.maximum(xp.abs(theta), TINY))
+            norms = backend.to_numpy(column_norms(residual, xp) / xp.maximum(xp.abs(theta), TINY))
             converged = len(norms) >= k and bool(norms[:k].max() < tol)
             if converged or final:
                 break

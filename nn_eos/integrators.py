@@ -155,8 +155,9 @@ class ExponentialEuler(Integrator):
     and the rest by an Euler step that ``1/λ_{k+1}`` keeps stable. When k + 1
     exceeds P, all P pairs are used and Δt = lr_max. Default k: the number of
     network outputs O (the paper's choice). ``method`` picks the eigensolver:
-    warm-started block power iteration as in the paper, or 'lanczos'/'lobpcg'
-    (cheaper when the top k + 1 are not well separated; see bench/eigen.py);
+    warm-started block power iteration as in the paper, or 'krylov' (the
+    cheapest warm step in bench/dynamics.py: 13 products against 30 for the
+    paper-style power iteration), 'lanczos' or 'lobpcg';
     ``stop='eigenvalues'`` uses the paper's looser stopping test (power only).
     """
 
