@@ -305,16 +305,16 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None,
         open_ = open_[np.argsort(-norms[open_])][:block]     # the worst residuals only
         S_open = S[:, xp.asarray(open_)] if xp is not np else S[:, open_]
         W = basis.AQ @ S_open - (basis.Q @ S_open) * theta[xp.asarray(open_) if xp is not np else open_][None, :]
-        if basis.size + W.shape[1] > max_basis:              # thick restart: keep the top Ritz vectors
-            kept = S_all[:, order[:keep]]
-            basis.restart(basis.Q @ kept, basis.AQ @ kept)
-        W = _new_directions(W, basis.Q, xp)[:, :max_basis - basis.size]
+        W = _new_directions(W, basis.Q, xp)
         if W.shape[1] == 0 and len(theta) >= k:              # the basis is invariant: Ritz pairs are exact
             break
         if W.shape[1] == 0:                                  # invariant but too small (e.g. A = c I): go on
             rng = np.random.default_rng([seed, iteration])   # from random directions outside it
-            W = xp.asarray(rng.standard_normal((P, block)), dtype=dtype)
-            W = _new_directions(W, basis.Q, xp)[:, :max_basis - basis.size]
+            W = _new_directions(xp.asarray(rng.standard_normal((P, block)), dtype=dtype), basis.Q, xp)
+        if basis.size + W.shape[1] > max_basis:              # thick restart: keep the top Ritz vectors (a
+            kept = S_all[:, order[:keep]]                    # subspace of span(Q), so W stays orthogonal)
+            basis.restart(basis.Q @ kept, basis.AQ @ kept)
+        W = W[:, :max_basis - basis.size]
         basis.add(W, A(W))
         iteration += 1
     if not converged:                                        # the loop left before its exact check
