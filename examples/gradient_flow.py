@@ -3,8 +3,8 @@
     python examples/gradient_flow.py [--sizes 250 500 1000 2000] [--hidden 64 64] [--activation relu]
                                      [--lr-max 1.0] [--max-time 30] [--out out/gradient_flow]
 
-Each run trains with η_t = min(lr_max, 0.5/λ_1(θ_t)) (λ_1 by warm-started power
-iteration every step), so that every step stays well below the edge of
+Each run trains with η_t = min(lr_max, 0.5/λ_1(θ_t)) (λ_1 by warm-started block Krylov
+every step), so that every step stays well below the edge of
 stability and θ follows dθ/dt = −∇L̃. Writes λ_1 over t for every subset size
 (Figure 5), fits peak λ_1 = a + b·n_D and prints R² beside the paper's 99.91%
 (AlexNet-ReLU on CIFAR-10), and scans L̃(θ* + Δ h_1) − L̃(θ*) around the

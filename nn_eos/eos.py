@@ -34,11 +34,12 @@ class Telemetry:
     """The 2022 paper's telemetry, measured every ``every_time`` units of t (the paper: every 1/η steps).
 
     ``k`` eigenpairs of ∇²L̃ (20 in the paper), warm-started from the previous
-    measurement; ``n_classes`` (default: the network's outputs) sets the top
+    measurement, largest |λ| first (``method='krylov'`` by default, or 'power'
+    as in the paper; a negative one keeps its sign); ``n_classes`` (default: the network's outputs) sets the top
     subspace to the top ``n_classes − 1`` eigenvectors.
     """
 
-    def __init__(self, k=20, every_time=1.0, n_classes=None, tol=1e-4, maxiter=500, method="power"):
+    def __init__(self, k=20, every_time=1.0, n_classes=None, tol=1e-4, maxiter=500, method="krylov"):
         if k < 1 or not every_time > 0:
             raise ValueError(f"Telemetry needs k ≥ 1 and every_time > 0, got k={k}, every_time={every_time}")
         self.k, self.every_time, self.n_classes = int(k), float(every_time), n_classes
