@@ -8,9 +8,9 @@ has converged leaves the active set, so the products shrink as examples finish.
 
 Of the tridiagonal matrices ``T_m`` that Lanczos builds, the stopping test
 needs the top two eigenvalues (a batched ``eigvalsh``) and the last component
-of the top eigenvector, which one step of inverse iteration gives in O(m)
-instead of the O(m³) of a batched ``eigh`` (that ``eigh`` used to cost as much
-as all the products together).
+of the top eigenvector, which two steps of inverse iteration give in O(m)
+where a batched ``eigh`` costs O(m³) (that ``eigh`` used to cost as much as
+all the products together).
 """
 
 import numpy as np
@@ -30,11 +30,11 @@ def tridiagonal(alpha, beta, xp):
 def top_ritz(alpha, beta, xp):
     """Top two eigenvalues θ_1 ≥ θ_2 of each T_m, and the last component s_m of its top unit eigenvector.
 
-    The eigenvalues by a batched ``eigvalsh``; s_m by one step of inverse
-    iteration, ``(T − σ I) u = 1`` with σ just above θ_1 (and one more), solved by the
-    recurrence of the factorisation ``T − σ I = L D Lᵀ`` (negative definite,
-    so stable without pivoting), then ``s_m = u_m / ‖u‖``: O(m) per example
-    where a full ``eigh`` would cost O(m³).
+    The eigenvalues by a batched ``eigvalsh``; s_m by two steps of inverse
+    iteration from u = 1, ``u ← (T − σ I)⁻¹ u / ‖·‖`` with σ just above θ_1,
+    solved by the recurrence of the factorisation ``T − σ I = L D Lᵀ``
+    (negative definite, so stable without pivoting): O(m) per example where
+    a full ``eigh`` would cost O(m³).
     """
     m = alpha.shape[1]
     theta = xp.linalg.eigvalsh(tridiagonal(alpha, beta, xp))
