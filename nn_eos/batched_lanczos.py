@@ -40,7 +40,8 @@ def top_ritz(alpha, beta, xp):
     theta = xp.linalg.eigvalsh(tridiagonal(alpha, beta, xp))
     theta1 = theta[:, -1]
     theta2 = theta[:, -2] if m > 1 else xp.full_like(theta1, -np.inf)
-    scale = xp.maximum(xp.abs(theta).max(axis=1), 1e-300)
+    # the shift's floor keeps 1/(θ − σ) finite for a zero T (a dead example: every s = 0)
+    scale = xp.maximum(xp.abs(theta).max(axis=1), np.finfo(alpha.dtype).tiny ** 0.5)
     sigma = theta1 + 1e-10 * scale
     d = [alpha[:, 0] - sigma]                                    # pivots of T − σ I = L D Lᵀ
     for j in range(1, m):
@@ -54,6 +55,7 @@ def top_ritz(alpha, beta, xp):
         for j in range(m - 2, -1, -1):
             x.append(w[j] / d[j] - beta[:, j] / d[j] * x[-1])
         u = xp.stack(x[::-1], axis=1)
+        u /= xp.abs(u).max(axis=1, keepdims=True)               # scaled first: u may be as large as 1/shift
         u /= xp.linalg.norm(u, axis=1, keepdims=True)
     last = u[:, -1]
     return theta1, theta2, last

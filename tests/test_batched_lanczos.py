@@ -1,6 +1,7 @@
 """The batched Lanczos solver behind the layerwise Jacobian norms: its tridiagonal test and its active set."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,14 @@ def test_top_ritz_matches_eigh(n, m, seed, scale):
         np.testing.assert_allclose(theta2, w[:, -2], rtol=0, atol=1e-12 * scale * m)
         well_separated = w[:, -1] - w[:, -2] > 1e-3 * scale
         np.testing.assert_allclose(np.abs(s_last)[well_separated], np.abs(V[well_separated, -1, -1]), atol=1e-9)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_top_ritz_of_a_zero_matrix_is_finite(dtype):
+    """A dead example (every σ' = 0) gives T = 0: θ_1 = θ_2 = 0, and no overflow in the inverse iteration."""
+    theta1, theta2, s_last = top_ritz(np.zeros((2, 5), dtype), np.zeros((2, 4), dtype), np)
+    assert (theta1 == 0).all() and (theta2 == 0).all() and np.isfinite(s_last).all()
 
 
 def test_converged_examples_leave_the_active_set():
