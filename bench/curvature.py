@@ -6,9 +6,10 @@
 The network is the 2024 paper's MLP (1024 inputs, five hidden layers of 512,
 ELU, 6 outputs) on n examples. Ours: value+gradient, ∇²L̃ v (k = 1), G v
 (k = 1), and a block of k = 11 Hessian products in one pass. Peers, when
-installed and on the CPU: PyTorch's double-backward HVP, forward-over-reverse
+installed: PyTorch (on the device ours runs on) with its double-backward HVP, forward-over-reverse
 HVP, ``vmap`` of 11 HVPs and a GGN product (jvp, then vjp); JAX's
-forward-over-reverse HVP, ``vmap`` of 11 and a GGN product, all jitted. Every
+forward-over-reverse HVP, ``vmap`` of 11 and a GGN product, all jitted, on
+JAX's default device (the GPU where jax[cuda] is installed). Every
 peer's result is checked against ours before it is timed.
 
 Then the conv nets of the 2022 paper at laptop width (``--conv alexnet vgg11``,
@@ -69,20 +70,22 @@ def split_flat(flat, shapes):
     return out
 
 
-def torch_contenders(net, X, y, V, dtype, reference):
+def torch_contenders(net, X, y, V, dtype, reference, device="cpu"):
     try:
         import torch
         from torch.func import grad as fgrad, jvp, vjp, vmap
     except ImportError:
         return {}, "PyTorch not installed"
-    tdtype = getattr(torch, dtype)
+    if device == "gpu" and not torch.cuda.is_available():
+        return {}, "PyTorch has no CUDA device"
+    tdtype, tdev = getattr(torch, dtype), ("cuda" if device == "gpu" else "cpu")
     torch.set_num_threads(os.cpu_count() or 1)
-    params = [torch.tensor(a, dtype=tdtype) for pair in layer_params(net) for a in pair]
-    Xt, yt = torch.tensor(X, dtype=tdtype), torch.tensor(y)
+    tensor = lambda a, dtype=tdtype: torch.tensor(a, dtype=dtype, device=tdev)
+    params = [tensor(a) for pair in layer_params(net) for a in pair]
+    Xt, yt = tensor(X), tensor(y, dtype=torch.int64)
     shapes = [(l.n_out, l.n_in) for l in net.layers if isinstance(l, ne.Dense)]
-    vs = [torch.tensor(a, dtype=tdtype) for pair in split_flat(V[:, 0], shapes) for a in pair]
-    Vs = [torch.tensor(np.moveaxis(a, -1, 0).copy(), dtype=tdtype)
-          for pair in split_flat(V, shapes) for a in pair]
+    vs = [tensor(a) for pair in split_flat(V[:, 0], shapes) for a in pair]
+    Vs = [tensor(np.moveaxis(a, -1, 0).copy()) for pair in split_flat(V, shapes) for a in pair]
 
     def forward(p):
         h = Xt
@@ -116,7 +119,7 @@ def torch_contenders(net, X, y, V, dtype, reference):
         return vjp(forward, params)[1](HJv)[0]
 
     def flat(ts):
-        return torch.cat([t.reshape(-1) for t in ts]).detach().numpy()
+        return torch.cat([t.reshape(-1) for t in ts]).detach().cpu().numpy()
 
     checks = {
         "double-backward": (flat(double_backward()), reference["hvp"]),
@@ -124,7 +127,7 @@ def torch_contenders(net, X, y, V, dtype, reference):
         "GGN": (flat(ggn()), reference["ggn"]),
     }
     block = vmapped(tuple(Vs))
-    block_flat = np.concatenate([t.reshape(K_BLOCK, -1).numpy() for t in block], axis=1).T
+    block_flat = np.concatenate([t.reshape(K_BLOCK, -1).cpu().numpy() for t in block], axis=1).T
     checks[f"vmap of {K_BLOCK}"] = (block_flat, reference["block"])
     contenders = {
         "PyTorch: gradient": gradient,
@@ -214,8 +217,9 @@ def run(dtype, n, rounds, device, peers):
                  "block": to_numpy(loss.hvp(V))}
     contenders = ours(loss, V)
     tol = 1e-8 if dtype == "float64" else 1e-3
-    if peers and device == "cpu":
-        for peer, make in (("PyTorch", torch_contenders), ("JAX", jax_contenders)):
+    if peers:
+        # PyTorch runs on the device we run on; JAX on its default device (the GPU where jax[cuda] is installed)
+        for peer, make in (("PyTorch", lambda *a: torch_contenders(*a, device=device)), ("JAX", jax_contenders)):
             extra, checks = make(net, X, y, V, dtype, reference)
             if report_checks(peer, checks, tol):
                 contenders.update(extra)
