@@ -113,7 +113,7 @@ def demo_on_both(device):
     try:
         from nn_eos.experiments.demo import run_demo
     except ImportError:  # before the experiments floor existed
-        from nn_eos.demo import run_demo
+        from nn_eos.experiments.demo import run_demo
     results, seconds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for dev in dict.fromkeys([device, "cpu"]):

@@ -18,7 +18,8 @@ import argparse
 import os
 
 import nn_eos as ne
-from nn_eos.demo import EDGE, bulk_claim, edge_claim, run_with_telemetry
+from nn_eos.experiments import plots
+from nn_eos.experiments.demo import EDGE, bulk_claim, edge_claim, run_with_telemetry
 
 PAPER_TABLE_1 = "AlexNet-ReLU on CIFAR-10: η = 0.001 top +0.0064 (0.0133) bulk −0.0014 (0.0007); " \
                 "η = 0.0001 top −0.0012 (0.0043) bulk −0.0001 (0.000)"
@@ -69,8 +70,8 @@ def main():
                   f"bulk {'holds' if bulk['holds'] else 'does NOT hold'}")
 
     labels = [f"η = {lr:g}" for lr in runs]
-    ne.plots.rho_over_time(list(zip(labels, [r[1] for r in runs.values()])), 6, os.path.join(args.out, "figure1.png"))
-    ne.plots.projections_over_time(list(zip(labels, [r[1] for r in runs.values()])),
+    plots.rho_over_time(list(zip(labels, [r[1] for r in runs.values()])), 6, os.path.join(args.out, "figure1.png"))
+    plots.projections_over_time(list(zip(labels, [r[1] for r in runs.values()])),
                                    os.path.join(args.out, "figure3.png"))
 
     if args.classes:
@@ -83,7 +84,7 @@ def main():
             edge = edge_claim(rows, n_classes)
             print(f"  n_c = {n_classes}: max ρ_{n_classes - 1} = {edge['max_rho_top']:.3f}, max ρ_{n_classes} = "
                   f"{edge['max_rho_next']:.3f} → {'holds' if edge['holds'] else 'does NOT hold'}")
-            ne.plots.rho_over_time([(f"n_c = {n_classes}", rows)], n_classes,
+            plots.rho_over_time([(f"n_c = {n_classes}", rows)], n_classes,
                                    os.path.join(args.out, f"figure2_classes{n_classes}.png"))
     print(f"\nfigures and runs in {os.path.abspath(args.out)}/")
 

@@ -18,7 +18,8 @@ import os
 import numpy as np
 
 import nn_eos as ne
-from nn_eos.demo import run_with_telemetry
+from nn_eos.experiments import plots
+from nn_eos.experiments.demo import run_with_telemetry
 
 
 def main():
@@ -54,9 +55,9 @@ def main():
               f"loss rose at {rises} steps; max λ_1 = {max(lam):.3f}; per unit of t: "
               f"{gradients / max(end['t'], 1e-12):.1f} gradient+HVP evaluations, {wall / max(end['t'], 1e-12):.3f} s")
     print(f"  GD's edge of stability 2/η = {2 / args.gd_lr:.3f}")
-    ne.plots.sharpness_over_time([("exp. Euler", ee[1], None), (f"GD η = {args.gd_lr:g}", gd[1], args.gd_lr)],
+    plots.sharpness_over_time([("exp. Euler", ee[1], None), (f"GD η = {args.gd_lr:g}", gd[1], args.gd_lr)],
                                  os.path.join(args.out, "sharpness.png"))
-    ne.plots.loss_over_time([("exp. Euler", ee[0]), (f"GD η = {args.gd_lr:g}", gd[0])],
+    plots.loss_over_time([("exp. Euler", ee[0]), (f"GD η = {args.gd_lr:g}", gd[0])],
                             os.path.join(args.out, "loss.png"))
     print(f"\nfigures and runs in {os.path.abspath(args.out)}/")
 

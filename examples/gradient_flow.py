@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 import nn_eos as ne
-from nn_eos.train import load_run, load_snapshot, snapshot_steps
+from nn_eos.rundir import load_run, load_snapshot, snapshot_steps
 
 
 def linear_fit(x, y):
@@ -51,7 +51,7 @@ def main():
         run_dir = os.path.join(args.out, "runs", f"n{n}")
         print(f"\nn_D = {n}: AdaptiveGradientFlow(lr_max={args.lr_max:g}, safety=0.5) until t = {args.max_time:g}")
         ne.train(loss, ne.AdaptiveGradientFlow(lr_max=args.lr_max, safety=0.5), max_time=args.max_time,
-                 run_dir=run_dir, resume=True, snapshot_every=20, config={"dataset": "dice", "n": n})
+                 run_dir=run_dir, resume=True, snapshot_every=20, data={"dataset": "dice", "n": n})
         _, metrics, _, _ = load_run(run_dir)
         runs[n] = (metrics, loss, run_dir)
         peaks.append(float(np.nanmax(metrics["lambda_1"])))

@@ -21,6 +21,7 @@ import numpy as np
 
 import nn_eos as ne
 from nn_eos import alignment
+from nn_eos.experiments import analysis, plots
 
 PAPER = {"sharpness growth": 5.45, "H share": 0.099, "rho growth": 1.90, "delta_L": 2.12, "Pi_chi": 1.33,
          "P_chi": 1.27, "Pi_J": 3.93, "P_J": 28.97, "table2_dice": (0.0017, 0.23, 0.84)}
@@ -56,15 +57,15 @@ def main():
             print(f"\nn = {n}, seed {seed}: exponential Euler until loss {args.until_loss:g} or t = {args.max_time:g}")
             ne.train(loss, ne.ExponentialEuler(lr_max=args.lr_max, method="lanczos"), until_loss=args.until_loss,
                      max_time=args.max_time, snapshot_every=args.snapshot_every, run_dir=run_dir, resume=True,
-                     config={"dataset": "dice subset", "n": n, "seed": seed})
-            series = alignment.analyze_run(run_dir, X=X, y=y, skip=10)
+                     data={"dataset": "dice subset", "n": n, "seed": seed})
+            series = analysis.analyze_run(run_dir, X=X, y=y, skip=10)
             results.append((n, seed, series))
     if not results or any(len(s["step"]) < 2 for _, _, s in results):
         print("\nfewer than two analysed snapshots in a run: train longer or snapshot more often")
         return
 
     def plot(name, title, ylabel, values, logy=False):
-        ne.plots.curves([(f"n = {n}", s["t"], values(s)) for n, _, s in results], "t", ylabel, title,
+        plots.curves([(f"n = {n}", s["t"], values(s)) for n, _, s in results], "t", ylabel, title,
                         os.path.join(args.out, f"{name}.png"), logy)
 
     sharp = lambda key: (lambda s: [row[key] for row in s["sharpness"]])

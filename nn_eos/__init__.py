@@ -3,11 +3,16 @@
 The working code behind two papers by Mark Lowell: *There is a Singularity in
 the Loss Landscape* (2022) and, with Catharine Kastner, *Training on the Edge of
 Stability Is Caused by Layerwise Jacobian Alignment* (2024).
+
+Two floors: the core (this package's modules: layers, criteria, networks,
+curvature products, eigensolvers, integrators, the training loop and the two
+papers' measurements) needs NumPy and SciPy only; ``nn_eos.experiments`` runs
+the papers' protocols from files and commands (configs, sweeps, tables,
+figures, the demo, the ``nn-eos`` command) and may use matplotlib, tqdm, dask.
 """
 
-__version__ = "0.1.0"
-
-from . import alignment, datasets, eos, figures, plots, sweep, tables
+from ._version import __version__
+from . import alignment, datasets, eos
 from .activations import ELU, ReLU, Tanh
 from .backend import gpu_available
 from .conv import AvgPool2d, Conv2d, MaxPool2d
@@ -15,9 +20,10 @@ from .criteria import MSE, CrossEntropy
 from .curvature import TrainingLoss
 from .eigen import EigenResult, NonConvergenceWarning, top_eigenpairs
 from .integrators import AdaptiveGradientFlow, ExponentialEuler, GradientDescent
-from .train import Run, load_run, train
+from .loop import Run, train
 from .layers import Dense, Flatten
 from .network import Sequential, alexnet_like, mlp, vgg_like
+from .rundir import load_run
 
 __all__ = [
     # layers, criteria, networks
@@ -27,6 +33,6 @@ __all__ = [
     "EigenResult", "NonConvergenceWarning", "TrainingLoss", "top_eigenpairs",
     # dynamics
     "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "load_run", "train",
-    # measurements, data, figures
-    "alignment", "datasets", "eos", "figures", "plots", "sweep", "tables", "gpu_available", "__version__",
+    # measurements and data
+    "alignment", "datasets", "eos", "gpu_available", "__version__",
 ]

@@ -252,71 +252,7 @@ def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, t
     return report
 
 
-# ----- over a run, and across runs -----------------------------------------------------
-
-SERIES_FIELDS = ("K_norm2", "overlap_ratio", "K_layer_norm2", "chi2", "jacobian_norm2", "r_delta_jacobian", "r_chi")
-
-
-def report_row(report, step, t):
-    """A JSON-ready dict of one report (layer arrays as lists, the five factors of E‖Δ^1‖²)."""
-    row = {"step": int(step), "t": float(t)}
-    for name in SERIES_FIELDS:
-        value = getattr(report, name)
-        row[name] = None if value is None else (np.asarray(value).tolist() if np.ndim(value) else float(value))
-    row["sharpness"] = report.sharpness
-    row["components_1"] = report.components(1)
-    return row
-
-
-def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpness=True, chunk_size=None):
-    """The decomposition at the run's θ snapshots, as columns (2024 paper, sections 3–5).
-
-    Snapshots before step ``skip`` are left out (the paper ignores the first
-    ten iterations, an initial transient); of the rest, those at steps that
-    are multiples of ``every`` are analysed (the paper: every 100). Results
-    are cached in ``alignment.jsonl`` beside the run, so a second call only
-    computes snapshots it has not seen. The data default to
-    the run's own (``config.json``'s data spec, dice only); pass X, y otherwise.
-    """
-    import json
-    import os
-
-    from tqdm.auto import tqdm
-
-    from .network import mlp
-    from .train import columns, load_run, load_snapshot, read_rows, snapshot_steps
-
-    config, metrics, _, result = load_run(run_dir)
-    if X is None:
-        from .config import ConfigError, build_data
-
-        try:
-            X, y = build_data(config.get("data") or {})
-        except (ConfigError, KeyError) as error:
-            raise ValueError(f"{run_dir}: cannot rebuild the data from {config.get('data')!r} ({error}); "
-                             f"pass X and y") from None
-    spec = config["net"]
-    if spec.get("kind") != "mlp":
-        raise ValueError(f"{run_dir}: alignment needs an MLP, the run's net is {spec!r}")
-    net = mlp(spec["widths"], activation=spec["activation"], dtype=config.get("dtype", "float64"))
-    times = dict(zip(np.asarray(metrics.get("step", []), dtype=int).tolist(), metrics.get("t", [])))
-    if result is not None:
-        times[result["steps"]] = result["t"]          # the final θ has no metrics row of its own
-    cache = os.path.join(run_dir, "alignment.jsonl")
-    rows = {row["step"]: row for row in read_rows(cache)}
-    steps = [s for s in snapshot_steps(run_dir) if s >= skip and s % every == 0]
-    todo = [s for s in steps if s not in rows]
-    previous = None                       # the last snapshot's eigenvectors warm-start the next solves
-    with open(cache, "a") as f:
-        for step in tqdm(todo, disable=not progress, desc=f"alignment of {os.path.basename(os.fspath(run_dir))}"):
-            report = analyze(net, config["criterion"], X, y, theta=load_snapshot(run_dir, step), sharpness=sharpness,
-                             chunk_size=chunk_size, eigenvectors=True, start=previous)
-            previous = report.eigenvectors
-            rows[step] = report_row(report, step, times.get(step, np.nan))
-            f.write(json.dumps(rows[step]) + "\n")
-            f.flush()
-    return columns([rows[s] for s in steps])
-
+# ----- over a series of θ, and across runs ----------------------------------------------
 
 def counterfactual_sharpness(series):
     """The bound ``ρ(K) Σ_i (P^i_{Δ,J}(0) / P^i_{Δ,J}(t)) E‖Δ^i‖²`` over a series (2024 paper, section 5).

@@ -69,6 +69,16 @@ def default_device():
     return check_device(os.environ.get("NN_EOS_DEVICE", "cpu"))
 
 
+def resolve_device(device=None, recorded=None):
+    """The device to use: an explicit ``device`` wins, else ``NN_EOS_DEVICE``, else the device a run
+    ``recorded`` in its manifest, else 'cpu'. One rule for every function and command."""
+    if device is not None:
+        return check_device(device)
+    if os.environ.get("NN_EOS_DEVICE"):
+        return default_device()
+    return check_device(recorded) if recorded is not None else "cpu"
+
+
 def module_for(device):
     """The array module (numpy or cupy) of a device name."""
     return require_cupy() if check_device(device) == "gpu" else np

@@ -7,6 +7,7 @@ from hypothesis import assume, given
 import nn_eos as ne
 from checks import TOL, assert_close, problems
 from nn_eos import alignment
+from nn_eos.experiments import analysis
 from nn_eos.backend import to_numpy
 
 IDENTITY = 1e-9
@@ -195,14 +196,14 @@ def test_analyze_run_caches_beside_the_run(tmp_path):
     net = ne.mlp([1024, 6, 6, 6], activation="elu", seed=0)
     loss = ne.TrainingLoss(net, "cross_entropy", X, y)
     ne.train(loss, ne.GradientDescent(0.5), until_loss=0.0, max_steps=6, snapshot_every=2, run_dir=tmp_path / "r",
-             progress=False, config={"dataset": "dice", "n": 24, "seed": 0})
-    series = alignment.analyze_run(tmp_path / "r", skip=2, progress=False)
+             progress=False, data={"dataset": "dice", "n": 24, "seed": 0})
+    series = analysis.analyze_run(tmp_path / "r", skip=2, progress=False)
     assert list(series["step"]) == [2, 4, 6] and np.all(series["overlap_ratio"] <= 1 + 1e-8)
     first = (tmp_path / "r" / "alignment.jsonl").read_text()
-    again = alignment.analyze_run(tmp_path / "r", skip=2, progress=False)
+    again = analysis.analyze_run(tmp_path / "r", skip=2, progress=False)
     assert (tmp_path / "r" / "alignment.jsonl").read_text() == first
     np.testing.assert_array_equal(again["K_norm2"], series["K_norm2"])
-    assert list(alignment.analyze_run(tmp_path / "r", skip=2, every=4, progress=False)["step"]) == [4]
+    assert list(analysis.analyze_run(tmp_path / "r", skip=2, every=4, progress=False)["step"]) == [4]
 
 
 @given(problem=problems(max_depth=4, max_width=4, max_examples=4))

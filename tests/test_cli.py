@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from nn_eos import cli, config
+from nn_eos.experiments import cli, config
 
 TINY = """
 [data]
@@ -44,7 +44,8 @@ def test_train_analyze_plot_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     cli.main(["train", cfg, "--out", str(out), "--no-progress"])
     assert "max_steps" in capsys.readouterr().out
-    saved = json.loads((out / "experiment.json").read_text())
+    saved = json.loads((out / "config.json").read_text())["experiment"]
+    assert not (out / "experiment.json").exists()                     # one manifest per run
     assert saved["integrator"] == {"name": "gd", "lr": 0.5}
     cli.main(["analyze", str(out), "--eos", "--alignment", "--skip", "2"])
     text = capsys.readouterr().out

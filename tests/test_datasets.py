@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import nn_eos as ne
+from nn_eos.experiments import plots
 from nn_eos import datasets
 from nn_eos.dice import PIXEL, coverage, disc_distance, segment_distance
 
@@ -94,7 +95,7 @@ def test_dice_classes_are_learnable_from_shape_not_ink():
 def test_dice_figure(tmp_path):
     X, y = datasets.dice("train", n=36)
     path = tmp_path / "dice.png"
-    ne.plots.dice_examples(X, y, path=path)
+    plots.dice_examples(X, y, path=path)
     assert path.stat().st_size > 1000
 
 

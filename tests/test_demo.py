@@ -6,8 +6,8 @@ import re
 
 import numpy as np
 
-from nn_eos import cli
-from nn_eos.demo import bulk_claim, edge_claim, monotone_claim
+from nn_eos.experiments import cli
+from nn_eos.experiments.demo import bulk_claim, edge_claim, monotone_claim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,6 +14,7 @@ from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
 import nn_eos as ne
+from nn_eos.rundir import snapshot_steps
 from checks import TOL, build_problem
 from nn_eos.backend import to_numpy
 from nn_eos.eos import Telemetry, loss_along
@@ -187,7 +188,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     assert whole.wait(timeout=300) == 0, whole.stderr.read().decode()
     killed = run_script(tmp_path, tmp_path / "killed", "fresh", 0.05)
     deadline = time.time() + 120
-    while time.time() < deadline and len(ne.train.__globals__["snapshot_steps"](tmp_path / "killed")) < 4:
+    while time.time() < deadline and len(snapshot_steps(tmp_path / "killed")) < 4:
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait()

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from nn_eos import config, sweep, tables
-from nn_eos.train import load_run, load_snapshot, snapshot_steps
+from nn_eos.experiments import config, sweep, tables
+from nn_eos.rundir import load_run, load_snapshot, snapshot_steps
 
 BASE = """
 [base.data]
@@ -119,7 +119,7 @@ def test_killed_sweep_on_a_local_cluster_resumes_and_matches_an_uninterrupted_ru
     runs = out / "runs"
     long_dir = runs / "max_steps-30000"
     short = [runs / f"max_steps-{n}" for n in (40, 60, 80)]
-    process = subprocess.Popen([sys.executable, "-m", "nn_eos.cli", "sweep", path, "--out", str(out),
+    process = subprocess.Popen([sys.executable, "-m", "nn_eos.experiments.cli", "sweep", path, "--out", str(out),
                                 "--workers", "2", "--no-progress"], start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -141,7 +141,7 @@ def test_killed_sweep_on_a_local_cluster_resumes_and_matches_an_uninterrupted_ru
     assert end["steps"] == 30000 and np.array_equal(metrics["step"], np.arange(30000))   # each step logged once
 
     reference = tmp_path / "reference"
-    cfg = json.loads((long_dir / "experiment.json").read_text())
+    cfg = json.loads((long_dir / "config.json").read_text())["experiment"]
     config.run(cfg, str(reference), progress=False)
     assert np.array_equal(load_snapshot(str(long_dir), 30000), load_snapshot(str(reference), 30000))
     assert np.array_equal(load_run(str(long_dir))[1]["loss"], load_run(str(reference))[1]["loss"])
@@ -174,7 +174,7 @@ def test_tables_from_the_runs_of_a_sweep(tmp_path):
 
 
 def test_sweep_cli_then_every_figure_of_the_sweep(tmp_path, capsys):
-    from nn_eos import cli, figures
+    from nn_eos.experiments import cli, figures
 
     text = (BASE.replace("max_steps = 40", "max_steps = 16").replace("snapshot_every = 10", "snapshot_every = 2")
             + TELEMETRY + '[sweep]\nanalyze = ["alignment"]\nanalyze_every = 2\nanalyze_skip = 2\n'
@@ -191,9 +191,7 @@ def test_sweep_cli_then_every_figure_of_the_sweep(tmp_path, capsys):
     fig = made["K_layers__integrator.lr_=_0.5"]
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 3             # L = 3 weight layers
     assert {len(ax.lines) for ax in fig.axes if ax.get_visible()} == {2}     # the two runs at this η
-    import nn_eos as ne
-
-    assert set(ne.plots.paper_figures(str(out), ["loss"], folder=str(tmp_path / "f"))) == {
+    assert set(figures.paper_figures(str(out), ["loss"], folder=str(tmp_path / "f"))) == {
         "loss__integrator.lr_=_0.25", "loss__integrator.lr_=_0.5"}
     assert (tmp_path / "f" / "loss__integrator.lr_=_0.5.png").exists()
     cli.main(["plot", str(out), "--figure", "power_law", "rho"])
@@ -246,7 +244,7 @@ def test_shipped_sweep_files_are_valid(tmp_path, name):
 
 def test_figure_two_colours_runs_by_number_of_classes(tmp_path):
     """A grid over data.classes colours by n_c, as the 2022 paper's Figure 2 does."""
-    from nn_eos import figures
+    from nn_eos.experiments import figures
 
     text = (BASE.replace("max_steps = 40", "max_steps = 6") + TELEMETRY
             + '[grid]\n"data.classes" = [[0, 1, 2], [0, 1, 2, 3, 4]]\n')

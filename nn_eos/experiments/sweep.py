@@ -46,7 +46,7 @@ import traceback
 import uuid
 
 from . import config as configs
-from .train import write_json
+from ..rundir import write_json
 
 SWEEP_SCHEMA = {"name": str, "analyze": list, "analyze_every": int, "analyze_skip": int, "tables": list}
 ANALYSES = ("alignment",)
@@ -120,7 +120,7 @@ def load(path):
     sweep = Sweep(settings.get("name", os.path.splitext(os.path.basename(path))[0]), raw.get("base", {}), grid,
                   analyze=settings.get("analyze", []), analyze_every=settings.get("analyze_every", 1),
                   analyze_skip=settings.get("analyze_skip", 10), tables=settings.get("tables", []), source=path)
-    from .integrators import from_config
+    from ..integrators import from_config
 
     for name, config in sweep.runs():
         configs.validate(config, f"{path} (run {name})")
@@ -172,7 +172,7 @@ def run_one(name, config, run_dir, analyses=(), analyze_every=1, analyze_skip=10
             resume = os.path.exists(os.path.join(run_dir, "checkpoint.npz"))
             configs.run(config, run_dir, device=device, resume=resume, progress=False)
         if "alignment" in analyses:
-            from .alignment import analyze_run
+            from .analysis import analyze_run
 
             analyze_run(run_dir, every=analyze_every, skip=analyze_skip, progress=False)
         with open(os.path.join(run_dir, "result.json")) as f:
@@ -209,10 +209,10 @@ def _use_worker_gpu(device):
 
 def _check_run_dir(name, config, run_dir):
     """A run directory made from another config is an error, never silently reused."""
-    path = os.path.join(run_dir, "experiment.json")
+    path = os.path.join(run_dir, "config.json")
     if os.path.exists(path):
         with open(path) as f:
-            saved = json.load(f)
+            saved = json.load(f).get("experiment")
         if saved != json.loads(json.dumps(config)):
             raise configs.ConfigError(f"run {name}: {run_dir} was made from another config; the sweep file changed "
                                       f"since — choose another output folder, or delete that run")

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import plots
-from .train import columns, load_run, read_rows
+from ..rundir import columns, load_run, read_rows
 
 COLOUR_KEYS = (("data.size", "D"), ("integrator.lr", "η"), ("data.classes", "n_c"), ("integrator.lr_max", "η_max"),
                ("net.hidden", "hidden"), ("net.activation", "σ"), ("net.arch", "net"))
@@ -170,7 +170,7 @@ def components(records, legend):
 
 
 def power_law(records, legend):
-    from .alignment import power_law as fit
+    from ..alignment import power_law as fit
 
     points = [(r.config["num_examples"], np.nanmax([c["P_J"] for c in r.alignment["components_1"]]))
               for r in records if r.alignment is not None and len(r.alignment.get("step", []))]
@@ -179,14 +179,14 @@ def power_law(records, legend):
         return None
     D, peak = np.array(points, dtype=float).T
     c1, c2, r2 = fit(D, peak)
-    fig, ax = plots._subplots()
-    ax.loglog(D, peak, "o", color=plots._colours(1)[0], label="runs")
+    fig, ax = plots.subplots()
+    ax.loglog(D, peak, "o", color=plots.colours(1)[0], label="runs")
     grid = np.geomspace(D.min(), D.max(), 50)
     ax.loglog(grid, c1 * grid ** c2, "k--", lw=1, label=rf"${c1:.3g}\,D^{{{c2:.2f}}}$ ($R^2$ = {r2:.2f})")
     ax.set_xlabel(r"dataset size $D$")
     ax.set_ylabel(r"$\max_t P^1_{\Delta,J}$")
     ax.legend(fontsize=8)
-    return plots._finish(fig, ax, None, r"Peak layerwise Jacobian alignment against $D$ (eq. 9, Table 2)")
+    return plots.finish(fig, ax, None, r"Peak layerwise Jacobian alignment against $D$ (eq. 9, Table 2)")
 
 
 # ----- 2022 paper: telemetry and metrics ----------------------------------------------
@@ -230,7 +230,7 @@ def entering(records, legend):
     run = max(runs, key=lambda r: max(row["rho"][row["n_top"] - 1] for row in r.telemetry))
     n_top = run.telemetry[0]["n_top"]
     t = [row["t"] for row in run.telemetry]
-    colours = plots._colours(n_top)
+    colours = plots.colours(n_top)
     lines = [(f"i = {i + 1}", colours[i], "-", t, [[row["rho"][i] for row in run.telemetry],
                                                    [abs(row["d"][i]) for row in run.telemetry]])
              for i in range(n_top)]
@@ -269,8 +269,8 @@ def sharpness(records, legend):
 def cusp(records, legend, points=41):
     """Figure 6 of the 2022 paper: the loss along h_1 at the snapshot nearest each run's peak λ_1."""
     from .config import rebuild_loss
-    from .eos import cusp_scan
-    from .train import load_snapshot, snapshot_steps
+    from ..eos import cusp_scan
+    from ..rundir import load_snapshot, snapshot_steps
 
     lines = []
     runs = [r for r in records if snapshot_steps(r.run_dir)]
@@ -337,3 +337,15 @@ def save(figures, folder, formats=("png", "pdf")):
             paths.append(os.path.join(folder, f"{name}.{ext}"))
             fig.savefig(paths[-1], dpi=110)
     return paths
+
+
+def paper_figures(path, names=None, folder=None):
+    """Every figure of both papers the runs in ``path`` (a run directory or sweep folder) hold data for.
+
+    Returns ``{name: Figure}`` (see ``FIGURES`` above for the names and the
+    papers' figure numbers); with ``folder``, also writes each as PNG and PDF.
+    """
+    made = build(path, names)
+    if folder is not None:
+        save(made, folder)
+    return made

@@ -1,18 +1,7 @@
-"""The training loop: continuous time t, stopping rules, telemetry, and run directories that survive interruption.
+"""The training loop: continuous time t, stopping rules, telemetry and checkpoints.
 
-A run directory holds
-
-    config.json        everything needed to rebuild the run (net, data, criterion, integrator, settings)
-    metrics.jsonl      one JSON row per step: step, t, loss, dt, lambda_1 (when measured), wall
-    telemetry.jsonl    one JSON row per telemetry measurement (eos.Telemetry)
-    snapshots/         θ every ``snapshot_every`` steps, as theta_<step>.npy
-    checkpoint.npz     the latest resumable state: θ, step, t and the integrator's and
-                       telemetry's carried state (warm-start eigenvectors)
-    result.json        how the run ended
-
-Every file but the two append-only logs is written atomically (a temporary file,
-then ``os.replace``), so a run killed at any instant leaves a consistent
-checkpoint; on resume the logs are cut back to the checkpoint's step. Given
+``train`` moves θ with an integrator (integrators.py) and records every step;
+with a run directory (rundir.py) it writes as it goes and can resume. Given
 the same inputs every step is deterministic, so a resumed run ends
 bit-identical to an uninterrupted one.
 """
@@ -23,10 +12,23 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from . import __version__
-from .backend import to_device, to_numpy
+from ._version import __version__
+from .backend import to_device
+from .rundir import RunDirectory, columns, read_rows, rewrite_rows, write_json
+
+
+class _Progress:
+    """A silent stand-in for a tqdm bar (progress=False)."""
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
 
 
 @dataclass
@@ -42,135 +44,9 @@ class Run:
     run_dir: str = None
 
 
-# ----- files ----------------------------------------------------------------------
-
-def atomic_write(path, write):
-    """Write a file through ``write(file_object)`` to a temporary name, then rename it into place."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=_json_default).encode()))
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def read_rows(path, before_step=None):
-    """Rows of a JSON-lines log; a torn last line (a killed writer) is dropped."""
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if before_step is None or row["step"] < before_step:
-                rows.append(row)
-    return rows
-
-
-def rewrite_rows(path, rows):
-    atomic_write(path, lambda f: f.write(b"".join(json.dumps(r).encode() + b"\n" for r in rows)))
-
-
-def columns(rows):
-    """Rows of dicts → dict of numpy arrays (NaN where a row lacks a key)."""
-    keys = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    return {k: np.array([row.get(k, np.nan) for row in rows]) for k in keys}
-
-
-def load_run(run_dir):
-    """Read a run directory back: (config, metrics columns, telemetry rows, result or None)."""
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = json.load(f)
-    metrics = columns(read_rows(os.path.join(run_dir, "metrics.jsonl")))
-    telemetry = read_rows(os.path.join(run_dir, "telemetry.jsonl"))
-    result_path = os.path.join(run_dir, "result.json")
-    result = None
-    if os.path.exists(result_path):
-        with open(result_path) as f:
-            result = json.load(f)
-    return config, metrics, telemetry, result
-
-
-def snapshot_steps(run_dir):
-    """The steps at which θ snapshots exist, sorted."""
-    folder = os.path.join(run_dir, "snapshots")
-    if not os.path.isdir(folder):
-        return []
-    return sorted(int(f[6:-4]) for f in os.listdir(folder) if f.startswith("theta_") and f.endswith(".npy"))
-
-
-def load_snapshot(run_dir, step):
-    return np.load(os.path.join(run_dir, "snapshots", f"theta_{step:08d}.npy"))
-
-
-class RunDirectory:
-    """The files of one run (see the module docstring)."""
-
-    def __init__(self, path):
-        self.path = os.path.expanduser(os.fspath(path))
-        os.makedirs(os.path.join(self.path, "snapshots"), exist_ok=True)
-        self.metrics_path = os.path.join(self.path, "metrics.jsonl")
-        self.telemetry_path = os.path.join(self.path, "telemetry.jsonl")
-        self.checkpoint_path = os.path.join(self.path, "checkpoint.npz")
-        self._logs = {}
-
-    def has_checkpoint(self):
-        return os.path.exists(self.checkpoint_path)
-
-    def append(self, which, row):
-        path = self.metrics_path if which == "metrics" else self.telemetry_path
-        f = self._logs.get(path)
-        if f is None:
-            f = self._logs[path] = open(path, "ab")
-        f.write(json.dumps(row, default=_json_default).encode() + b"\n")
-        f.flush()
-
-    def close(self):
-        for f in self._logs.values():
-            f.close()
-        self._logs.clear()
-
-    def save_snapshot(self, step, theta):
-        path = os.path.join(self.path, "snapshots", f"theta_{step:08d}.npy")
-        atomic_write(path, lambda f: np.save(f, to_numpy(theta)))
-
-    def save_checkpoint(self, step, t, theta, initial_loss, integrator, telemetry):
-        arrays = {"step": np.array(step), "t": np.array(t), "theta": to_numpy(theta),
-                  "initial_loss": np.array(initial_loss)}
-        arrays.update({f"integrator/{k}": v for k, v in integrator.state().items()})
-        if telemetry is not None:
-            arrays.update({f"telemetry/{k}": v for k, v in telemetry.state().items()})
-        atomic_write(self.checkpoint_path, lambda f: np.savez(f, **arrays))
-
-    def load_checkpoint(self):
-        with np.load(self.checkpoint_path) as data:
-            arrays = {k: data[k] for k in data.files}
-        state = {prefix: {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
-                 for prefix in ("integrator", "telemetry")}
-        return int(arrays["step"]), float(arrays["t"]), arrays["theta"], float(arrays["initial_loss"]), state
-
-
-# ----- the loop -------------------------------------------------------------------
 
 def train(loss, integrator, until_loss=None, max_steps=None, max_time=None, snapshot_every=None, telemetry=None,
-          run_dir=None, resume=False, progress=True, config=None, diverge_factor=100.0, theta=None):
+          run_dir=None, resume=False, progress=True, data=None, experiment=None, diverge_factor=100.0, theta=None):
     """Move θ with ``integrator`` until ``L̃(θ) ≤ until_loss`` or a limit; returns a :class:`Run`.
 
     ``until_loss`` defaults to the criterion's threshold of the 2024 paper
@@ -201,7 +77,8 @@ def train(loss, integrator, until_loss=None, max_steps=None, max_time=None, snap
                        "dtype": net.dtype.name, "criterion": loss.criterion.name,
                        "num_examples": loss.num_examples, "integrator": integrator.config(),
                        "telemetry": None if telemetry is None else telemetry.config(), "train": settings,
-                       **({"data": config} if config is not None else {})}
+                       "device": net.device, **({"data": data} if data is not None else {}),
+                       **({"experiment": experiment} if experiment is not None else {})}
         if directory.has_checkpoint():
             if not resume:
                 raise FileExistsError(f"{directory.path!r} already holds a run: pass resume=True to continue it, "
@@ -230,7 +107,9 @@ def train(loss, integrator, until_loss=None, max_steps=None, max_time=None, snap
                 directory.save_snapshot(step, theta)
     rows = [] if directory is None else read_rows(directory.metrics_path)
     telemetry_rows = [] if directory is None else read_rows(directory.telemetry_path)
-    bar = tqdm(total=max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    if progress:
+        from tqdm.auto import tqdm          # only the experiments floor needs tqdm installed
+    bar = _Progress() if not progress else tqdm(total=max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     start = time.perf_counter()
     status = message = None
     try:

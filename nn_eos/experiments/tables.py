@@ -23,9 +23,9 @@ import os
 
 import numpy as np
 
-from .alignment import power_law
-from .eos import EDGE, bulk_claim
-from .train import load_run, read_rows
+from ..alignment import power_law
+from ..eos import EDGE, bulk_claim
+from ..rundir import load_run, read_rows
 
 # 2024 paper, Table 2: (dataset, criterion) → (c1, c2, R²). "ucr" is AtrialFibrillation there.
 PAPER_TABLE_2 = {("dice", "cross_entropy"): (0.0017, 0.23, 0.84), ("cifar10", "cross_entropy"): (0.0004, 0.49, 0.97),

@@ -3,18 +3,18 @@
 Figures are built as ``matplotlib.figure.Figure`` objects, not through pyplot,
 so they need no display and leave the user's pyplot backend and state alone;
 each function saves to ``path`` when given and returns the figure (which a
-notebook displays). ``paper_figures`` draws every figure of both papers from
-a run directory or a sweep folder (the catalogue is ``nn_eos/figures.py``).
+notebook displays). These are the drawing primitives; ``figures.py`` builds
+every figure of both papers from run directories and sweep folders with them.
 """
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .dice import CLASS_NAMES, SIZE
+from ..dice import CLASS_NAMES, SIZE
 
 
-def _subplots(*args, **kwargs):
+def subplots(*args, **kwargs):
     fig = Figure(figsize=kwargs.pop("figsize", (6.4, 4.0)))
     return fig, fig.subplots(*args, **kwargs)
 
@@ -27,7 +27,7 @@ def dice_examples(X, y, per_class=6, path=None):
     """
     X, y = np.asarray(X), np.asarray(y)
     images = X.reshape(-1, SIZE, SIZE)
-    fig, axes = _subplots(per_class, len(CLASS_NAMES), figsize=(1.2 * len(CLASS_NAMES), 1.2 * per_class),
+    fig, axes = subplots(per_class, len(CLASS_NAMES), figsize=(1.2 * len(CLASS_NAMES), 1.2 * per_class),
                           squeeze=False)
     for c, name in enumerate(CLASS_NAMES):
         rows = np.flatnonzero(y == c)[:per_class]
@@ -46,7 +46,7 @@ def dice_examples(X, y, per_class=6, path=None):
     return fig
 
 
-def _finish(fig, ax, path, title):
+def finish(fig, ax, path, title):
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -55,7 +55,7 @@ def _finish(fig, ax, path, title):
     return fig
 
 
-def _colours(n):
+def colours(n):
     return colormaps["viridis"](np.linspace(0.1, 0.85, max(n, 1)))
 
 
@@ -64,8 +64,8 @@ def rho_over_time(runs, n_classes, path=None):
 
     ``runs``: list of (label, telemetry rows).
     """
-    fig, ax = _subplots()
-    for (label, rows), colour in zip(runs, _colours(len(runs))):
+    fig, ax = subplots()
+    for (label, rows), colour in zip(runs, colours(len(runs))):
         t = [r["t"] for r in rows]
         ax.plot(t, [r["rho"][n_classes - 2] for r in rows], "-", color=colour, label=f"{label}: ρ_{n_classes - 1}")
         ax.plot(t, [r["rho"][n_classes - 1] for r in rows], ":", color=colour, label=f"{label}: ρ_{n_classes}")
@@ -73,20 +73,20 @@ def rho_over_time(runs, n_classes, path=None):
     ax.set_xlabel("t = nη")
     ax.set_ylabel("ρ_i = η λ_i / 2")
     ax.legend(fontsize=7)
-    return _finish(fig, ax, path, f"Edge of stability across n_c − 1 = {n_classes - 1} eigenvectors?")
+    return finish(fig, ax, path, f"Edge of stability across n_c − 1 = {n_classes - 1} eigenvectors?")
 
 
 def projections_over_time(runs, path=None):
     """‖P_top g‖ (solid) and ‖P_bulk g‖ (dotted) against t (2022 paper, Figure 3)."""
-    fig, ax = _subplots()
-    for (label, rows), colour in zip(runs, _colours(len(runs))):
+    fig, ax = subplots()
+    for (label, rows), colour in zip(runs, colours(len(runs))):
         t = [r["t"] for r in rows]
         ax.semilogy(t, [r["top_norm"] for r in rows], "-", color=colour, label=f"{label}: ‖P_top g‖")
         ax.semilogy(t, [r["bulk_norm"] for r in rows], ":", color=colour, label=f"{label}: ‖P_bulk g‖")
     ax.set_xlabel("t = nη")
     ax.set_ylabel("norm of the projected gradient")
     ax.legend(fontsize=7)
-    return _finish(fig, ax, path, "Gradient in the top and bulk subspaces")
+    return finish(fig, ax, path, "Gradient in the top and bulk subspaces")
 
 
 def sharpness_over_time(runs, path=None):
@@ -94,43 +94,43 @@ def sharpness_over_time(runs, path=None):
 
     ``runs``: list of (label, telemetry rows, lr or None).
     """
-    fig, ax = _subplots()
-    for (label, rows, lr), colour in zip(runs, _colours(len(runs))):
+    fig, ax = subplots()
+    for (label, rows, lr), colour in zip(runs, colours(len(runs))):
         ax.plot([r["t"] for r in rows], [r["eigenvalues"][0] for r in rows], "-", color=colour, label=f"{label}: λ_1")
         if lr is not None:
             ax.axhline(2.0 / lr, color=colour, ls="--", lw=0.8, label=f"{label}: 2/η")
     ax.set_xlabel("t")
     ax.set_ylabel("sharpness λ_1")
     ax.legend(fontsize=7)
-    return _finish(fig, ax, path, "Sharpness of the training loss")
+    return finish(fig, ax, path, "Sharpness of the training loss")
 
 
 def loss_over_time(runs, path=None):
     """Training loss against t; ``runs``: list of (label, metrics columns)."""
-    fig, ax = _subplots()
-    for (label, metrics), colour in zip(runs, _colours(len(runs))):
+    fig, ax = subplots()
+    for (label, metrics), colour in zip(runs, colours(len(runs))):
         ax.semilogy(metrics["t"], metrics["loss"], "-", color=colour, label=label)
     ax.set_xlabel("t")
     ax.set_ylabel("training loss L̃")
     ax.legend(fontsize=7)
-    return _finish(fig, ax, path, "Training loss")
+    return finish(fig, ax, path, "Training loss")
 
 
 def curves(series, xlabel, ylabel, title, path=None, logy=False):
     """Generic line plot: ``series`` is a list of (label, x, y); colours follow the order (e.g. dataset size)."""
-    fig, ax = _subplots()
-    for (label, x, y), colour in zip(series, _colours(len(series))):
+    fig, ax = subplots()
+    for (label, x, y), colour in zip(series, colours(len(series))):
         (ax.semilogy if logy else ax.plot)(x, y, "-", color=colour, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
-    return _finish(fig, ax, path, title)
+    return finish(fig, ax, path, title)
 
 
 def colour_scale(values):
     """{value: colour} over the sorted distinct values (dataset sizes, learning rates…), dark to light."""
     distinct = sorted(set(values), key=lambda v: (isinstance(v, str), v))
-    return dict(zip(distinct, _colours(len(distinct))))
+    return dict(zip(distinct, colours(len(distinct))))
 
 
 def panel_grid(panels, lines, title, xlabel="t", legend_title=None, logy=(), path=None, ncols=3):
@@ -145,7 +145,7 @@ def panel_grid(panels, lines, title, xlabel="t", legend_title=None, logy=(), pat
     ncols = min(ncols, len(panels))
     nrows = -(-len(panels) // ncols)
     size = (6.4, 4.4) if len(panels) == 1 else (4.0 * ncols, 3.1 * nrows + 0.6)
-    fig, axes = _subplots(nrows, ncols, squeeze=False, figsize=size)
+    fig, axes = subplots(nrows, ncols, squeeze=False, figsize=size)
     for j, (ax, ylabel) in enumerate(zip(axes.flat, panels)):
         for label, colour, style, x, ys in lines:
             if ys[j] is not None:
@@ -175,16 +175,3 @@ def panel_grid(panels, lines, title, xlabel="t", legend_title=None, logy=(), pat
         fig.savefig(path, dpi=110)
     return fig
 
-
-def paper_figures(path, names=None, folder=None):
-    """Every figure of both papers the runs in ``path`` (a run directory or sweep folder) hold data for.
-
-    Returns ``{name: Figure}`` (see ``nn_eos/figures.py`` for the names and the
-    papers' figure numbers); with ``folder``, also writes each as PNG and PDF.
-    """
-    from . import figures
-
-    made = figures.build(path, names)
-    if folder is not None:
-        figures.save(made, folder)
-    return made

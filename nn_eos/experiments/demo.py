@@ -26,13 +26,16 @@ import warnings
 
 import numpy as np
 
-from . import datasets, eos, plots
-from .eos import EDGE, bulk_claim
-from .curvature import TrainingLoss
-from .eigen import NonConvergenceWarning
-from .integrators import ExponentialEuler, GradientDescent
+from .. import datasets, eos
+
+from . import plots
+from ..eos import EDGE, bulk_claim
+from ..curvature import TrainingLoss
+from ..eigen import NonConvergenceWarning
+from ..integrators import ExponentialEuler, GradientDescent
 from .config import build_net
-from .train import load_run, train
+from ..loop import train
+from ..rundir import load_run
 
 N_CLASSES = 6
 DEFAULTS = {"n": 1000, "hidden": [64, 64], "activation": "elu", "lrs": [0.25, 0.5], "ee_lr_max": 0.5,
@@ -62,7 +65,7 @@ def run_with_telemetry(name, integrator, settings, X, y, out, progress=True, n_c
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonConvergenceWarning)
         train(loss, integrator, until_loss=settings.get("until_loss"), max_time=settings["max_time"],
-              telemetry=telemetry, run_dir=run_dir, resume=True, snapshot_every=50, progress=progress, config=data)
+              telemetry=telemetry, run_dir=run_dir, resume=True, snapshot_every=50, progress=progress, data=data)
     _, metrics, rows, result = load_run(run_dir)
     return metrics, rows, result
 

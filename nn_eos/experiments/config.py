@@ -85,7 +85,7 @@ def load(path):
 
 def build_data(data):
     """(X, y) from the [data] section: load, subset, standardise (the explicit steps of datasets.py)."""
-    from . import datasets
+    from .. import datasets
 
     name = data["dataset"]
     split = data.get("split", "train")
@@ -113,7 +113,7 @@ def build_net(net_cfg, X, n_classes, device=None):
     'mlp' flattens X and puts ``hidden`` between the input size and n_classes;
     the conv nets take (C, H, W) images (flat dice vectors become 1×32×32).
     """
-    from .network import alexnet_like, mlp, vgg_like
+    from ..network import alexnet_like, mlp, vgg_like
 
     arch = net_cfg.get("arch", "mlp")
     common = {"activation": net_cfg.get("activation", "elu" if arch == "mlp" else "relu"),
@@ -135,15 +135,17 @@ def build_net(net_cfg, X, n_classes, device=None):
 
 
 def run(config, out, device=None, resume=False, progress=True):
-    """Train the run a validated config describes into the run directory ``out``; returns the Run."""
-    import json
+    """Train the run a validated config describes into the run directory ``out``; returns the Run.
 
+    The config is kept in the run's manifest (config.json, key 'experiment'),
+    from which ``rebuild_loss`` rebuilds the run's loss.
+    """
     import numpy as np
 
-    from .curvature import TrainingLoss
-    from .eos import Telemetry
-    from .integrators import from_config
-    from .train import atomic_write, train
+    from ..curvature import TrainingLoss
+    from ..eos import Telemetry
+    from ..integrators import from_config
+    from ..loop import train
 
     X, y = build_data(config["data"])
     n_classes = int(np.max(y)) + 1
@@ -154,25 +156,28 @@ def run(config, out, device=None, resume=False, progress=True):
     except TypeError as error:
         raise ConfigError(f"[integrator]: {error}") from None
     telemetry = Telemetry(**config["telemetry"]) if "telemetry" in config else None
-    os.makedirs(out, exist_ok=True)
-    atomic_write(os.path.join(out, "experiment.json"), lambda f: f.write(json.dumps(config, indent=2).encode()))
     return train(loss, integrator, telemetry=telemetry, run_dir=out, resume=resume, progress=progress,
-                 config=config["data"], **config.get("train", {}))
+                 data=config["data"], experiment=config, **config.get("train", {}))
 
 
-def rebuild_loss(run_dir):
-    """The TrainingLoss of a run made by ``nn-eos train``/``sweep`` (from its experiment.json)."""
-    import json
+def rebuild_loss(run_dir, device=None):
+    """The TrainingLoss of a run made by ``nn-eos train``/``sweep`` (from its manifest's 'experiment').
 
+    The net goes on ``device`` if given, else on the device the run recorded
+    (backend.resolve_device).
+    """
     import numpy as np
 
-    from .curvature import TrainingLoss
+    from ..backend import resolve_device
+    from ..curvature import TrainingLoss
+    from ..rundir import load_manifest
 
-    path = os.path.join(run_dir, "experiment.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{run_dir}: no experiment.json (only runs made from a config can be rebuilt)")
-    with open(path) as f:
-        experiment = json.load(f)
+    manifest = load_manifest(run_dir)
+    experiment = manifest.get("experiment")
+    if experiment is None:
+        raise FileNotFoundError(f"{run_dir}: its config.json holds no experiment config (only runs made by "
+                                f"`nn-eos train` or `nn-eos sweep` can be rebuilt)")
     X, y = build_data(experiment["data"])
-    net, X = build_net(experiment.get("net", {}), X, int(np.max(y)) + 1)
+    net, X = build_net(experiment.get("net", {}), X, int(np.max(y)) + 1,
+                       resolve_device(device, manifest.get("device")))
     return TrainingLoss(net, experiment.get("criterion", {}).get("name", "cross_entropy"), X, y)

@@ -19,7 +19,9 @@ def _demo(args):
 def _data(args):
     import numpy as np
 
-    from . import datasets, plots
+    from .. import datasets
+
+    from . import plots
 
     os.makedirs(args.out, exist_ok=True)
     for split in ("train", "test"):
@@ -65,8 +67,9 @@ def _analyze(args):
 def _analyze_run(run_dir, args):
     import numpy as np
 
-    from . import alignment, eos
-    from .train import load_run
+    from .. import eos
+    from .analysis import analyze_run
+    from ..rundir import load_run
 
     cfg, metrics, telemetry, result = load_run(run_dir)
     print(f"{run_dir}: {len(metrics.get('step', []))} steps, "
@@ -86,7 +89,7 @@ def _analyze_run(run_dir, args):
                 print(f"  Table 1 (ρ_{n_top} > 0.7, {table['rows']} rows): ΔL̃ top {table['top_mean']:+.4f} "
                       f"({table['top_std']:.4f}), bulk {table['bulk_mean']:+.4f} ({table['bulk_std']:.4f})")
     if args.alignment:
-        series = alignment.analyze_run(run_dir, every=args.every, skip=args.skip)
+        series = analyze_run(run_dir, every=args.every, skip=args.skip)
         if len(series.get("step", [])) == 0:
             print("  no snapshots to analyse (train with train.snapshot_every)")
             return
