@@ -66,7 +66,7 @@ def output_jacobians(net, X):
     for i in reversed(range(first, len(net.layers))):
         layer = net.layers[i]
         if layer.num_params:
-            jacobians[i] = xp.moveaxis(cotangent, 0, 1)                          # (n, O, …)
+            jacobians[i] = xp.moveaxis(cotangent, 0, 1).copy()    # (n, O, …); the pass reuses its buffers
         if i > first:
             scratch = xp.empty((O, layer.num_params), dtype=z.dtype)   # Σ_n of the parameter part: unused
             cotangent = layer.r_backward(cotangent, None, scratch, second_order=False)

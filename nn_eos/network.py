@@ -130,11 +130,11 @@ class Sequential:
         return grad
 
     def r_forward(self, V):
-        """``R{z} = J v`` for each row of V (k, P); returns (k, n, O)."""
+        """``R{z} = J v`` for each row of V (k, P); returns (k, n, O), an array the caller owns."""
         r_x = None  # R{x^0} = 0: the data do not depend on θ
         for layer, v in zip(self.layers, self._slices(V)):
             r_x = layer.r_forward(r_x, v)
-        return r_x
+        return r_x.copy()   # the last layer's R{x̂} lives in its scratch buffer, reused by the next call
 
     def r_backward(self, r_delta, V, r_grad, second_order=True):
         """Back-propagate ``R{δ^L}`` (k, n, O); writes ``R{∂L̃/∂θ}`` into r_grad (k, P)."""

@@ -1,0 +1,67 @@
+"""The two floors of DESIGN.md §3: the core never imports the experiments floor, and needs NumPy and SciPy only."""
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nn_eos")
+EXPERIMENTS_ONLY = ("matplotlib", "tqdm", "dask", "distributed", "tomli", "tomllib")
+
+
+def imports(path):
+    """(module imported, level of relative import, at module level?) for every import in a file."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    top = set(map(id, tree.body))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, 0, id(node) in top) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] + [f"{node.module + '.' if node.module else ''}{a.name}" for a in node.names]
+            found += [(name, node.level, id(node) in top) for name in names]
+    return found
+
+
+def core_modules():
+    return sorted(os.path.join(PACKAGE, f) for f in os.listdir(PACKAGE) if f.endswith(".py"))
+
+
+def test_the_core_never_imports_the_experiments_floor():
+    offenders = [(os.path.basename(path), name) for path in core_modules() for name, level, _ in imports(path)
+                 if "experiments" in name.split(".")]
+    assert offenders == []
+
+
+def test_the_core_imports_no_experiment_dependency_at_module_level():
+    offenders = [(os.path.basename(path), name) for path in core_modules() for name, level, top in imports(path)
+                 if top and level == 0 and name.split(".")[0] in EXPERIMENTS_ONLY]
+    assert offenders == []
+
+
+def test_the_experiments_floor_is_found_by_the_checks():
+    """The checks above would see an offending import (they are not vacuous)."""
+    experiments = os.path.join(PACKAGE, "experiments")
+    seen = {name.split(".")[0] for f in os.listdir(experiments) if f.endswith(".py")
+            for name, level, top in imports(os.path.join(experiments, f)) if level == 0}
+    assert {"matplotlib", "tqdm"} <= seen
+    assert any(name.endswith("experiments.demo") or name == "demo"
+               for name, level, _ in imports(os.path.join(experiments, "cli.py")) if level == 1)
+
+
+def test_import_nn_eos_and_a_curvature_product_need_numpy_and_scipy_only():
+    blocked = ", ".join(repr(m) for m in EXPERIMENTS_ONLY)
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ({blocked},):
+            sys.modules[name] = None          # importing any of them now raises ImportError
+        import numpy as np, nn_eos as ne
+        net = ne.mlp([3, 4, 2], seed=0)
+        loss = ne.TrainingLoss(net, "cross_entropy", np.ones((5, 3)), np.arange(5) % 2)
+        loss.hvp(np.ones(net.num_params))
+        ne.train(loss, ne.GradientDescent(0.1), max_steps=2, progress=False)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
