@@ -121,12 +121,6 @@ def cusp_scan(loss, theta, points=41, tol=1e-6):
 
 # ----- summaries of a run's telemetry (the 2022 paper's Figure 1 and Table 1) ----------
 
-def rho_series(rows, i):
-    """(t, ρ_i) over telemetry rows, i counted from 1 as in the paper (ρ_1 ≥ ρ_2 ≥ …)."""
-    t = np.array([r["t"] for r in rows])
-    return t, np.array([r["rho"][i - 1] if len(r["rho"]) >= i else np.nan for r in rows])
-
-
 def top_bulk_table(rows, edge_index, threshold=0.7, min_rows=3):
     """Mean and std of the loss change of a top step and of a bulk step while ``ρ_edge_index > threshold``.
 
@@ -157,3 +151,14 @@ def bulk_claim(rows, n_classes):
         return {"rows": 0, "holds": None, "edge_index": None}
     holds = table["bulk_mean"] < 0 and table["bulk_all_negative"] and table["top_mean"] >= table["bulk_mean"] / 2
     return {**table, "edge_index": index, "holds": bool(holds)}
+
+
+def describe_bulk_claim(claim, n_classes):
+    """One line for a :func:`bulk_claim` result: which rows were used (ρ_{n_c−1} or the ρ_1 fallback) and the table."""
+    if claim["edge_index"] is None:
+        return f"Table 1: fewer than 3 measurements with ρ_{n_classes - 1} or ρ_1 > {EDGE}: not testable"
+    used = "" if claim["edge_index"] == n_classes - 1 else f", as too few rows have ρ_{n_classes - 1} > {EDGE}"
+    verdict = "holds" if claim["holds"] else "does NOT hold"
+    return (f"Table 1 on the {claim['rows']} rows with ρ_{claim['edge_index']} > {EDGE}{used}: "
+            f"ΔL̃ top {claim['top_mean']:+.4f} ({claim['top_std']:.4f}), bulk {claim['bulk_mean']:+.4f} "
+            f"({claim['bulk_std']:.4f}); learning in the bulk {verdict}")

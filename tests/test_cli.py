@@ -98,3 +98,21 @@ def test_shipped_config_is_valid():
     X, y = config.build_data({**cfg["data"], "n": 12})
     net, X = config.build_net(cfg["net"], X, 6)
     assert net(X).shape == (12, 6) and np.array_equal(np.bincount(y), [2] * 6)
+
+
+def test_analyze_prints_the_same_table_1_as_the_sweep_tables(tmp_path, capsys):
+    """One implementation of Table 1 (eos.bulk_claim): with too few rows at ρ_{n_c−1} > 0.7, both fall back to ρ_1."""
+    from nn_eos import eos
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    rows = [{"step": i, "t": float(i), "n_top": 5, "rho": [0.9, 0.6, 0.5, 0.4, 0.3, 0.2],
+             "delta_loss_top": 0.001 * i, "delta_loss_bulk": -0.01 - 0.001 * i} for i in range(4)]
+    (run / "telemetry.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cli.main(["analyze", str(run), "--eos"])
+    printed = capsys.readouterr().out
+    claim = eos.bulk_claim(rows, 6)
+    assert claim["edge_index"] == 1 and claim["rows"] == 4
+    assert eos.describe_bulk_claim(claim, 6) in printed
+    assert "4 rows with ρ_1 > 0.7, as too few rows have ρ_5 > 0.7" in printed and f"{claim['bulk_mean']:+.4f}" in printed

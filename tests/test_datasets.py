@@ -187,7 +187,8 @@ def test_load_arrays(tmp_path):
     X, y = np.random.default_rng(0).standard_normal((5, 3)), np.array([0, 1, 0, 1, 2])
     np.savez(tmp_path / "f.npz", features=X, labels=y)
     X2, y2 = datasets.load_arrays(tmp_path / "f.npz")
-    np.testing.assert_array_equal(X2, X) and np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(X2, X)
+    np.testing.assert_array_equal(y2, y)
     np.save(tmp_path / "X.npy", X)
     np.save(tmp_path / "y.npy", y.astype(float))   # integral floats are accepted as labels
     X3, y3 = datasets.load_arrays(tmp_path / "X.npy", labels=tmp_path / "y.npy")

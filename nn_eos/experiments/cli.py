@@ -82,12 +82,7 @@ def _analyze_run(run_dir, args):
             rho = np.array([r["rho"] for r in telemetry])
             print(f"  2022 telemetry: {len(telemetry)} measurements; max ρ_i over t: "
                   + ", ".join(f"ρ_{i + 1} = {v:.3f}" for i, v in enumerate(rho.max(axis=0))))
-            table = eos.top_bulk_table(telemetry, n_top, 0.7)
-            if table is None:
-                print(f"  Table 1: fewer than 3 measurements with ρ_{n_top} > 0.7")
-            else:
-                print(f"  Table 1 (ρ_{n_top} > 0.7, {table['rows']} rows): ΔL̃ top {table['top_mean']:+.4f} "
-                      f"({table['top_std']:.4f}), bulk {table['bulk_mean']:+.4f} ({table['bulk_std']:.4f})")
+            print("  " + eos.describe_bulk_claim(eos.bulk_claim(telemetry, n_top + 1), n_top + 1))
     if args.alignment:
         series = analyze_run(run_dir, every=args.every, skip=args.skip)
         if len(series.get("step", [])) == 0:
