@@ -112,6 +112,13 @@ def to_device(array, device):
     return np.asarray(array)
 
 
+def to_module(array, xp):
+    """The array as an array of the module ``xp`` (numpy, cupy, the strict stand-in), moved if need be."""
+    if xp is np:
+        return to_numpy(array)
+    return xp.asarray(array)
+
+
 def to_numpy(array):
     return to_device(array, "cpu")
 

@@ -80,6 +80,15 @@ class TrainingLoss:
         return self.X_host.shape[0]
 
     @property
+    def xp(self):
+        """The array module (numpy, cupy) of every array this loss returns: its network's."""
+        return self.net.xp
+
+    @property
+    def dtype(self):
+        return self.net.dtype
+
+    @property
     def num_params(self):
         return self.net.num_params
 
@@ -220,5 +229,7 @@ class TrainingLoss:
         def matmat(V):
             return self.curvature_product(V, kind, theta)
 
-        return linalg.LinearOperator((P, P), matvec=matmat, rmatvec=matmat, matmat=matmat,
-                                     rmatmat=matmat, dtype=self.net.dtype)
+        operator = linalg.LinearOperator((P, P), matvec=matmat, rmatvec=matmat, matmat=matmat,
+                                         rmatmat=matmat, dtype=self.net.dtype)
+        operator.xp = self.net.xp       # the array module of its answers, which eigen.top_eigenpairs works in
+        return operator

@@ -56,6 +56,10 @@ class EigenResult:
         return backend.to_numpy(self.values) < 0
 
 
+class Breakdown(ArithmeticError):
+    """An eigensolver handed the operator non-finite directions (cupyx's Lanczos after a zero β)."""
+
+
 class CountingOperator:
     """Wraps a block operator: checks every answer's shape and values, counts matvecs."""
 
@@ -69,7 +73,13 @@ class CountingOperator:
         V = self.xp.asarray(V, dtype=self.dtype)
         if V.ndim == 1:
             V = V[:, None]
+        if not bool(self.xp.isfinite(V).all()):
+            raise Breakdown("the eigensolver asked for a product with NaN or infinite directions")
         out = self.apply(V)
+        if out is not None and backend.array_module(out) is not self.xp:
+            raise TypeError(f"the operator returned a {type(out).__module__}.{type(out).__name__} where the solve "
+                            f"runs on {self.xp.__name__} arrays: give the operator an `xp` attribute naming its "
+                            f"array module, or pass V0 on the operator's device")
         if out is None or getattr(out, "shape", None) != V.shape:
             raise ValueError(f"the operator returned shape {getattr(out, 'shape', None)} for a block of shape "
                              f"{V.shape}; it must map (P, b) to (P, b)")
@@ -108,18 +118,18 @@ def _operator_size(operator, V0):
 
 
 def _array_module(operator, V0):
-    if V0 is not None:
-        return backend.array_module(V0)
-    if hasattr(operator, "xp"):
-        return operator.xp
-    owner = getattr(operator, "__self__", None)
-    net = getattr(owner, "net", None)
-    return net.xp if net is not None else np
+    """The array module the solve runs in: the operator's own ``xp`` (TrainingLoss.linear_operator,
+    BlockOperator), its owner's (a bound method such as ``loss.hvp``), else V0's, else NumPy."""
+    for source in (operator, getattr(operator, "__self__", None)):
+        xp = getattr(source, "xp", None)
+        if xp is not None:
+            return xp
+    return backend.array_module(V0) if V0 is not None else np
 
 
 def _dtype(operator, V0):
     owner = getattr(operator, "__self__", None)
-    for source in (V0, operator, getattr(owner, "net", None)):
+    for source in (operator, owner, V0):
         dtype = getattr(source, "dtype", None)
         if dtype is not None and np.dtype(dtype).kind == "f":
             return np.dtype(dtype)
@@ -419,6 +429,23 @@ def _largest_algebraic(theta, X, AX, k, xp):
     return theta[order], X[:, order], AX[:, order]
 
 
+def _eigsh_limits(linalg, A, v0, k, tol, maxiter):
+    """eigsh's ``tol`` and ``maxiter`` with one meaning on both backends.
+
+    Ours: ``tol`` bounds the relative residual ‖Av − λv‖/|λ|, ``maxiter`` counts
+    restarts. scipy (ARPACK) takes a relative tol and counts restarts; cupyx's
+    eigsh takes an absolute tol and counts Lanczos steps, so there ``tol`` is
+    scaled by ‖A v0‖/‖v0‖ (≤ |λ_1|, one product) and ``maxiter`` by the steps
+    per restart (ncv, cupyx's default).
+    """
+    if linalg.__name__.startswith("scipy"):
+        return {"tol": tol / 10, "maxiter": maxiter}
+    xp = A.xp
+    scale = float(xp.linalg.norm(A(v0[:, None])) / xp.linalg.norm(v0))
+    ncv = min(max(2 * k, k + 32), A.size - 1)
+    return {"tol": tol / 10 * max(scale, TINY), "maxiter": None if maxiter is None else maxiter * ncv}
+
+
 def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
     """``eigsh(which='LA')`` (implicitly restarted Lanczos), the reference method.
 
@@ -438,14 +465,19 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
             v0 = xp.asarray(V0, dtype=dtype).reshape(P, -1).sum(axis=1)
         else:
             v0 = xp.asarray(np.random.default_rng(seed).standard_normal(P), dtype=dtype)
+        theta = X = None
         try:
-            theta, X = linalg.eigsh(A.linear_operator(), k=k, which="LA", tol=tol / 10, maxiter=maxiter, v0=v0)
+            theta, X = linalg.eigsh(A.linear_operator(), k=k, which="LA", v0=v0,
+                                    **_eigsh_limits(linalg, A, v0, k, tol, maxiter))
+        except Breakdown:
+            pass            # cupyx divides by a zero β and hands the operator NaN: see below
         except Exception as error:
-            # ARPACK gives up when its Krylov space closes on an invariant subspace it cannot
-            # restart from (e.g. the zero operator, H of a linear model); block power
-            # iteration has no such failure, so it answers instead
             if "Starting vector is zero" not in str(error):
                 raise
+        if theta is None or not bool(xp.isfinite(theta).all()):
+            # The Krylov space closed on an invariant subspace that Lanczos cannot restart from (the
+            # zero operator, H of a linear model): ARPACK says so, cupyx's eigsh returns NaN. Block power
+            # iteration has no such failure, so it answers instead, on both backends.
             result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, 0, xp, dtype)
             result.method = "lanczos"
             return result
@@ -507,6 +539,8 @@ def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None,
         raise ValueError(f"which must be 'LM' or 'LA' for method='krylov', {natural!r} for method={method!r}; "
                          f"got {which!r}")
     xp, dtype = _array_module(operator, V0), _dtype(operator, V0)
+    if V0 is not None:
+        V0 = backend.to_module(V0, xp)          # a host V0 goes to the operator's device, and back
     A = CountingOperator(operator, P, xp, dtype)
     if method == "power":
         result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, int(guard), xp, dtype, stop)

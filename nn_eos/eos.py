@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from .backend import array_module, to_numpy
+from .backend import array_module, to_module, to_numpy
 from .eigen import BlockOperator, NonConvergenceWarning, top_eigenpairs
 
 EDGE = 0.7          # the 2022 paper's threshold for "indisputably on the edge of stability"
@@ -97,7 +97,8 @@ class Telemetry:
 def loss_along(loss, direction, deltas, theta=None):
     """``L̃(θ + δ · u)`` for each δ, with u the unit vector along ``direction`` (2022 paper, Figure 6)."""
     theta = loss.net.theta if theta is None else theta
-    u = direction / array_module(direction).linalg.norm(direction)
+    u = to_module(direction, loss.xp)                   # a host direction goes to the loss's device
+    u = u / loss.xp.linalg.norm(u)
     return np.array([loss.value(theta=theta + float(delta) * u) for delta in deltas])
 
 
