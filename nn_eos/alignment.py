@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activations import Activation
-from .backend import to_numpy
+from .backend import to_device, to_numpy
 from .batched_lanczos import batched_top_eigenvalue
 from .conv import Conv2d
 from .criteria import criterion as make_criterion
@@ -58,7 +58,7 @@ def output_jacobians(net, X):
     backward pass with a leading axis), one pass for all examples.
     """
     xp = net.xp
-    z = net.forward(X)
+    z = net.forward(to_device(X, net.device).astype(net.dtype, copy=False))
     n, O = z.shape
     cotangent = xp.broadcast_to(xp.eye(O, dtype=z.dtype)[:, None, :], (O, n, O)).copy()   # (o, n, O)
     jacobians = {}
@@ -83,7 +83,7 @@ def layer_grams(net, criterion, X, y):
     ``K^i (K^i)ᵀ = R (Σ_f J_f Γ J_fᵀ) R``.
     """
     z, jacobians = output_jacobians(net, X)
-    R = criterion.sqrt_hessian(z, y)
+    R = criterion.sqrt_hessian(z, to_device(y, net.device))
     grams = []
     for layer, J in zip([l for l in net.layers if l.num_params], jacobians):
         if isinstance(layer, Dense):

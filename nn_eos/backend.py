@@ -1,16 +1,18 @@
-"""The array backend: NumPy on the CPU, CuPy on the GPU.
+"""The array backend: NumPy on the CPU, CuPy on the GPU, and a CuPy-like stand-in for tests.
 
 Every other module takes its array module from the arrays it is given
-(``xp = array_module(x)``) and runs the same lines on both devices. This is the
+(``xp = array_module(x)``) and runs the same lines on every device. This is the
 only module that imports CuPy, and the only place that chooses between
-``scipy`` and ``cupyx.scipy``.
+``scipy`` and ``cupyx.scipy``. The device 'strict' (nn_eos/strict.py) runs on
+the CPU but refuses host/device mixing as CuPy does, so that CI catches GPU
+bugs without a GPU.
 """
 
 import os
 
 import numpy as np
 
-DEVICES = ("cpu", "gpu")
+DEVICES = ("cpu", "gpu", "strict")
 DTYPES = ("float64", "float32")
 
 _GPU_INSTALL_HINT = (
@@ -80,12 +82,20 @@ def resolve_device(device=None, recorded=None):
 
 
 def module_for(device):
-    """The array module (numpy or cupy) of a device name."""
-    return require_cupy() if check_device(device) == "gpu" else np
+    """The array module (numpy, cupy, or the strict stand-in) of a device name."""
+    device = check_device(device)
+    if device == "strict":
+        from .strict import strict
+        return strict
+    return require_cupy() if device == "gpu" else np
 
 
 def array_module(*arrays):
     """numpy, or cupy when any argument is a CuPy array (Chainer's get_array_module)."""
+    for a in arrays:
+        if type(a).__module__ == "nn_eos.strict":
+            from .strict import strict
+            return strict
     cupy = _CUPY if _CUPY_CHECKED else None
     if cupy is None:
         # Only look for CuPy arrays when CuPy has been imported already: a CuPy
@@ -100,13 +110,16 @@ def array_module(*arrays):
 
 
 def device_of(array):
-    return "gpu" if array_module(array) is not np else "cpu"
+    xp = array_module(array)
+    return "cpu" if xp is np else "strict" if xp.__name__.startswith("nn_eos.strict") else "gpu"
 
 
 def to_device(array, device):
-    """Move an array to 'cpu' (NumPy) or 'gpu' (CuPy); a no-op when it is there already."""
-    if check_device(device) == "gpu":
-        return require_cupy().asarray(array)
+    """Move an array to 'cpu' (NumPy), 'gpu' (CuPy) or 'strict'; a no-op when it is there already."""
+    device = check_device(device)
+    if device != "cpu":
+        xp = module_for(device)
+        return xp.asarray(array) if array_module(array) in (np, xp) else xp.asarray(to_numpy(array))
     if array_module(array) is not np:
         return array.get()
     return np.asarray(array)
@@ -137,6 +150,9 @@ def scipy_linalg_module(xp):
         import scipy.sparse.linalg
 
         return scipy.sparse.linalg
+    if xp.__name__.startswith("nn_eos.strict"):
+        from .strict import sparse_linalg
+        return sparse_linalg()
     import cupyx.scipy.sparse.linalg
 
     return cupyx.scipy.sparse.linalg

@@ -438,7 +438,7 @@ def _eigsh_limits(linalg, A, v0, k, tol, maxiter):
     scaled by ‖A v0‖/‖v0‖ (≤ |λ_1|, one product) and ``maxiter`` by the steps
     per restart (ncv, cupyx's default).
     """
-    if linalg.__name__.startswith("scipy"):
+    if getattr(linalg, "RELATIVE_TOL", linalg.__name__.startswith("scipy")):
         return {"tol": tol / 10, "maxiter": maxiter}
     xp = A.xp
     scale = float(xp.linalg.norm(A(v0[:, None])) / xp.linalg.norm(v0))

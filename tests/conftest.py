@@ -23,7 +23,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("NN_EOS_DEVICE", "cpu") == "gpu" and not backend.gpu_available():
+    if os.environ.get("NN_EOS_DEVICE") == "gpu" and not backend.gpu_available():
         skip = pytest.mark.skip(reason="NN_EOS_DEVICE=gpu but CuPy (or a CUDA device) is not available")
         for item in items:
             item.add_marker(skip)

@@ -8,6 +8,7 @@ import pytest
 import nn_eos as ne
 from nn_eos.experiments import plots
 from nn_eos import datasets
+from nn_eos.backend import to_numpy
 from nn_eos.dice import PIXEL, coverage, disc_distance, segment_distance
 
 
@@ -69,7 +70,7 @@ def test_line_ends_add_the_expected_ink():
 def train_classifier(X, y, hidden, steps, lr=0.05, seed=0):
     net = ne.mlp([X.shape[1], hidden, 6], activation="relu", init="kaiming", seed=seed)
     loss = ne.TrainingLoss(net, "cross_entropy", X, y)
-    momentum = np.zeros(net.num_params)
+    momentum = net.xp.zeros(net.num_params)
     for _ in range(steps):
         momentum = 0.9 * momentum + loss.gradient()
         net.set_theta(net.theta - lr * momentum)
@@ -77,7 +78,7 @@ def train_classifier(X, y, hidden, steps, lr=0.05, seed=0):
 
 
 def accuracy(net, X, y):
-    return float((np.argmax(net(X), axis=1) == y).mean())
+    return float((np.argmax(to_numpy(net(X)), axis=1) == y).mean())
 
 
 def test_dice_classes_are_learnable_from_shape_not_ink():

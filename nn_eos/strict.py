@@ -1,0 +1,259 @@
+"""A CuPy-like stand-in on the CPU that catches host/device mixing (``NN_EOS_DEVICE=strict``).
+
+CI has no GPU, yet most GPU bugs are the same few mistakes: a device array
+handed to NumPy or SciPy, or mixed with a host array in arithmetic. CuPy
+refuses each with a TypeError; so does this stand-in, on the CPU:
+
+- ``StrictArray`` wraps a NumPy array. Its operators, indexing and methods work
+  (on other StrictArrays, Python and NumPy scalars, as NumPy ufuncs of it and
+  scalars do); ``np.asarray(a)``, any NumPy function called on it, and
+  arithmetic with a NumPy array raise TypeError, as CuPy's implicit conversion
+  does (CuPy runs some NumPy functions on the device; we refuse them all, as
+  code that calls ``np.`` on a device array usually goes on to mix). ``a.get()`` returns a host copy.
+- ``strict`` is its array module (the ``xp`` of the device 'strict'): every
+  NumPy function and ``strict.linalg`` work on StrictArrays and refuse NumPy
+  arrays, except ``asarray``/``array`` (the host-to-device move).
+- ``linalg_module`` stands in for ``cupyx.scipy.sparse.linalg``: SciPy's solvers
+  run on host copies, the user's operator sees StrictArrays.
+
+Nothing here is fast; it exists for the test suite (``.ci/run``).
+"""
+
+import numbers
+import operator
+import types
+
+import numpy as np
+
+MOVES = ("asarray", "array", "ascontiguousarray", "asfortranarray")   # host → device, as in CuPy
+
+
+def _refuse(what):
+    raise TypeError(f"{what}: a device array (the CuPy stand-in NN_EOS_DEVICE=strict) cannot be used where a "
+                    f"NumPy array is expected; use the backend's xp, or move it with .get() / backend.to_numpy")
+
+
+def unwrap(value, moving=False):
+    """The NumPy content of StrictArrays inside value; a plain NumPy array is refused unless ``moving``."""
+    if isinstance(value, StrictArray):
+        return value._a
+    if isinstance(value, np.ndarray) and not moving:
+        _refuse(f"a NumPy array of shape {value.shape} was mixed with device arrays")
+    if isinstance(value, (list, tuple)):
+        return type(value)(unwrap(v, moving) for v in value)
+    return value
+
+
+def wrap(value):
+    if isinstance(value, np.ndarray):
+        return StrictArray(value)
+    if isinstance(value, tuple):
+        return tuple(wrap(v) for v in value)
+    if isinstance(value, list):
+        return [wrap(v) for v in value]
+    return value
+
+
+def _operand(value):
+    if isinstance(value, StrictArray):
+        return value._a
+    if isinstance(value, (numbers.Number, np.generic)):
+        return value
+    if isinstance(value, np.ndarray):
+        _refuse(f"arithmetic between a device array and a NumPy array of shape {value.shape}")
+    return NotImplemented
+
+
+class StrictArray:
+    """A NumPy array posing as a device array (see the module docstring)."""
+
+    __slots__ = ("_a",)
+    __array_priority__ = 1000
+
+    def __init__(self, array):
+        object.__setattr__(self, "_a", array)
+
+    # the three ways NumPy and SciPy would take the array in: all refused, as CuPy does
+    def __array__(self, *args, **kwargs):
+        _refuse("implicit conversion to a NumPy array (np.asarray, SciPy)")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        # CuPy runs a NumPy ufunc of its arrays and scalars (np.float64(2) / a) on the device; with a
+        # NumPy array among the inputs it refuses, and so do we
+        if kwargs or method != "__call__" or any(isinstance(x, np.ndarray) for x in inputs):
+            _refuse(f"NumPy ufunc {ufunc.__name__} called on a device array and a NumPy array")
+        return wrap(ufunc(*(_operand(x) for x in inputs)))
+
+    def __array_function__(self, func, types, args, kwargs):
+        _refuse(f"NumPy function {func.__name__} called on a device array")
+
+    def get(self):
+        """A host copy (cupy.ndarray.get)."""
+        return self._a.copy()
+
+    # attributes and methods of the wrapped array, with device results
+    def __getattr__(self, name):
+        if name.startswith("__"):      # __array_interface__, __array_struct__: NumPy would read the data
+            raise AttributeError(name)
+        value = getattr(self._a, name)
+        if callable(value):
+            return lambda *args, **kwargs: wrap(value(*unwrap(args), **{k: unwrap(v) for k, v in kwargs.items()}))
+        return wrap(value)
+
+    def __setattr__(self, name, value):
+        setattr(self._a, name, unwrap(value))
+
+    def __getitem__(self, key):
+        return wrap(self._a[unwrap(key)])
+
+    def __setitem__(self, key, value):
+        value = _operand(value) if not isinstance(value, (list, tuple)) else unwrap(value)
+        self._a[unwrap(key)] = value
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (wrap(row) for row in self._a)
+
+    def __repr__(self):
+        return f"strict.{self._a!r}"
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __index__(self):
+        return operator.index(self._a)
+
+    def __complex__(self):
+        return complex(self._a)
+
+    def __neg__(self):
+        return StrictArray(-self._a)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return StrictArray(abs(self._a))
+
+    def __invert__(self):
+        return StrictArray(~self._a)
+
+    def __dlpack__(self, *args, **kwargs):
+        _refuse("DLPack export")
+
+
+def _binary(name):
+    op = getattr(operator, name if name not in ("and", "or") else f"{name}_")
+
+    def forward(self, other):
+        other = _operand(other)
+        return other if other is NotImplemented else wrap(op(self._a, other))
+
+    def reflected(self, other):
+        other = _operand(other)
+        return other if other is NotImplemented else wrap(op(other, self._a))
+
+    def inplace(self, other):
+        other = _operand(other)
+        if other is NotImplemented:
+            return other
+        getattr(operator, f"i{name}")(self._a, other)  # iand, ior exist under these names
+        return self
+
+    return forward, reflected, inplace
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor",
+              "lshift", "rshift"):
+    _f, _r, _i = _binary(_name)
+    setattr(StrictArray, f"__{_name}__", _f)
+    setattr(StrictArray, f"__r{_name}__", _r)
+    setattr(StrictArray, f"__i{_name}__", _i)
+for _name in ("lt", "le", "eq", "ne", "gt", "ge"):
+    setattr(StrictArray, f"__{_name}__", _binary(_name)[0])
+StrictArray.__hash__ = None
+
+
+class _Namespace(types.ModuleType):
+    """NumPy's functions on StrictArrays (refusing NumPy arrays), with device results."""
+
+    def __init__(self, name, source):
+        super().__init__(name)
+        self._source = source
+
+    def __getattr__(self, name):
+        value = getattr(self._source, name)
+        if isinstance(value, types.ModuleType):
+            return _Namespace(f"{self.__name__}.{name}", value)
+        if isinstance(value, type) or not callable(value):
+            return value                               # dtypes, constants (float64, inf, newaxis)
+        moving = name in MOVES
+
+        def function(*args, **kwargs):
+            args = unwrap(args, moving)
+            kwargs = {k: unwrap(v, moving) for k, v in kwargs.items()}
+            return wrap(value(*args, **kwargs))
+
+        function.__name__ = name
+        return function
+
+
+strict = _Namespace("nn_eos.strict.strict", np)
+strict.ndarray = StrictArray
+
+
+def _linalg_module():
+    """A stand-in for cupyx.scipy.sparse.linalg: SciPy's solvers on host copies (see the module docstring)."""
+    import scipy.sparse.linalg as host
+
+    class LinearOperator:
+        """Like cupyx's: the functions take and return device (Strict) arrays."""
+
+        def __init__(self, shape, matvec, rmatvec=None, matmat=None, rmatmat=None, dtype=None):
+            self.shape, self.dtype = tuple(shape), np.dtype(dtype or np.float64)
+            self.matvec, self.rmatvec = matvec, rmatvec or matvec
+            self.matmat, self.rmatmat = matmat or matvec, rmatmat or rmatvec or matvec
+
+        def dot(self, V):
+            return self.matvec(V) if V.ndim == 1 else self.matmat(V)
+
+        __matmul__ = dot
+
+        def on_host(self):
+            """SciPy's LinearOperator of the same map, moving each block to the device and back."""
+            def call(fn):
+                return lambda V: unwrap(fn(StrictArray(np.array(V, dtype=self.dtype))))
+            return host.LinearOperator(self.shape, matvec=call(self.matvec), rmatvec=call(self.rmatvec),
+                                       matmat=call(self.matmat), rmatmat=call(self.rmatmat), dtype=self.dtype)
+
+    def solver(fn):
+        def run(A, *args, **kwargs):
+            if not isinstance(A, LinearOperator):
+                _refuse("the cupyx stand-in was handed a host operator")
+            return wrap(fn(A.on_host(), *unwrap(args), **{k: unwrap(v) for k, v in kwargs.items()}))
+        return run
+
+    module = types.ModuleType("nn_eos.strict.linalg")
+    module.RELATIVE_TOL = True            # SciPy's meaning of eigsh's tol and maxiter (eigen._eigsh_limits)
+    module.LinearOperator = LinearOperator
+    module.eigsh = solver(host.eigsh)
+    module.lobpcg = solver(host.lobpcg)
+    return module
+
+
+linalg_module = None
+
+
+def sparse_linalg():
+    global linalg_module
+    if linalg_module is None:
+        linalg_module = _linalg_module()
+    return linalg_module

@@ -1,0 +1,85 @@
+"""The CuPy-like stand-in (device 'strict') refuses host/device mixing, and the GPU bugs it was built to catch stay fixed.
+
+Each regression test runs on the stand-in explicitly, whatever NN_EOS_DEVICE says,
+so that CI exercises the device path of the code on every run.
+"""
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import nn_eos as ne
+from nn_eos import alignment, eos
+from nn_eos.backend import device_of, to_numpy
+from nn_eos.strict import StrictArray, strict
+
+
+def test_the_stand_in_refuses_what_cupy_refuses():
+    a = strict.ones((3, 3))
+    with pytest.raises(TypeError, match="implicit conversion"):
+        np.asarray(a)
+    with pytest.raises(TypeError, match="NumPy function sum"):
+        np.sum(a)
+    with pytest.raises(TypeError, match="NumPy array"):
+        a + np.ones((3, 3))
+    with pytest.raises(TypeError, match="NumPy array"):
+        np.ones((3, 3)) @ a
+    with pytest.raises(TypeError, match="NumPy array"):
+        strict.matmul(a, np.ones((3, 3)))
+    with pytest.raises(TypeError):
+        scipy.linalg.eigh(a)
+    # what a device array may do
+    assert isinstance(a @ a + 2.0 * a - np.float64(1), StrictArray)
+    assert isinstance(strict.asarray(np.ones(3)), StrictArray)          # host → device
+    np.testing.assert_array_equal(a.get(), np.ones((3, 3)))            # device → host
+    assert float(strict.linalg.norm(a)) == pytest.approx(3.0)
+
+
+def small_problem():
+    rng = np.random.default_rng(0)
+    net = ne.mlp([4, 6, 3], activation="tanh", seed=0, device="strict")
+    X, y = rng.standard_normal((9, 4)), np.arange(9) % 3
+    return net, ne.TrainingLoss(net, "cross_entropy", X, y), X, y
+
+
+@pytest.mark.parametrize("method", ["krylov", "power", "lanczos", "lobpcg"])
+def test_eigensolvers_take_the_module_of_a_device_linear_operator(method):
+    """Was: the module came from V0 or operator.__self__.net, so a device LinearOperator got NumPy (TypeError)."""
+    net, loss, X, y = small_problem()
+    result = ne.top_eigenpairs(loss.linear_operator("ggn"), 2, method=method, tol=1e-8)
+    assert device_of(result.vectors) == "strict"
+    host = ne.mlp([4, 6, 3], activation="tanh", seed=0, device="cpu")
+    reference = ne.top_eigenpairs(ne.TrainingLoss(host, "cross_entropy", X, y).linear_operator("ggn"), 2,
+                                  method="lanczos", tol=1e-10)
+    np.testing.assert_allclose(to_numpy(result.values), reference.values, rtol=1e-6)
+
+
+def test_a_host_start_moves_to_the_operators_device():
+    net, loss, X, y = small_problem()
+    V0 = np.random.default_rng(1).standard_normal((net.num_params, 2))
+    result = ne.top_eigenpairs(loss.hvp, 2, method="krylov", V0=V0, tol=1e-8)
+    assert device_of(result.vectors) == "strict"
+
+
+def test_an_operator_answering_on_the_wrong_device_is_a_clear_error():
+    net, loss, X, y = small_problem()
+    with pytest.raises(TypeError, match="the operator returned a numpy.ndarray"):
+        ne.top_eigenpairs(ne.eigen.BlockOperator(lambda V: to_numpy(loss.hvp(V)), like=net.theta), 1)
+
+
+def test_analyze_runs_on_the_device():
+    """Was: every alignment.analyze with sharpness failed on the GPU (the bug above)."""
+    net, loss, X, y = small_problem()
+    report = alignment.analyze(net, "cross_entropy", X, y)
+    host = ne.mlp([4, 6, 3], activation="tanh", seed=0, device="cpu")
+    expected = alignment.analyze(host, "cross_entropy", X, y)
+    assert report.sharpness["hessian"] == pytest.approx(expected.sharpness["hessian"], rel=1e-6)
+    assert report.overlap_ratio == pytest.approx(expected.overlap_ratio, rel=1e-6)
+
+
+def test_loss_along_takes_a_host_direction():
+    """Was: eos.loss_along added a host direction to a device θ."""
+    net, loss, X, y = small_problem()
+    u = np.random.default_rng(2).standard_normal(net.num_params)
+    values = eos.loss_along(loss, u, [-0.1, 0.0, 0.1])
+    assert values[1] == pytest.approx(loss.value())
