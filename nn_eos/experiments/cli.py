@@ -148,7 +148,7 @@ def build_parser():
     demo.set_defaults(run=_demo)
     train = commands.add_parser("train", help="one run from a TOML config",
                                 description="Train one network as a TOML config describes ([data], [net], [criterion], "
-                                "[integrator], [train], [telemetry]; see nn_eos/config.py), writing a resumable run "
+                                "[integrator], [train], [telemetry]; see nn_eos/experiments/config.py), writing a resumable run "
                                 "directory: config, per-step metrics (loss, Δt, λ_1), the 2022 paper's telemetry, θ "
                                 "snapshots and a checkpoint.")
     train.add_argument("config", help="the TOML file")
@@ -177,9 +177,9 @@ def build_parser():
                                "E(χ^i)² (23–27), r(χ^i, Δ^i/χ^i) (28–32), layerwise Jacobian norms (33–37), "
                                "r(Δ^{i+1}, ∂x̂^{i+1}/∂x̂^i) (38–42) and the power law of Table 2. A sweep's runs "
                                "are coloured by dataset size, learning rate or number of classes, as in the "
-                               "papers. Figure names: see nn_eos/figures.py.")
+                               "papers. Figure names: see nn_eos/experiments/figures.py.")
     plot.add_argument("path", help="a run directory or a sweep folder")
-    plot.add_argument("--figure", nargs="+", help="only these figures (names in nn_eos/figures.py)")
+    plot.add_argument("--figure", nargs="+", help="only these figures (names in nn_eos/experiments/figures.py)")
     plot.set_defaults(run=_plot)
     sweep = commands.add_parser("sweep", help="a grid of runs on Dask, and its aggregate tables",
                                 description="Run every combination of a sweep file's [grid] over its [base] run "
