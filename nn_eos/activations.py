@@ -48,6 +48,11 @@ class Activation(Layer):
         """σ'(x̂) given σ(x̂) as well; subclasses override it when that is cheaper."""
         return self.slope(self.x_hat)
 
+    def last_slope(self):
+        """``σ'(x̂)`` at the input of the last forward pass, for measurements (alignment): read-only, valid until
+        the next forward pass."""
+        return self.s
+
     def forward(self, x_hat):
         self.x_hat = x_hat
         y = self.sigma(x_hat)

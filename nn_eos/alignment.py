@@ -33,6 +33,8 @@ from .backend import to_device, to_numpy
 from .batched_lanczos import batched_top_eigenvalue
 from .conv import Conv2d
 from .criteria import criterion as make_criterion
+from .curvature import TrainingLoss
+from .eigen import top_eigenpairs
 from .layers import Dense
 
 
@@ -87,11 +89,13 @@ def layer_grams(net, criterion, X, y):
     grams = []
     for layer, J in zip([l for l in net.layers if l.num_params], jacobians):
         if isinstance(layer, Dense):
-            inner = (1 + (layer.x * layer.x).sum(axis=1))[:, None, None] * (J @ J.transpose(0, 2, 1))
+            x = layer.last_input()
+            inner = (1 + (x * x).sum(axis=1))[:, None, None] * (J @ J.transpose(0, 2, 1))
         elif isinstance(layer, Conv2d):
             n, O = J.shape[:2]
             Jf = J.reshape(n, O, layer.F, -1).transpose(0, 2, 1, 3)                 # (n, f, O, p)
-            gamma = layer.x_cols @ layer.x_cols.transpose(0, 2, 1) + 1               # (n, p, p)
+            patches = layer.last_patches()
+            gamma = patches @ patches.transpose(0, 2, 1) + 1            # (n, p, p)
             inner = (Jf @ gamma[:, None] @ Jf.transpose(0, 1, 3, 2)).sum(axis=1)    # (n, O, O)
         else:
             raise ValueError(f"no K^i for {layer!r}")
@@ -177,9 +181,10 @@ def per_example_quantities(net, criterion, X, y):
     chi2, J2 = [], []
     if _is_mlp(net):
         dense, acts = dense_layers(net)
-        one_plus = [1 + (d.x * d.x).sum(axis=1) for d in dense]            # 1 + ‖x^{i−1}‖², i = 1..L
+        inputs = [d.last_input() for d in dense]
+        one_plus = [1 + (x * x).sum(axis=1) for x in inputs]                # 1 + ‖x^{i−1}‖², i = 1..L
         chi2 = [one_plus[i] / one_plus[i + 1] for i in range(len(dense) - 1)]
-        J2 = [layerwise_jacobian_norm2(dense[i + 1].A, acts[i].s, xp) for i in range(len(dense) - 1)]
+        J2 = [layerwise_jacobian_norm2(dense[i + 1].A, acts[i].last_slope(), xp) for i in range(len(dense) - 1)]
     return {"K2": to_numpy(K2), "delta2": [to_numpy(d) for d in delta2], "chi2": [to_numpy(c) for c in chi2],
             "J2": [to_numpy(j) for j in J2]}
 
@@ -192,6 +197,53 @@ def _is_mlp(net):
         return False
 
 
+def alignment_ratio(product_norm2, first_norm2, second_norm2):
+    """``r(M_1, M_2) = E‖M_1 M_2‖² / (E‖M_1‖² E‖M_2‖²)`` (2024 paper, section 2.2), per layer.
+
+    Arguments are (layers, N) per-example squared norms of ``M_1 M_2``, ``M_1`` and
+    ``M_2``; the means run over the N examples. A layer whose norms vanish (Δ
+    behind dead ReLUs) gives 0/0 = NaN, reported as such.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return product_norm2.mean(axis=1) / (first_norm2.mean(axis=1) * second_norm2.mean(axis=1))
+
+
+def _over_all_examples(loss, criterion, theta):
+    """Per-example quantities (:func:`per_example_quantities`) over every chunk of the loss's data, joined:
+    ``K2`` (N,), and (layers, N) arrays ``delta2``, ``chi2``, ``J2`` (NaN where the net is not an MLP)."""
+    net = loss.net
+    with net.using(theta):
+        parts = [per_example_quantities(net, criterion, Xc, yc) for Xc, yc in loss.chunks()]
+    K2 = np.concatenate([p["K2"] for p in parts])
+
+    def per_layer(key):
+        rows = [np.concatenate([p[key][i] for p in parts]) for i in range(len(parts[0][key]))]
+        return np.stack(rows) if rows else np.zeros((0, len(K2)))
+
+    delta2, chi2, J2 = per_layer("delta2"), per_layer("chi2"), per_layer("J2")
+    L = delta2.shape[0]
+    if chi2.shape[0] != L - 1:   # not an MLP: the layerwise terms of eq. 5–7 are not defined
+        chi2 = J2 = np.full((max(L - 1, 0), len(K2)), np.nan)
+    return K2, delta2, chi2, J2
+
+
+def top_curvature(loss, theta, tol=1e-6, start=None):
+    """λ_1 and the top eigenvector of ∇²L̃, G and H = ∇²L̃ − G at θ: two dicts keyed 'hessian', 'ggn', 'residual'.
+
+    λ_1 is the largest algebraic eigenvalue (H's spectrum has a negative side as
+    large as its positive one), by block Krylov from one vector, which needs
+    fewer products than eigsh warm or cold (bench/eigen.py); ``start`` (such a
+    dict of vectors) warm-starts each solve.
+    """
+    values, vectors = {}, {}
+    for kind in ("hessian", "ggn", "residual"):
+        V0 = None if start is None else start.get(kind)
+        result = top_eigenpairs(loss.operator(kind, theta), 1, method="krylov", which="LA", tol=tol, V0=V0)
+        values[kind] = float(to_numpy(result.values)[0])
+        vectors[kind] = result.vectors[:, 0]
+    return values, vectors
+
+
 def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, tol=1e-6, eigenvectors=False,
             start=None):
     """The 2024 paper's decomposition at θ (default: the network's own) over the dataset (X, y).
@@ -201,54 +253,31 @@ def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, t
     layerwise Jacobians, alignment ratios, eq. 7) need an MLP and are NaN otherwise.
 
     Expectations are means over all examples, accumulated in chunks of
-    ``chunk_size``. With ``sharpness=True`` the top eigenvalues of ∇²L̃, G and
-    H = ∇²L̃ − G are computed by block Krylov (relative residual ``tol``) and
-    ``overlap_ratio`` = ρ(K) = λ_1(G)/E‖K‖² (eq. 3); ``eigenvectors=True``
-    keeps their top eigenvectors in ``report.eigenvectors``, and ``start``
-    (such a dict, e.g. from the previous snapshot) warm-starts the solves.
+    ``chunk_size``. The two ratios of eq. 7 use eq. 5 per example,
+    ``‖Δ^{i+1} ∂x̂^{i+1}/∂x̂^i‖² = ‖Δ^i / χ^i‖² = ‖Δ^i‖² / (χ^i)²``:
+    ``r_delta_jacobian = r(Δ^{i+1}, ∂x̂^{i+1}/∂x̂^i)`` and
+    ``r_chi = r(χ^i I, Δ^i/χ^i)``. With ``sharpness=True`` the top eigenvalues
+    of ∇²L̃, G and H are computed (:func:`top_curvature`, relative residual
+    ``tol``) and ``overlap_ratio`` = ρ(K) = λ_1(G)/E‖K‖² (eq. 3);
+    ``eigenvectors=True`` keeps their top eigenvectors in
+    ``report.eigenvectors``, and ``start`` (such a dict, e.g. from the previous
+    snapshot) warm-starts the solves.
     """
-    from .curvature import TrainingLoss
-    from .eigen import top_eigenpairs
-
     criterion = make_criterion(criterion)
     loss = TrainingLoss(net, criterion, X, y, chunk_size=chunk_size)
-    parts = []
-    with net.using(theta):
-        for Xc, yc in loss.chunks():
-            parts.append(per_example_quantities(net, criterion, Xc, yc))
-    K2 = np.concatenate([p["K2"] for p in parts])
-
-    def per_layer(key):
-        """(layers, N) array of a per-layer, per-example quantity over all chunks."""
-        rows = [np.concatenate([p[key][i] for p in parts]) for i in range(len(parts[0][key]))]
-        return np.stack(rows) if rows else np.zeros((0, len(K2)))
-
-    delta2, chi2, J2 = per_layer("delta2"), per_layer("chi2"), per_layer("J2")
+    theta = net.theta if theta is None else net.check_theta(theta)
+    K2, delta2, chi2, J2 = _over_all_examples(loss, criterion, theta)
     L = delta2.shape[0]
-    if chi2.shape[0] != L - 1:   # not an MLP: the layerwise terms of eq. 5–7 are not defined
-        chi2 = J2 = np.full((max(L - 1, 0), len(K2)), np.nan)
-    # ‖Δ^{i+1} ∂x̂^{i+1}/∂x̂^i‖² = ‖Δ^i / χ^i‖² = ‖Δ^i‖² / (χ^i)², per example (eq. 5)
-    # (a layer whose Δ vanishes, e.g. behind dead ReLUs, gives 0/0 = NaN ratios: reported as such)
     with np.errstate(invalid="ignore", divide="ignore"):
-        delta_over_chi2 = delta2[:L - 1] / chi2
-        r_delta_jacobian = delta_over_chi2.mean(axis=1) / (delta2[1:].mean(axis=1) * J2.mean(axis=1))
-        r_chi = delta2[:L - 1].mean(axis=1) / (chi2.mean(axis=1) * delta_over_chi2.mean(axis=1))
+        delta_over_chi2 = delta2[:L - 1] / chi2                               # ‖Δ^i / χ^i‖², eq. 5
     report = AlignmentReport(K_norm2=float(K2.mean()), K_layer_norm2=delta2.mean(axis=1), chi2=chi2.mean(axis=1),
-                             jacobian_norm2=J2.mean(axis=1), r_delta_jacobian=r_delta_jacobian, r_chi=r_chi)
+                             jacobian_norm2=J2.mean(axis=1),
+                             r_delta_jacobian=alignment_ratio(delta_over_chi2, delta2[1:], J2),
+                             r_chi=alignment_ratio(delta2[:L - 1], chi2, delta_over_chi2))
     if sharpness:
-        theta = net.theta if theta is None else net.check_theta(theta)
-        values, vectors = {}, {}
-        for kind in ("hessian", "ggn", "residual"):
-            V0 = None if start is None or start.get(kind) is None else start[kind]
-            # λ_1 is the largest algebraic eigenvalue (H's spectrum has a negative side as large as its positive
-            # one); block Krylov from one vector needs fewer products than eigsh (bench/eigen.py), warm or cold
-            result = top_eigenpairs(loss.linear_operator(kind, theta=theta), 1, method="krylov", which="LA",
-                                    tol=tol, V0=V0)
-            values[kind] = float(to_numpy(result.values)[0])
-            vectors[kind] = result.vectors[:, 0]
-        report.sharpness = values
+        report.sharpness, vectors = top_curvature(loss, theta, tol, start)
         report.eigenvectors = vectors if eigenvectors else None
-        report.overlap_ratio = values["ggn"] / report.K_norm2
+        report.overlap_ratio = report.sharpness["ggn"] / report.K_norm2
     return report
 
 

@@ -182,6 +182,3 @@ class Workspace:
                 self._arrays.clear()
             array = self._arrays[key] = xp.empty(shape, dtype=dtype)
         return array
-
-    def clear(self):
-        self._arrays.clear()

@@ -126,6 +126,11 @@ class Conv2d(Layer):
         lead = d.shape[:-3]
         return d.transpose(*range(len(lead)), -2, -1, -3).reshape(*lead, self.Ho * self.Wo, self.F)
 
+    def last_patches(self):
+        """``cols(x)`` (n, positions, patch) of the last forward pass's input, for measurements (alignment):
+        read-only, valid until the next forward pass."""
+        return self.x_cols
+
     def forward(self, x):
         """``y = cols(x) Wᵀ + b``."""
         self.H, self.W_in = x.shape[-2:]

@@ -34,7 +34,8 @@ import numpy as np
 
 from . import backend
 from .criteria import criterion as make_criterion
-from .validation import check_directions, check_inputs, check_labels
+from .eigen import BlockOperator
+from .validation import check_directions, check_inputs, check_integer, check_labels
 
 KINDS = ("hessian", "ggn", "residual")
 
@@ -63,11 +64,7 @@ class TrainingLoss:
         X = check_inputs(X, net.input_shape)
         self.y_host = np.asarray(backend.to_numpy(check_labels(y, X.shape[0], net.num_outputs)), dtype=np.int64)
         self.X_host = X
-        if chunk_size is not None:
-            if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-                raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-            chunk_size = int(chunk_size)
-        self.chunk_size = chunk_size
+        self.chunk_size = check_integer(chunk_size, "chunk_size", optional=True)
         self._placed = None
         self._passes = None
 
@@ -213,6 +210,17 @@ class TrainingLoss:
             return
         self._passes = _Passes(passes=self.net.passes, placement=(self.net.device, self.net.dtype),
                                theta=self._theta_in_effect(theta).copy(), z=z, backward=backward)
+
+    def operator(self, kind="hessian", theta=None):
+        """``V ↦ A V`` for A = ∇²L̃ ('hessian'), G ('ggn') or H ('residual') at θ, as an
+        :class:`~nn_eos.eigen.BlockOperator` (size, dtype, array module) for :func:`~nn_eos.eigen.top_eigenpairs`.
+
+        θ is copied, so the operator stays fixed if the network's parameters change later.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown curvature kind {kind!r}; expected one of {KINDS}")
+        theta = (self.net.theta if theta is None else self.net.check_theta(theta)).copy()
+        return BlockOperator(lambda V: self.curvature_product(V, kind, theta), like=theta)
 
     def linear_operator(self, kind="hessian", theta=None):
         """A ``scipy.sparse.linalg.LinearOperator`` (``cupyx`` on the GPU) of ∇²L̃, G or H.

@@ -13,6 +13,7 @@ import pickle
 import numpy as np
 
 from .dice import CLASS_NAMES as DICE_CLASSES, dice  # noqa: F401  (re-exported)
+from .validation import check_integer
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 UCR_URL = "https://www.timeseriesclassification.com (the .ts files of the UEA/UCR archive)"
@@ -199,8 +200,7 @@ def subset(X, y, size=None, classes=None, seed=0):
         X, y = X[keep], relabel[y[keep]]
     if size is None:
         return X, y
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+    size = check_integer(size, "size")
     if size > len(y):
         raise ValueError(f"asked for {size} examples but only {len(y)} are there")
     rows = np.sort(np.random.default_rng(seed).choice(len(y), size=size, replace=False))

@@ -25,6 +25,8 @@ outside the shape, and a symbol is the maximum of its parts.
 
 import numpy as np
 
+from .validation import check_integer
+
 SIZE = 32
 PIXEL = 2.0 / SIZE
 PIP_RADIUS = 0.2
@@ -144,8 +146,7 @@ def dice(split="train", n=None, seed=0, batch=4096):
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
     total = 6 * PER_CLASS
     n = total if n is None else n
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total:
-        raise ValueError(f"n must be an integer in 1..{total}, got {n!r}")
+    n = check_integer(n, "n", 1, total)
     X = np.empty((n, SIZE * SIZE))
     y = np.arange(n) % 6
     for c, name in enumerate(CLASS_NAMES):

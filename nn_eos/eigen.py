@@ -1,6 +1,7 @@
 """Top eigenpairs of a symmetric operator given only its block products ``V ↦ A V``.
 
-Three methods share one interface and one result type:
+Four methods share one interface (:func:`top_eigenpairs`) and one result type
+(:class:`~nn_eos.ritz.EigenResult`):
 
 - ``"power"``: block power (subspace) iteration as in the 2024 paper,
   section 7.1 — ``V ← QR(A V)`` — with Rayleigh–Ritz on the block (eigenvalues
@@ -11,11 +12,8 @@ Three methods share one interface and one result type:
   sign (the 2022 paper treats those as NaN; ``EigenResult.negative`` lets the
   caller decide).
 - ``"krylov"``: block Krylov with Rayleigh–Ritz over the whole basis and
-  thick restarts — each block product adds the residuals ``A x − θ x`` of the
-  unconverged Ritz pairs to the basis, so span(V, A V, A² V, …) is searched
-  rather than only its last block; same ranking by |λ| as ``"power"``, far
-  fewer products than power iteration, and, cold, fewer than eigsh
-  (bench/eigen.py).
+  thick restarts (:mod:`nn_eos.krylov`); ranks by |λ| like ``"power"`` or by
+  λ (``which="LA"``).
 - ``"lobpcg"``: ``scipy.sparse.linalg.lobpcg`` (``cupyx`` on the GPU), largest
   algebraic eigenvalues, the whole block in one operator call.
 - ``"lanczos"``: ``scipy.sparse.linalg.eigsh`` (``which='LA'``), the reference.
@@ -26,34 +24,20 @@ method from one extra block product when the method does not give ``A V``.
 """
 
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import backend
+from .krylov import block_krylov
+from .ritz import TINY, EigenResult, rayleigh_ritz, residual_norms, sorted_result, start_block  # noqa: F401
+from .validation import check_integer
 
 METHODS = ("power", "krylov", "lobpcg", "lanczos")
-TINY = 1e-30
+STOPS = ("residual", "eigenvalues")
 
 
 class NonConvergenceWarning(RuntimeWarning):
     """An eigensolver stopped at maxiter before every residual reached tol."""
-
-
-@dataclass
-class EigenResult:
-    values: object            # (k,) eigenvalues, decreasing, with their signs
-    vectors: object           # (P, k) orthonormal eigenvectors, column j for values[j]
-    residual_norms: object    # (k,) ‖A v − λ v‖ / max(|λ|, tiny), host array
-    matvecs: int              # single-vector products spent
-    iterations: int           # block products (power), LOBPCG iterations, operator calls (lanczos)
-    converged: bool
-    method: str
-
-    @property
-    def negative(self):
-        """Boolean mask of the eigenvalues that are negative (power iteration ranks by |λ|)."""
-        return backend.to_numpy(self.values) < 0
 
 
 class Breakdown(ArithmeticError):
@@ -141,49 +125,6 @@ def _dtype(operator, V0):
     return np.dtype("float64")
 
 
-def rayleigh_ritz(V, AV, xp):
-    """Ritz pairs of the operator on span(V), V orthonormal: eigh of ``T = Vᵀ A V``.
-
-    Returns (θ, X, AX) with ``X = V S`` and ``AX = (A V) S`` for the eigenvectors S of
-    T, ordered by decreasing |θ| (the order in which power iteration finds them).
-    """
-    T = V.T @ AV
-    theta, S = xp.linalg.eigh((T + T.T) / 2)
-    order = xp.argsort(-xp.abs(theta))
-    theta, S = theta[order], S[:, order]
-    return theta, V @ S, AV @ S
-
-
-def column_norms(M, xp):
-    """‖M[:, j]‖ for each column of a tall (P, b) array (einsum: no strided reduction over a C-ordered array)."""
-    return xp.sqrt(xp.einsum("ij,ij->j", M, M))
-
-
-def residual_norms(values, vectors, A_vectors, xp):
-    """``‖A v_j − λ_j v_j‖ / max(|λ_j|, tiny)`` for each column j, as a host array."""
-    R = A_vectors - vectors * values[None, :]
-    return backend.to_numpy(column_norms(R, xp) / xp.maximum(xp.abs(values), TINY))
-
-
-def _sorted_result(values, vectors, A_vectors, xp, **fields):
-    """Sort pairs by decreasing signed value and attach residual norms."""
-    order = xp.argsort(-values)
-    values, vectors, A_vectors = values[order], vectors[:, order], A_vectors[:, order]
-    return EigenResult(values=values, vectors=vectors, residual_norms=residual_norms(values, vectors, A_vectors, xp),
-                       **fields)
-
-
-def _start_block(P, b, V0, seed, xp, dtype):
-    """Orthonormal (P, b) start: V0's columns first, then seeded random ones."""
-    rng = np.random.default_rng(seed)
-    columns = [] if V0 is None else [xp.asarray(V0, dtype=dtype).reshape(P, -1)]
-    have = 0 if V0 is None else columns[0].shape[1]
-    if have < b:
-        columns.append(xp.asarray(rng.standard_normal((P, b - have)), dtype=dtype))
-    Q, _ = xp.linalg.qr(xp.concatenate(columns, axis=1)[:, :b])
-    return Q
-
-
 def power_iteration(A, k, V0, tol, maxiter, seed, guard, xp, dtype, stop="residual"):
     """Block power iteration with Rayleigh–Ritz (2024 paper, section 7.1, improved).
 
@@ -197,7 +138,7 @@ def power_iteration(A, k, V0, tol, maxiter, seed, guard, xp, dtype, stop="residu
     """
     P = A.size
     b = min(k + guard, P)
-    V = _start_block(P, b, V0, seed, xp, dtype)
+    V = start_block(P, b, V0, seed, xp, dtype)
     previous, converged = None, False
     for iteration in range(1, maxiter + 1):
         AV = A(V)
@@ -211,189 +152,8 @@ def power_iteration(A, k, V0, tol, maxiter, seed, guard, xp, dtype, stop="residu
             break
         previous = top
         V, _ = xp.linalg.qr(AX)
-    return _sorted_result(theta[:k], X[:, :k], AX[:, :k], xp, matvecs=A.matvecs, iterations=iteration,
+    return sorted_result(theta[:k], X[:, :k], AX[:, :k], xp, matvecs=A.matvecs, iterations=iteration,
                           converged=bool(converged), method="power")
-
-
-def _new_directions(W, Q, xp, drop=1e-10):
-    """An orthonormal basis of the part of span(W) orthogonal to span(Q), Q orthonormal.
-
-    Columns are scaled to unit norm, projected out of Q and orthonormalised
-    by SVQB (Stathopoulos & Wu 2002): with ``WᵀW = U Λ Uᵀ``, ``W U Λ^{-1/2}``
-    is orthonormal — one small eigh and tall-skinny products, much cheaper
-    than a Householder QR of a (P, c) block. Directions with ``λ < drop²``
-    lie (numerically) in span(Q) and are dropped. Projection and SVQB repeat
-    until ``WᵀW = I`` to 1e-12: a second pass ("twice is enough") only when
-    the first removed more than 1e-6 of a column or SVQB divides by a λ
-    below 1e-4, since either magnifies what rounding left of Q. Residuals of
-    Ritz pairs are orthogonal to Q up to rounding and usually need one pass
-    — each pass reads the whole (P, m) basis twice, the main cost of an
-    iteration besides the product.
-    """
-    W = W / xp.maximum(column_norms(W, xp), TINY)[None, :]
-    for _ in range(5):
-        W = W - Q @ (Q.T @ W)                                # columns were unit: 1 − diag(WᵀW) is what left
-        gram = W.T @ W
-        if W.shape[1] == 0 or float(xp.abs(gram - xp.eye(W.shape[1], dtype=W.dtype)).max()) < 1e-12:
-            break                                            # orthonormal and orthogonal to Q
-        removed = 1 - float(xp.diag(gram).min())
-        lam, U = xp.linalg.eigh((gram + gram.T) / 2)
-        lam, U = lam[::-1], U[:, ::-1]                       # strongest directions first
-        lam_host = backend.to_numpy(lam)
-        keep = np.flatnonzero(lam_host > drop ** 2)
-        W = (W @ U[:, xp.asarray(keep)]) / xp.sqrt(lam[xp.asarray(keep)])[None, :]
-        if removed < 1e-12 and len(keep) and lam_host[keep].min() > 1e-4:
-            break                                            # Q's rounding remnant magnified 100× at most
-    return W
-
-
-def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None, block=None, keep=None,
-                 which="LM"):
-    """Thick-restarted block Krylov iteration with Rayleigh–Ritz on the whole basis.
-
-    The basis Q (orthonormal), A Q and T = Qᵀ A Q are kept. Each iteration
-    takes the Ritz pairs (θ, x) of T (no product needed), stops when the top
-    k relative residuals are below tol, else adds the residuals
-    ``r = A x − θ x`` of the ``block`` = s worst unconverged top-(k + guard)
-    pairs, orthogonalised against Q, and applies A to them: one product of
-    s directions. Since span(Q, r) = span(Q, A x), the basis is a block
-    Krylov space (power iteration keeps only its last block).
-
-    Start. Cold, from s random vectors; warm with s < k + guard, from s
-    random mixtures of V0's columns. From one block of s, the residuals of
-    all Ritz pairs lie in the s-dim span of the next Krylov block, so this
-    is block Lanczos of block size s, with full re-orthogonalisation, whose
-    polynomial degree grows by one every s products. bench/eigen.py, top 20
-    of ∇²L̃ at width 128: 65 products with s = 1, 82 with s = 2, 105 with
-    s = 4, 272 from a random block of 20, 133 for eigsh; warm one GD step
-    of 0.5/λ_1 later, 62 products, about 200 from V0's whole block. s = 1
-    (the default) was also the fastest on the CPU, at widths 128 and 512;
-    wider blocks make fewer, bigger products, which pays where a product's
-    cost hardly grows with its width (a GPU). With s ≥ k + guard and V0,
-    the start is V0's block (topped up to k + guard), expanded by the
-    residuals of every unconverged pair: fewest block products from a very
-    good start, power iteration with memory.
-
-    A block of s sees at most s vectors of any one eigenspace until rounding
-    spreads them: an eigenvalue repeated exactly more than s times among the
-    top k (symmetric toy problems, not trained networks) needs ``block`` at
-    least its multiplicity, as in any block method.
-
-    Restart. When the basis would exceed ``max_basis`` columns (default
-    5(k + guard), at least k + guard + 20) it restarts from the top ``keep``
-    Ritz vectors (default 2(k + guard): keeping the next ones too saves a
-    third of the products for top 7 on a slowly decaying spectrum) and their
-    products: no product is repeated, and the residuals of the kept Ritz
-    vectors still lie in the next block's span.
-
-    Ranks Ritz values by |θ| (``which='LM'``), like power iteration, or by θ
-    (``'LA'``): a Krylov space converges to both ends of the spectrum.
-    """
-    P = A.size
-    b = min(k + guard, P)
-    max_basis = min(P, max_basis or max(5 * b, b + 20))
-    block = block or 1
-    keep = max(b, min(keep or 2 * b, max_basis - block))
-    basis = _KrylovBasis(P, max_basis, xp, dtype)
-    if V0 is not None and block < b:                         # a warm start of `block` random mixtures of V0
-        V0 = xp.asarray(V0, dtype=dtype).reshape(P, -1)
-        mix = np.random.default_rng(seed).standard_normal((V0.shape[1], block))
-        V0 = V0 @ xp.asarray(mix, dtype=dtype)
-    start = _start_block(P, b if V0 is not None and block >= b else min(block, b), V0, seed, xp, dtype)
-    basis.add(start, A(start))
-    iteration, converged = 1, False
-    while True:
-        theta_all, S_all = xp.linalg.eigh(basis.T)
-        order = xp.argsort(-xp.abs(theta_all) if which == "LM" else -theta_all)
-        theta, S = theta_all[order[:b]], S_all[:, order[:b]]
-        norms, floor = basis.residual_estimates(theta, S)
-        final = iteration >= maxiter or basis.size >= P
-        if final or (len(norms) >= k and bool((norms[:k] < np.maximum(tol, floor[:k])).all())):
-            # the estimates say converged (or cannot see below their rounding floor): check for real
-            X, AX = basis.Q @ S, basis.AQ @ S
-            residual = AX - X * theta[None, :]
-            norms = backend.to_numpy(column_norms(residual, xp) / xp.maximum(xp.abs(theta), TINY))
-            converged = len(norms) >= k and bool(norms[:k].max() < tol)
-            if converged or final:
-                break
-        open_ = np.flatnonzero(norms >= tol)
-        open_ = open_[np.argsort(-norms[open_])][:block]     # the worst residuals only
-        S_open = S[:, xp.asarray(open_)] if xp is not np else S[:, open_]
-        W = basis.AQ @ S_open - (basis.Q @ S_open) * theta[xp.asarray(open_) if xp is not np else open_][None, :]
-        W = _new_directions(W, basis.Q, xp)
-        if W.shape[1] == 0 and len(theta) >= k:              # the basis is invariant: Ritz pairs are exact
-            break
-        if W.shape[1] == 0:                                  # invariant but too small (e.g. A = c I): go on
-            rng = np.random.default_rng([seed, iteration])   # from random directions outside it
-            W = _new_directions(xp.asarray(rng.standard_normal((P, block)), dtype=dtype), basis.Q, xp)
-        if basis.size + W.shape[1] > max_basis:              # thick restart: keep the top Ritz vectors (a
-            kept = S_all[:, order[:keep]]                    # subspace of span(Q), so W stays orthogonal)
-            basis.restart(basis.Q @ kept, basis.AQ @ kept)
-        W = W[:, :max_basis - basis.size]
-        basis.add(W, A(W))
-        iteration += 1
-    if not converged:                                        # the loop left before its exact check
-        X, AX = basis.Q @ S, basis.AQ @ S
-    return _sorted_result(theta[:k], X[:, :k], AX[:, :k], xp, matvecs=A.matvecs, iterations=iteration,
-                          converged=converged, method="krylov")
-
-
-class _KrylovBasis:
-    """Q (orthonormal), A Q, ``T = Qᵀ A Q`` and ``G = (A Q)ᵀ (A Q)``, grown in place in column-major buffers.
-
-    Adding c columns costs the products ``Qᵀ (A W)``, ``(A Q)ᵀ (A W)`` and
-    ``Wᵀ (A W)``, ``(A W)ᵀ (A W)`` for the new borders of T and G, not a
-    recomputation, and no copy of the basis. With G, the residual norm of a
-    Ritz pair (θ, x = Q s) needs no (P,)-long vector:
-    ``‖A x − θ x‖² = sᵀ G s − θ²`` (as xᵀ A x = θ and ‖x‖ = 1).
-    """
-
-    def __init__(self, P, max_basis, xp, dtype):
-        self.xp = xp
-        self._Q = xp.empty((P, max_basis), dtype=dtype, order="F")
-        self._AQ = xp.empty((P, max_basis), dtype=dtype, order="F")
-        self.T = xp.zeros((0, 0), dtype=dtype)
-        self.G = xp.zeros((0, 0), dtype=dtype)
-        self.size = 0
-
-    @property
-    def Q(self):
-        return self._Q[:, :self.size]
-
-    @property
-    def AQ(self):
-        return self._AQ[:, :self.size]
-
-    def add(self, W, AW):
-        m = self.size
-        self.T = self._bordered(self.T, self.Q.T @ AW, W.T @ AW)
-        self.G = self._bordered(self.G, self.AQ.T @ AW, AW.T @ AW)
-        self._Q[:, m:m + W.shape[1]], self._AQ[:, m:m + W.shape[1]] = W, AW
-        self.size = m + W.shape[1]
-
-    def _bordered(self, M, border, corner):
-        m, c = border.shape
-        out = self.xp.empty((m + c, m + c), dtype=M.dtype)
-        out[:m, :m], out[:m, m:], out[m:, :m], out[m:, m:] = M, border, border.T, (corner + corner.T) / 2
-        return out
-
-    def residual_estimates(self, theta, S):
-        """``‖A x − θ x‖ / |θ|`` for the Ritz pairs (θ_j, Q s_j) from ``sᵀ G s − θ²``, and the rounding floor
-        below which that difference of two numbers of size ~θ_max² cannot see (host arrays)."""
-        xp = self.xp
-        r2 = (S * (self.G @ S)).sum(axis=0) - theta * theta
-        scale = xp.maximum(xp.abs(theta), TINY)
-        theta_max = float(xp.sqrt(xp.abs(xp.diag(self.G)).max())) if self.size else 0.0
-        floor = 10 * (self.size * np.finfo(backend.to_numpy(theta).dtype).eps) ** 0.5 * theta_max / scale
-        return backend.to_numpy(xp.sqrt(xp.maximum(r2, 0)) / scale), backend.to_numpy(floor)
-
-    def restart(self, X, AX):
-        """Keep only the Ritz vectors X (and A X), re-orthonormalised (X = Q R) so that rounding does not
-        pile up over restarts."""
-        inverse = self.xp.linalg.inv(self.xp.linalg.cholesky(X.T @ X).T)
-        X, AX = X @ inverse, AX @ inverse
-        self.size, self.T, self.G = 0, self.T[:0, :0], self.G[:0, :0]
-        self.add(X, AX)
 
 
 def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
@@ -405,7 +165,7 @@ def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
     """
     linalg = backend.scipy_linalg_module(xp)
     P = A.size
-    X = _start_block(P, k, V0, seed, xp, dtype)
+    X = start_block(P, k, V0, seed, xp, dtype)
     AX = A(X)
     theta, X, AX = rayleigh_ritz(X, AX, xp)
     iterations = 0
@@ -423,7 +183,7 @@ def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
         theta, X, AX = _largest_algebraic(theta, X, AX, k, xp)
         if residual_norms(theta, X, AX, xp).max() < tol:
             break
-    res = _sorted_result(theta, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
+    res = sorted_result(theta, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
                          method="lobpcg")
     res.converged = bool(res.residual_norms.max() < tol)
     return res
@@ -490,17 +250,39 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
         theta, X, AX = rayleigh_ritz(X, A(X), xp)
         theta, X, AX = _largest_algebraic(theta, X, AX, k, xp)
         iterations = A.calls  # ARPACK does not report its restarts; count operator calls
-    res = _sorted_result(theta, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
+    res = sorted_result(theta, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
                          method="lanczos")
     res.converged = bool(res.residual_norms.max() < tol)
     return res
 
 
-STOPS = ("residual", "eigenvalues")
+
+def _check_arguments(method, k, P, V0, tol, stop, guard, block, which):
+    """Every argument of top_eigenpairs that can be wrong, checked before any product; returns k, guard, block."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an integer, got {type(k).__name__}")
+    if not 1 <= k <= P:
+        raise ValueError(f"k must lie in 1..P = 1..{P}, got {k}")
+    if V0 is not None and (getattr(V0, "ndim", 0) not in (1, 2) or V0.shape[0] != P):
+        raise ValueError(f"V0 must have shape ({P},) or ({P}, m) (P = the operator's size), "
+                         f"got {getattr(V0, 'shape', None)}")
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+    if stop not in STOPS or (stop != "residual" and method != "power"):
+        raise ValueError(f"stop must be one of {STOPS} ('eigenvalues' with method='power' only), got {stop!r}")
+    if block is not None and method != "krylov":
+        raise ValueError(f"block is for method='krylov' only; got block={block!r} with method={method!r}")
+    natural = "LM" if method in ("power", "krylov") else "LA"
+    if which not in (None, natural) and not (method == "krylov" and which in ("LM", "LA")):
+        raise ValueError(f"which must be 'LM' or 'LA' for method='krylov', {natural!r} for method={method!r}; "
+                         f"got {which!r}")
+    return int(k), check_integer(guard, "guard", low=0), check_integer(block, "block", optional=True)
 
 
 def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None, seed=0, guard=0,
-                   stop="residual", block=None, which=None):
+                   stop="residual", block=None, which=None, warn=True):
     """The top k eigenpairs of a symmetric operator (2022 paper, section 3.3; 2024 paper, section 7.1).
 
     ``operator`` is a block function ``V (P, b) ↦ A V`` (e.g. ``loss.hvp``,
@@ -510,53 +292,31 @@ def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None,
     (power, krylov), 200 (lobpcg) or ARPACK's default (lanczos); ``guard`` adds
     that many extra vectors to the block of power and krylov; ``block``
     (krylov only) is the number of directions each product adds (default 1;
-    see :func:`block_krylov`); ``stop='eigenvalues'``
+    see :func:`nn_eos.krylov.block_krylov`); ``stop='eigenvalues'``
     (power only) stops on the change of the Ritz values, as the 2024 paper
     did; ``which`` is 'LM' (largest |λ|: power, and krylov by default) or
     'LA' (largest λ: lobpcg, lanczos, and krylov when asked). Returns an
     :class:`EigenResult`;
-    if tol is not reached within maxiter it warns and returns
-    ``converged=False`` with the residuals.
+    if tol is not reached within maxiter it returns ``converged=False`` with
+    the residuals, and warns (NonConvergenceWarning) unless ``warn=False``
+    (callers that record ``converged`` themselves, like the telemetry).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an integer, got {type(k).__name__}")
-    if V0 is not None and (getattr(V0, "ndim", 0) not in (1, 2)):
-        raise ValueError(f"V0 must have shape (P,) or (P, m), got {getattr(V0, 'shape', None)}")
     P = _operator_size(operator, V0)
-    if not 1 <= k <= P:
-        raise ValueError(f"k must lie in 1..P = 1..{P}, got {k}")
-    if V0 is not None and V0.shape[0] != P:
-        raise ValueError(f"V0 must have {P} rows (the operator's size), got shape {V0.shape}")
-    if not tol > 0:
-        raise ValueError(f"tol must be positive, got {tol}")
-    if stop not in STOPS or (stop != "residual" and method != "power"):
-        raise ValueError(f"stop must be one of {STOPS} ('eigenvalues' with method='power' only), got {stop!r}")
-    if isinstance(guard, bool) or not isinstance(guard, (int, np.integer)) or guard < 0:
-        raise ValueError(f"guard must be a non-negative integer, got {guard!r}")
-    if block is not None and (method != "krylov" or isinstance(block, bool)
-                              or not isinstance(block, (int, np.integer)) or block < 1):
-        raise ValueError(f"block must be a positive integer, for method='krylov' only; got {block!r} "
-                         f"with method={method!r}")
-    natural = "LM" if method in ("power", "krylov") else "LA"
-    if which not in (None, natural) and not (method == "krylov" and which in ("LM", "LA")):
-        raise ValueError(f"which must be 'LM' or 'LA' for method='krylov', {natural!r} for method={method!r}; "
-                         f"got {which!r}")
+    k, guard, block = _check_arguments(method, k, P, V0, tol, stop, guard, block, which)
     xp, dtype = _array_module(operator, V0), _dtype(operator, V0)
     if V0 is not None:
         V0 = backend.to_module(V0, xp)          # a host V0 goes to the operator's device, and back
     A = CountingOperator(operator, P, xp, dtype)
     if method == "power":
-        result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, int(guard), xp, dtype, stop)
+        result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, guard, xp, dtype, stop)
     elif method == "krylov":
-        result = block_krylov(A, k, V0, tol, maxiter or 1000, seed, int(guard), xp, dtype,
-                              block=None if block is None else int(block), which=which or "LM")
+        result = block_krylov(A, k, V0, tol, maxiter or 1000, seed, guard, xp, dtype, block=block,
+                              which=which or "LM")
     elif method == "lobpcg":
         result = lobpcg(A, k, V0, tol, maxiter or 200, seed, xp, dtype)
     else:
         result = lanczos(A, k, V0, tol, maxiter, seed, xp, dtype)
-    if not result.converged:
+    if warn and not result.converged:
         warnings.warn(f"{method} did not reach tol={tol:g} ({stop}) for all {k} eigenpairs "
                       f"(largest relative residual {result.residual_norms.max():.2e} after {result.matvecs} "
                       f"matvecs); returning converged=False", NonConvergenceWarning, stacklevel=2)

@@ -13,12 +13,10 @@ step ``−η P_bulk g``, computed by re-evaluating L̃ (not from the Taylor seri
 section 4.1).
 """
 
-import warnings
-
 import numpy as np
 
 from .backend import array_module, to_module, to_numpy
-from .eigen import BlockOperator, NonConvergenceWarning, top_eigenpairs
+from .eigen import top_eigenpairs
 
 EDGE = 0.7          # the 2022 paper's threshold for "indisputably on the edge of stability"
 
@@ -61,10 +59,8 @@ class Telemetry:
         n_classes = self.n_classes or loss.net.num_outputs
         n_top = max(min(n_classes - 1, k), 0)
         V0 = None if self.vectors is None else xp.asarray(self.vectors)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NonConvergenceWarning)
-            hessian = BlockOperator(lambda V: loss.hvp(V, theta=theta), like=theta)
-            result = top_eigenpairs(hessian, k, method=self.method, V0=V0, tol=self.tol, maxiter=self.maxiter)
+        result = top_eigenpairs(loss.operator("hessian", theta), k, method=self.method, V0=V0, tol=self.tol,
+                                maxiter=self.maxiter, warn=False)      # the row records eig_converged
         self.vectors = result.vectors
         values = to_numpy(result.values)
         d = to_numpy(result.vectors.T @ gradient)
@@ -110,10 +106,7 @@ def cusp_scan(loss, theta, points=41, tol=1e-6):
     along h_1 looks like a parabola there, a cusp like a V.
     """
     theta = loss.net.check_theta(theta)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NonConvergenceWarning)
-        hessian = BlockOperator(lambda V: loss.hvp(V, theta=theta), like=theta)
-        top = top_eigenpairs(hessian, 1, method="lanczos", tol=tol)
+    top = top_eigenpairs(loss.operator("hessian", theta), 1, method="lanczos", tol=tol, warn=False)
     lam = float(top.values[0])
     span = np.sqrt(0.5 / abs(lam))
     deltas = np.linspace(-span, span, points)

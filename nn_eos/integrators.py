@@ -11,12 +11,12 @@ The loss only needs ``hvp(V, theta=…)`` and ``num_params``: a TrainingLoss, or
 any test double with the same methods.
 """
 
-import warnings
 
 import numpy as np
 
 from .backend import array_module, to_numpy
-from .eigen import BlockOperator, NonConvergenceWarning, top_eigenpairs
+from .eigen import top_eigenpairs
+from .validation import check_integer
 
 
 class Integrator:
@@ -66,11 +66,9 @@ class _WarmEigen:
 
     def __call__(self, loss, theta):
         k = min(self.k, loss.num_params)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NonConvergenceWarning)  # reported per step in info instead
-            hessian = BlockOperator(lambda V: loss.hvp(V, theta=theta), like=theta)
-            result = top_eigenpairs(hessian, k, method=self.method, V0=self._v0(theta), tol=self.tol,
-                                    maxiter=self.maxiter, stop=self.stop)
+        result = top_eigenpairs(loss.operator("hessian", theta), k, method=self.method, V0=self._v0(theta),
+                                tol=self.tol, maxiter=self.maxiter, stop=self.stop,
+                                warn=False)                    # reported per step in info instead
         self.vectors = result.vectors
         return result
 
@@ -168,9 +166,7 @@ class ExponentialEuler(Integrator):
     def __init__(self, k=None, lr_max=0.01, tol=1e-3, maxiter=200, method="krylov", stop="residual"):
         if not lr_max > 0:
             raise ValueError(f"lr_max must be positive, got {lr_max}")
-        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-            raise ValueError(f"k must be a positive integer or None, got {k!r}")
-        self.k, self.lr_max = k, float(lr_max)
+        self.k, self.lr_max = check_integer(k, "k", optional=True), float(lr_max)
         self.eigen = _WarmEigen(None, tol, maxiter, method, stop)
 
     def __repr__(self):

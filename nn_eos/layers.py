@@ -93,6 +93,11 @@ class Dense(Layer):
     def bind(self, params):
         self.A, self.b = self.split(params)
 
+    def last_input(self):
+        """The input ``x`` (n, i) of the last forward pass, for measurements (alignment): read-only, valid until
+        the next forward pass."""
+        return self.x
+
     def forward(self, x):
         """``x̂ = x Aᵀ + b``."""
         self.x, self.xp = x, array_module(x)

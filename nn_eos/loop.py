@@ -16,6 +16,7 @@ import numpy as np
 from ._version import __version__
 from .backend import to_device
 from .rundir import RunDirectory, columns, read_rows, rewrite_rows, write_json
+from .validation import check_integer
 
 
 class _Progress:
@@ -33,7 +34,7 @@ class _Progress:
 
 @dataclass
 class Run:
-    status: str          # converged | max_steps | max_time | diverged | interrupted
+    status: str          # converged | max_steps | max_time | diverged
     message: str
     steps: int
     t: float
@@ -60,9 +61,8 @@ def train(loss, integrator, until_loss=None, max_steps=None, max_time=None, snap
     """
     if until_loss is None:
         until_loss = loss.criterion.default_target_loss
-    for name, value in (("max_steps", max_steps), ("snapshot_every", snapshot_every)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    max_steps = check_integer(max_steps, "max_steps", optional=True)
+    snapshot_every = check_integer(snapshot_every, "snapshot_every", optional=True)
     if max_time is not None and not max_time > 0:
         raise ValueError(f"max_time must be positive or None, got {max_time!r}")
     net = loss.net

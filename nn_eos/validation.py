@@ -5,6 +5,25 @@ import numpy as np
 from .backend import array_module, to_numpy
 
 
+def check_integer(value, name, low=1, high=None, optional=False):
+    """``value`` must be an integer (not a bool) in ``low..high`` (None allowed when ``optional``); returns an int.
+
+    The message names the range: "a positive integer", "a non-negative integer" or "an integer in a..b".
+    """
+    if value is None and optional:
+        return None
+    if low == 1 and high is None:
+        wanted = "a positive integer"
+    elif low == 0 and high is None:
+        wanted = "a non-negative integer"
+    else:
+        wanted = f"an integer in {low}..{'' if high is None else high}"
+    is_integer = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+    if not is_integer or value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be {wanted}{' or None' if optional else ''}, got {value!r}")
+    return int(value)
+
+
 def check_inputs(X, input_shape, name="X"):
     """X must be a real array of shape (n, *input_shape) with n ≥ 1 and finite values."""
     if not hasattr(X, "shape") or not hasattr(X, "dtype"):

@@ -17,6 +17,7 @@ import nn_eos as ne
 from nn_eos.rundir import snapshot_steps
 from checks import TOL, build_problem
 from nn_eos.backend import to_numpy
+from nn_eos.eigen import BlockOperator
 from nn_eos.eos import Telemetry, loss_along
 from nn_eos.integrators import exponential_coefficient, from_config
 
@@ -50,6 +51,10 @@ class Quadratic:
 
     def hvp(self, V, theta=None):
         return self.A @ V
+
+    def operator(self, kind="hessian", theta=None):
+        assert kind == "hessian"
+        return BlockOperator(self.hvp, like=self.net.theta)
 
 
 def test_exponential_coefficient():

@@ -47,6 +47,7 @@ import uuid
 
 from . import config as configs
 from ..rundir import write_json
+from ..validation import check_integer
 
 SWEEP_SCHEMA = {"name": str, "analyze": list, "analyze_every": int, "analyze_skip": int, "tables": list}
 ANALYSES = ("alignment",)
@@ -237,8 +238,7 @@ def run_sweep(sweep, out, workers=None, scheduler=None, device=None, progress=Tr
     """
     if not isinstance(sweep, Sweep):
         sweep = load(sweep)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    workers = check_integer(workers, "workers", low=0, optional=True)
     runs = sweep.runs()
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     with _SweepLock(out):

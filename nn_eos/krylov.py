@@ -1,0 +1,228 @@
+"""Block Krylov with Rayleigh–Ritz over the whole basis and thick restarts: ``top_eigenpairs(method="krylov")``.
+
+Each block product adds the residuals ``A x − θ x`` of the unconverged Ritz
+pairs to the basis, so span(V, A V, A² V, …) is searched rather than only its
+last block (which is all power iteration keeps). bench/eigen.py compares it
+with the other methods.
+"""
+
+import numpy as np
+
+from . import backend
+from .ritz import TINY, column_norms, sorted_result, start_block
+
+
+def _new_directions(W, Q, xp, drop=1e-10):
+    """An orthonormal basis of the part of span(W) orthogonal to span(Q), Q orthonormal.
+
+    Columns are scaled to unit norm, projected out of Q and orthonormalised
+    by SVQB (Stathopoulos & Wu 2002): with ``WᵀW = U Λ Uᵀ``, ``W U Λ^{-1/2}``
+    is orthonormal — one small eigh (on the host) and tall-skinny products,
+    much cheaper than a Householder QR of a (P, c) block. Directions with
+    ``λ < drop²`` lie (numerically) in span(Q) and are dropped. Projection
+    and SVQB repeat until ``WᵀW = I`` to 1e-12: a second pass ("twice is
+    enough") only when the first removed more than 1e-6 of a column or SVQB
+    divides by a λ below 1e-4, since either magnifies what rounding left of
+    Q. Residuals of Ritz pairs are orthogonal to Q up to rounding and
+    usually need one pass — each pass reads the whole (P, m) basis twice,
+    the main cost of an iteration besides the product.
+    """
+    W = W / xp.maximum(column_norms(W, xp), TINY)[None, :]
+    for _ in range(5):
+        W = W - Q @ (Q.T @ W)                                # columns were unit: 1 − diag(WᵀW) is what left
+        gram = backend.to_numpy(W.T @ W)
+        if W.shape[1] == 0 or np.abs(gram - np.eye(W.shape[1])).max() < 1e-12:
+            break                                            # orthonormal and orthogonal to Q
+        removed = 1 - gram.diagonal().min()
+        lam, U = np.linalg.eigh((gram + gram.T) / 2)
+        keep = np.flatnonzero(lam > drop ** 2)[::-1]         # strongest directions first
+        W = W @ xp.asarray(U[:, keep] / np.sqrt(lam[keep]), dtype=W.dtype)
+        if removed < 1e-12 and len(keep) and lam[keep].min() > 1e-4:
+            break                                            # Q's rounding remnant magnified 100× at most
+    return W
+
+
+def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None, block=None, keep=None,
+                 which="LM"):
+    """Thick-restarted block Krylov iteration with Rayleigh–Ritz on the whole basis.
+
+    The basis Q (orthonormal), A Q and T = Qᵀ A Q are kept. Each iteration
+    takes the Ritz pairs (θ, x) of T (no product needed), stops when the top
+    k relative residuals are below tol, else adds the residuals
+    ``r = A x − θ x`` of the ``block`` = s worst unconverged top-(k + guard)
+    pairs, orthogonalised against Q, and applies A to them: one product of
+    s directions. Since span(Q, r) = span(Q, A x), the basis is a block
+    Krylov space (power iteration keeps only its last block).
+
+    Start. Cold, from s random vectors; warm with s < k + guard, from s
+    random mixtures of V0's columns. From one block of s, the residuals of
+    all Ritz pairs lie in the s-dim span of the next Krylov block, so this
+    is block Lanczos of block size s, with full re-orthogonalisation, whose
+    polynomial degree grows by one every s products. bench/eigen.py, top 20
+    of ∇²L̃ at width 128: 65 products with s = 1, 82 with s = 2, 105 with
+    s = 4, 272 from a random block of 20, 133 for eigsh; warm one GD step
+    of 0.5/λ_1 later, 62 products, about 200 from V0's whole block. s = 1
+    (the default) was also the fastest on the CPU, at widths 128 and 512;
+    wider blocks make fewer, bigger products, which pays where a product's
+    cost hardly grows with its width (a GPU). With s ≥ k + guard and V0,
+    the start is V0's block (topped up to k + guard), expanded by the
+    residuals of every unconverged pair: fewest block products from a very
+    good start, power iteration with memory.
+
+    A block of s sees at most s vectors of any one eigenspace until rounding
+    spreads them: an eigenvalue repeated exactly more than s times among the
+    top k (symmetric toy problems, not trained networks) needs ``block`` at
+    least its multiplicity, as in any block method.
+
+    Restart. When the basis would exceed ``max_basis`` columns (default
+    5(k + guard), at least k + guard + 20) it restarts from the top ``keep``
+    Ritz vectors (default 2(k + guard): keeping the next ones too saves a
+    third of the products for top 7 on a slowly decaying spectrum) and their
+    products: no product is repeated, and the residuals of the kept Ritz
+    vectors still lie in the next block's span.
+
+    Ranks Ritz values by |θ| (``which='LM'``), like power iteration, or by θ
+    (``'LA'``): a Krylov space converges to both ends of the spectrum.
+
+    The small matrices (T, G, the Ritz coefficients, SVQB's Gram matrix) live
+    on the host: on a GPU each would otherwise be a handful of tiny kernel
+    launches and syncs; only the (P, ·) products run on the device.
+    """
+    P = A.size
+    b = min(k + guard, P)
+    max_basis = min(P, max_basis or max(5 * b, b + 20))
+    block = block or 1
+    keep = max(b, min(keep or 2 * b, max_basis - block))
+    basis = _KrylovBasis(P, max_basis, xp, dtype)
+    start = _first_block(P, b, block, V0, seed, xp, dtype)
+    basis.add(start, A(start))
+    iteration = 1
+    while True:
+        theta, S, order = basis.ritz_pairs(b, which)
+        final = iteration >= maxiter or basis.size >= P
+        norms, converged = basis.check_residuals(theta, S, k, tol, exact=final)
+        if converged or final:
+            break
+        W = _expansion(basis, theta, S, norms, tol, block, xp)
+        if W.shape[1] == 0 and len(theta) >= k:              # the basis is invariant: Ritz pairs are exact
+            break
+        if W.shape[1] == 0:                                  # invariant but too small (e.g. A = c I): go on
+            rng = np.random.default_rng([seed, iteration])   # from random directions outside it
+            W = _new_directions(xp.asarray(rng.standard_normal((P, block)), dtype=dtype), basis.Q, xp)
+        if basis.size + W.shape[1] > max_basis:              # thick restart: keep the top Ritz vectors (a
+            basis.restart(order[:keep])                      # subspace of span(Q), so W stays orthogonal)
+        W = W[:, :max_basis - basis.size]
+        basis.add(W, A(W))
+        iteration += 1
+    X, AX = basis.ritz_vectors(S[:, :k])
+    return sorted_result(xp.asarray(theta[:k], dtype=dtype), X, AX, xp, matvecs=A.matvecs, iterations=iteration,
+                         converged=converged, method="krylov")
+
+
+def _first_block(P, b, block, V0, seed, xp, dtype):
+    """The start: ``block`` random vectors cold; warm, ``block`` random mixtures of V0's columns, or V0's own
+    block (topped up to b) when ``block ≥ b``."""
+    if V0 is not None and block < b:
+        V0 = xp.asarray(V0, dtype=dtype).reshape(P, -1)
+        mix = np.random.default_rng(seed).standard_normal((V0.shape[1], block))
+        V0 = V0 @ xp.asarray(mix, dtype=dtype)
+    return start_block(P, b if V0 is not None and block >= b else min(block, b), V0, seed, xp, dtype)
+
+
+def _expansion(basis, theta, S, norms, tol, block, xp):
+    """The next block: residuals ``A x − θ x`` of the ``block`` worst unconverged Ritz pairs, made orthonormal
+    and orthogonal to the basis."""
+    open_ = np.flatnonzero(norms >= tol)
+    open_ = open_[np.argsort(-norms[open_])][:block]
+    X, AX = basis.ritz_vectors(S[:, open_])
+    return _new_directions(AX - X * xp.asarray(theta[open_], dtype=X.dtype)[None, :], basis.Q, xp)
+
+
+class _KrylovBasis:
+    """Q (orthonormal), A Q in column-major device buffers grown in place; ``T = Qᵀ A Q`` and
+    ``G = (A Q)ᵀ (A Q)`` on the host.
+
+    Adding c columns costs the products ``Qᵀ (A W)``, ``(A Q)ᵀ (A W)`` and
+    ``Wᵀ (A W)``, ``(A W)ᵀ (A W)`` for the new borders of T and G, not a
+    recomputation, and no copy of the basis. With G, the residual norm of a
+    Ritz pair (θ, x = Q s) needs no (P,)-long vector:
+    ``‖A x − θ x‖² = sᵀ G s − θ²`` (as xᵀ A x = θ and ‖x‖ = 1).
+    """
+
+    def __init__(self, P, max_basis, xp, dtype):
+        self.xp, self.dtype = xp, dtype
+        self._Q = xp.empty((P, max_basis), dtype=dtype, order="F")
+        self._AQ = xp.empty((P, max_basis), dtype=dtype, order="F")
+        self.T = np.zeros((0, 0))
+        self.G = np.zeros((0, 0))
+        self.size = 0
+        self._all = None                                     # all Ritz pairs of T, from ritz_pairs
+
+    @property
+    def Q(self):
+        return self._Q[:, :self.size]
+
+    @property
+    def AQ(self):
+        return self._AQ[:, :self.size]
+
+    def add(self, W, AW):
+        m = self.size
+        borders = backend.to_numpy(self.xp.concatenate([self.Q.T @ AW, self.AQ.T @ AW, W.T @ AW, AW.T @ AW]))
+        c = W.shape[1]
+        self.T = self._bordered(self.T, borders[:m], borders[2 * m:2 * m + c])
+        self.G = self._bordered(self.G, borders[m:2 * m], borders[2 * m + c:])
+        self._Q[:, m:m + c], self._AQ[:, m:m + c] = W, AW
+        self.size = m + c
+
+    @staticmethod
+    def _bordered(M, border, corner):
+        m, c = border.shape
+        out = np.empty((m + c, m + c))
+        out[:m, :m], out[:m, m:], out[m:, :m], out[m:, m:] = M, border, border.T, (corner + corner.T) / 2
+        return out
+
+    def ritz_pairs(self, b, which):
+        """The top b Ritz pairs (θ, S) of T, ranked by |θ| ('LM') or θ ('LA'), and the ranking of all of them."""
+        self._all = np.linalg.eigh(self.T)
+        theta_all, S_all = self._all
+        order = np.argsort(-np.abs(theta_all) if which == "LM" else -theta_all)
+        return theta_all[order[:b]], S_all[:, order[:b]], order
+
+    def ritz_vectors(self, S):
+        """``X = Q S`` and ``A X = (A Q) S`` for host coefficients S."""
+        S = self.xp.asarray(S, dtype=self.dtype)
+        return self.Q @ S, self.AQ @ S
+
+    def check_residuals(self, theta, S, k, tol, exact=False):
+        """Relative residuals of the Ritz pairs and whether the top k are below tol.
+
+        First from G (no product of length P); when those estimates say converged, or cannot see below their
+        rounding floor, or ``exact``, from the Ritz vectors themselves.
+        """
+        norms, floor = self.residual_estimates(theta, S)
+        if not exact and not (len(norms) >= k and (norms[:k] < np.maximum(tol, floor[:k])).all()):
+            return norms, False
+        X, AX = self.ritz_vectors(S)
+        residual = AX - X * self.xp.asarray(theta, dtype=self.dtype)[None, :]
+        norms = backend.to_numpy(column_norms(residual, self.xp)) / np.maximum(np.abs(theta), TINY)
+        return norms, bool(len(norms) >= k and norms[:k].max() < tol)
+
+    def residual_estimates(self, theta, S):
+        """``‖A x − θ x‖ / |θ|`` for the Ritz pairs (θ_j, Q s_j) from ``sᵀ G s − θ²``, and the rounding floor
+        below which that difference of two numbers of size ~θ_max² cannot see."""
+        r2 = (S * (self.G @ S)).sum(axis=0) - theta * theta
+        scale = np.maximum(np.abs(theta), TINY)
+        theta_max = np.sqrt(np.abs(np.diag(self.G)).max()) if self.size else 0.0
+        floor = 10 * (self.size * np.finfo(self.dtype).eps) ** 0.5 * theta_max / scale
+        return np.sqrt(np.maximum(r2, 0)) / scale, floor
+
+    def restart(self, kept):
+        """Keep only the Ritz vectors of T's pairs ``kept`` (and their products), re-orthonormalised
+        (X = Q R) so that rounding does not pile up over restarts."""
+        X, AX = self.ritz_vectors(self._all[1][:, kept])
+        gram = backend.to_numpy(X.T @ X)
+        inverse = self.xp.asarray(np.linalg.inv(np.linalg.cholesky(gram).T), dtype=self.dtype)
+        X, AX = X @ inverse, AX @ inverse
+        self.size, self.T, self.G = 0, self.T[:0, :0], self.G[:0, :0]
+        self.add(X, AX)

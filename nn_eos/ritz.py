@@ -1,0 +1,72 @@
+"""The pieces every eigensolver shares: its result, Rayleigh–Ritz on a subspace, residual norms, a start block.
+
+Residual norms are ``‖A v − λ v‖ / max(|λ|, tiny)``; every method reports
+them for its answer, computed from the answer's own products.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import backend
+
+TINY = 1e-30
+
+
+@dataclass
+class EigenResult:
+    values: object            # (k,) eigenvalues, decreasing, with their signs
+    vectors: object           # (P, k) orthonormal eigenvectors, column j for values[j]
+    residual_norms: object    # (k,) ‖A v − λ v‖ / max(|λ|, tiny), host array
+    matvecs: int              # single-vector products spent
+    iterations: int           # block products (power), LOBPCG iterations, operator calls (lanczos)
+    converged: bool
+    method: str
+
+    @property
+    def negative(self):
+        """Boolean mask of the eigenvalues that are negative (power iteration ranks by |λ|)."""
+        return backend.to_numpy(self.values) < 0
+
+
+def rayleigh_ritz(V, AV, xp):
+    """Ritz pairs of the operator on span(V), V orthonormal: eigh of ``T = Vᵀ A V``.
+
+    Returns (θ, X, AX) with ``X = V S`` and ``AX = (A V) S`` for the eigenvectors S of
+    T, ordered by decreasing |θ| (the order in which power iteration finds them).
+    """
+    T = V.T @ AV
+    theta, S = xp.linalg.eigh((T + T.T) / 2)
+    order = xp.argsort(-xp.abs(theta))
+    theta, S = theta[order], S[:, order]
+    return theta, V @ S, AV @ S
+
+
+def column_norms(M, xp):
+    """‖M[:, j]‖ for each column of a tall (P, b) array (einsum: no strided reduction over a C-ordered array)."""
+    return xp.sqrt(xp.einsum("ij,ij->j", M, M))
+
+
+def residual_norms(values, vectors, A_vectors, xp):
+    """``‖A v_j − λ_j v_j‖ / max(|λ_j|, tiny)`` for each column j, as a host array."""
+    R = A_vectors - vectors * values[None, :]
+    return backend.to_numpy(column_norms(R, xp) / xp.maximum(xp.abs(values), TINY))
+
+
+def sorted_result(values, vectors, A_vectors, xp, **fields):
+    """Sort pairs by decreasing signed value and attach residual norms."""
+    order = xp.argsort(-values)
+    values, vectors, A_vectors = values[order], vectors[:, order], A_vectors[:, order]
+    return EigenResult(values=values, vectors=vectors, residual_norms=residual_norms(values, vectors, A_vectors, xp),
+                       **fields)
+
+
+def start_block(P, b, V0, seed, xp, dtype):
+    """Orthonormal (P, b) start: V0's columns first, then seeded random ones."""
+    rng = np.random.default_rng(seed)
+    columns = [] if V0 is None else [xp.asarray(V0, dtype=dtype).reshape(P, -1)]
+    have = 0 if V0 is None else columns[0].shape[1]
+    if have < b:
+        columns.append(xp.asarray(rng.standard_normal((P, b - have)), dtype=dtype))
+    Q, _ = xp.linalg.qr(xp.concatenate(columns, axis=1)[:, :b])
+    return Q
