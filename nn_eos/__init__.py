@@ -20,7 +20,7 @@ from .criteria import MSE, CrossEntropy
 from .curvature import TrainingLoss
 from .eigen import EigenResult, NonConvergenceWarning, top_eigenpairs
 from .integrators import AdaptiveGradientFlow, ExponentialEuler, GradientDescent
-from .loop import Run, train
+from .loop import Run, TrainingInterrupted, train
 from .layers import Dense, Flatten
 from .network import Sequential, alexnet_like, mlp, vgg_like
 from .rundir import load_run
@@ -32,7 +32,7 @@ __all__ = [
     # curvature and eigenpairs
     "EigenResult", "NonConvergenceWarning", "TrainingLoss", "top_eigenpairs",
     # dynamics
-    "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "load_run", "train",
+    "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "TrainingInterrupted", "load_run", "train",
     # measurements and data
     "alignment", "datasets", "eos", "gpu_available", "__version__",
 ]

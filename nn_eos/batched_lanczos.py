@@ -9,8 +9,7 @@ has converged leaves the active set, so the products shrink as examples finish.
 Of the tridiagonal matrices ``T_m`` that Lanczos builds, the stopping test
 needs the top two eigenvalues (a batched ``eigvalsh``) and the last component
 of the top eigenvector, which two steps of inverse iteration give in O(m)
-where a batched ``eigh`` costs O(m³) (that ``eigh`` used to cost as much as
-all the products together).
+where a batched ``eigh`` costs O(m³).
 """
 
 import numpy as np

@@ -21,7 +21,7 @@ Index letters: k direction, n example, p position (Ho·Wo), f filter, c patch en
 import numpy as np
 
 from .backend import array_module
-from .layers import Layer
+from .layers import Layer, weight_and_bias
 
 
 def _pair(value, name):
@@ -95,9 +95,7 @@ class Conv2d(Layer):
 
     def split(self, flat):
         """Views (…, F, C·kh·kw) of the filters and (…, F) of the biases in a (…, p) array."""
-        lead = flat.shape[:-1]
-        cut = self.F * self.K
-        return flat[..., :cut].reshape(*lead, self.F, self.K), flat[..., cut:]
+        return weight_and_bias(flat, self.F, self.K)
 
     def bind(self, params):
         self.W, self.b = self.split(params)

@@ -154,9 +154,8 @@ class ExponentialEuler(Integrator):
     and the rest by an Euler step that ``1/λ_{k+1}`` keeps stable. When k + 1
     exceeds P, all P pairs are used and Δt = lr_max. Default k: the number of
     network outputs O (the paper's choice). ``method`` picks the warm-started
-    eigensolver: 'krylov' (the default: the cheapest warm step in
-    bench/dynamics.py, 13 products against 30 for block power iteration with
-    the paper's own stopping test and 88 with ours), 'power' as in the paper,
+    eigensolver: 'krylov' (the default: the fewest products per warm step in
+    bench/dynamics.py), 'power' as in the paper,
     'lanczos' or 'lobpcg'; ``stop='eigenvalues'`` uses the paper's looser
     stopping test (power only). Power and krylov rank by |λ|.
     """

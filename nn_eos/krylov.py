@@ -58,13 +58,12 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None,
     random mixtures of V0's columns. From one block of s, the residuals of
     all Ritz pairs lie in the s-dim span of the next Krylov block, so this
     is block Lanczos of block size s, with full re-orthogonalisation, whose
-    polynomial degree grows by one every s products. bench/eigen.py, top 20
-    of ∇²L̃ at width 128: 65 products with s = 1, 82 with s = 2, 105 with
-    s = 4, 272 from a random block of 20, 133 for eigsh; warm one GD step
-    of 0.5/λ_1 later, 62 products, about 200 from V0's whole block. s = 1
-    (the default) was also the fastest on the CPU, at widths 128 and 512;
-    wider blocks make fewer, bigger products, which pays where a product's
-    cost hardly grows with its width (a GPU). With s ≥ k + guard and V0,
+    polynomial degree grows by one every s products. A small s needs the
+    fewest products in all (bench/eigen.py; s = 1 is the default and the
+    fastest on the CPU); wider blocks make fewer, bigger products, which
+    pays where a product's cost hardly grows with its width (a GPU). A
+    random block of k + guard needs several times more products, and so
+    does a warm start from V0's whole block. With s ≥ k + guard and V0,
     the start is V0's block (topped up to k + guard), expanded by the
     residuals of every unconverged pair: fewest block products from a very
     good start, power iteration with memory.

@@ -31,6 +31,13 @@ import numpy as np
 from .backend import Workspace, array_module
 
 
+def weight_and_bias(flat, rows, cols):
+    """Views (…, rows, cols) of a weight matrix stored row-major and (…, rows) of the bias after it, in a (…, p)
+    array (p = rows·cols + rows): how a layer's parameters, and any direction or gradient of them, are laid out."""
+    cut = rows * cols
+    return flat[..., :cut].reshape(*flat.shape[:-1], rows, cols), flat[..., cut:]
+
+
 class Layer:
     """A layer without parameters that passes everything through unchanged."""
 
@@ -86,9 +93,7 @@ class Dense(Layer):
 
     def split(self, flat):
         """Views (…, o, i) and (…, o) of the A and b parts of a (…, p) array."""
-        lead = flat.shape[:-1]
-        cut = self.n_out * self.n_in
-        return flat[..., :cut].reshape(*lead, self.n_out, self.n_in), flat[..., cut:]
+        return weight_and_bias(flat, self.n_out, self.n_in)
 
     def bind(self, params):
         self.A, self.b = self.split(params)

@@ -19,17 +19,14 @@ from .rundir import RunDirectory, columns, read_rows, rewrite_rows, write_json
 from .validation import check_integer
 
 
-class _Progress:
-    """A silent stand-in for a tqdm bar (progress=False)."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`: the checkpoint was written first (``run_dir``, ``step`` say where and when)."""
 
-    def set_postfix(self, *args, **kwargs):
-        pass
-
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
+    def __init__(self, step, run_dir):
+        where = "no run_dir, nothing saved" if run_dir is None else (
+            f"checkpoint written to {run_dir}; train(..., resume=True) continues")
+        super().__init__(f"interrupted at step {step}: {where}")
+        self.step, self.run_dir = step, run_dir
 
 
 @dataclass
@@ -45,6 +42,108 @@ class Run:
     run_dir: str = None
 
 
+@dataclass
+class Limits:
+    """The stopping rules of a run, checked before every step (:meth:`stop`)."""
+
+    until_loss: float
+    max_steps: int = None
+    max_time: float = None
+    diverge_factor: float = 100.0
+
+    def __post_init__(self):
+        self.max_steps = check_integer(self.max_steps, "max_steps", optional=True)
+        if self.max_time is not None and not self.max_time > 0:
+            raise ValueError(f"max_time must be positive or None, got {self.max_time!r}")
+
+    def settings(self):
+        return {"until_loss": self.until_loss, "max_steps": self.max_steps, "max_time": self.max_time,
+                "diverge_factor": self.diverge_factor}
+
+    def stop(self, value, step, t, initial_loss):
+        """(status, message) when the run must stop at this state, else None."""
+        if not np.isfinite(value) or value > self.diverge_factor * initial_loss:
+            return "diverged", (f"diverged at step {step} (t = {t:.4g}): loss {value:.4g} is not finite or exceeds "
+                                f"{self.diverge_factor:g} × the initial loss {initial_loss:.4g}")
+        if value <= self.until_loss:
+            return "converged", f"reached loss {value:.4g} ≤ {self.until_loss:g} at step {step}, t = {t:.4g}"
+        if self.max_steps is not None and step >= self.max_steps:
+            return "max_steps", f"stopped at max_steps = {self.max_steps} (t = {t:.4g}, loss {value:.4g})"
+        if self.max_time is not None and t >= self.max_time:
+            return "max_time", f"stopped at t = {t:.4g} ≥ max_time (step {step}, loss {value:.4g})"
+        return None
+
+
+class Progress:
+    """A progress bar (tqdm, loaded only when shown) towards the run's nearest limit, with an ETA.
+
+    Bounded by ``max_time`` it counts continuous time t; else by ``max_steps``,
+    steps; with neither, steps without a total. The postfix shows the loss
+    against its target and, when measured, λ_1.
+    """
+
+    def __init__(self, limits, step, t, show=True):
+        self.limits, self.bar = limits, None
+        if not show:
+            return
+        from tqdm.auto import tqdm          # only the experiments floor needs tqdm installed
+        if limits.max_time is not None:
+            self.in_time = True
+            self.bar = tqdm(total=float(limits.max_time), initial=float(t), unit="t", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| t {n:.3g}/{total:.3g} [{elapsed}<{remaining}{postfix}]")
+        else:
+            self.in_time = False
+            self.bar = tqdm(total=limits.max_steps, initial=step, unit="step", dynamic_ncols=True)
+
+    def update(self, step, t, dt, value, info):
+        if self.bar is None:
+            return
+        postfix = {"loss": f"{value:.4g}→{self.limits.until_loss:g}"}
+        if "lambda_1" in info:
+            postfix["λ1"] = f"{info['lambda_1']:.4g}"
+        if self.in_time:
+            postfix["step"] = step
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(min(dt, self.bar.total - self.bar.n) if self.in_time else 1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def manifest(loss, integrator, limits, snapshot_every, telemetry, data, experiment):
+    """The run's config.json (rundir.py): everything needed to rebuild and judge it."""
+    net = loss.net
+    return {"nn_eos_version": __version__, "net": getattr(net, "spec", {"repr": repr(net)}),
+            "dtype": net.dtype.name, "criterion": loss.criterion.name,
+            "num_examples": loss.num_examples, "integrator": integrator.config(),
+            "telemetry": None if telemetry is None else telemetry.config(),
+            "train": {**limits.settings(), "snapshot_every": snapshot_every},
+            "device": net.device, **({"data": data} if data is not None else {}),
+            **({"experiment": experiment} if experiment is not None else {})}
+
+
+def _open_run(directory, config, resume, integrator, telemetry, net):
+    """Start a run directory, or continue it (``resume``): returns (step, t, θ or None, initial loss or None)."""
+    if not directory.has_checkpoint():
+        write_json(os.path.join(directory.path, "config.json"), config)
+        return 0, 0.0, None, None
+    if not resume:
+        raise FileExistsError(f"{directory.path!r} already holds a run: pass resume=True to continue it, "
+                              f"or choose another run_dir")
+    with open(os.path.join(directory.path, "config.json")) as f:
+        saved = json.load(f)
+    if saved.get("integrator") != json.loads(json.dumps(integrator.config())):
+        raise ValueError(f"cannot resume {directory.path!r}: it was run with integrator "
+                         f"{saved.get('integrator')}, not {integrator.config()}")
+    step, t, theta_host, initial_loss, state = directory.load_checkpoint()
+    integrator.load_state(state["integrator"])
+    if telemetry is not None:
+        telemetry.load_state(state["telemetry"])
+    rewrite_rows(directory.metrics_path, read_rows(directory.metrics_path, before_step=step))
+    rewrite_rows(directory.telemetry_path, read_rows(directory.telemetry_path, before_step=step))
+    return step, t, to_device(theta_host, net.device).astype(net.dtype), initial_loss
+
 
 def train(loss, integrator, until_loss=None, max_steps=None, max_time=None, snapshot_every=None, telemetry=None,
           run_dir=None, resume=False, progress=True, data=None, experiment=None, diverge_factor=100.0, theta=None):
@@ -57,46 +156,21 @@ def train(loss, integrator, until_loss=None, max_steps=None, max_time=None, snap
     ``telemetry`` (eos.Telemetry) is measured whenever t reaches its schedule.
     With ``run_dir`` everything is written as it goes (module docstring);
     ``resume=True`` continues from the directory's checkpoint. Ctrl-C writes a
-    checkpoint and re-raises. The network's θ is set to the final θ.
+    checkpoint and raises :class:`TrainingInterrupted` (a KeyboardInterrupt).
+    ``progress`` shows a bar towards ``max_time`` (else ``max_steps``) with
+    an ETA. The network's θ is set to the final θ.
     """
-    if until_loss is None:
-        until_loss = loss.criterion.default_target_loss
-    max_steps = check_integer(max_steps, "max_steps", optional=True)
+    limits = Limits(loss.criterion.default_target_loss if until_loss is None else until_loss, max_steps, max_time,
+                    diverge_factor)
     snapshot_every = check_integer(snapshot_every, "snapshot_every", optional=True)
-    if max_time is not None and not max_time > 0:
-        raise ValueError(f"max_time must be positive or None, got {max_time!r}")
     net = loss.net
     theta = (net.theta if theta is None else net.check_theta(theta)).copy()
-    step, t, initial_loss = 0, 0.0, None
-    directory = None
+    step, t, initial_loss, directory = 0, 0.0, None, None
     if run_dir is not None:
         directory = RunDirectory(run_dir)
-        settings = {"until_loss": until_loss, "max_steps": max_steps, "max_time": max_time,
-                    "snapshot_every": snapshot_every, "diverge_factor": diverge_factor}
-        full_config = {"nn_eos_version": __version__, "net": getattr(net, "spec", {"repr": repr(net)}),
-                       "dtype": net.dtype.name, "criterion": loss.criterion.name,
-                       "num_examples": loss.num_examples, "integrator": integrator.config(),
-                       "telemetry": None if telemetry is None else telemetry.config(), "train": settings,
-                       "device": net.device, **({"data": data} if data is not None else {}),
-                       **({"experiment": experiment} if experiment is not None else {})}
-        if directory.has_checkpoint():
-            if not resume:
-                raise FileExistsError(f"{directory.path!r} already holds a run: pass resume=True to continue it, "
-                                      f"or choose another run_dir")
-            with open(os.path.join(directory.path, "config.json")) as f:
-                saved = json.load(f)
-            if saved.get("integrator") != json.loads(json.dumps(integrator.config())):
-                raise ValueError(f"cannot resume {directory.path!r}: it was run with integrator "
-                                 f"{saved.get('integrator')}, not {integrator.config()}")
-            step, t, theta_host, initial_loss, state = directory.load_checkpoint()
-            theta = to_device(theta_host, net.device).astype(net.dtype)
-            integrator.load_state(state["integrator"])
-            if telemetry is not None:
-                telemetry.load_state(state["telemetry"])
-            rewrite_rows(directory.metrics_path, read_rows(directory.metrics_path, before_step=step))
-            rewrite_rows(directory.telemetry_path, read_rows(directory.telemetry_path, before_step=step))
-        else:
-            write_json(os.path.join(directory.path, "config.json"), full_config)
+        config = manifest(loss, integrator, limits, snapshot_every, telemetry, data, experiment)
+        step, t, resumed_theta, initial_loss = _open_run(directory, config, resume, integrator, telemetry, net)
+        theta = theta if resumed_theta is None else resumed_theta
 
     value, gradient = loss.value_and_gradient(theta)
     if initial_loss is None:
@@ -107,27 +181,11 @@ def train(loss, integrator, until_loss=None, max_steps=None, max_time=None, snap
                 directory.save_snapshot(step, theta)
     rows = [] if directory is None else read_rows(directory.metrics_path)
     telemetry_rows = [] if directory is None else read_rows(directory.telemetry_path)
-    if progress:
-        from tqdm.auto import tqdm          # only the experiments floor needs tqdm installed
-    bar = _Progress() if not progress else tqdm(total=max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    stopped = limits.stop(value, step, t, initial_loss)
+    bar = Progress(limits, step, t, show=progress and stopped is None)   # a finished run shows no empty bar
     start = time.perf_counter()
-    status = message = None
     try:
-        while status is None:
-            if not np.isfinite(value) or value > diverge_factor * initial_loss:
-                status = "diverged"
-                message = (f"diverged at step {step} (t = {t:.4g}): loss {value:.4g} is not finite or exceeds "
-                           f"{diverge_factor:g} × the initial loss {initial_loss:.4g}")
-                break
-            if value <= until_loss:
-                status, message = "converged", f"reached loss {value:.4g} ≤ {until_loss:g} at step {step}, t = {t:.4g}"
-                break
-            if max_steps is not None and step >= max_steps:
-                status, message = "max_steps", f"stopped at max_steps = {max_steps} (t = {t:.4g}, loss {value:.4g})"
-                break
-            if max_time is not None and t >= max_time:
-                status, message = "max_time", f"stopped at t = {t:.4g} ≥ max_time (step {step}, loss {value:.4g})"
-                break
+        while stopped is None:
             new_theta, dt, info = integrator.step(loss, theta, gradient)
             if telemetry is not None and telemetry.due(t):
                 row = telemetry.measure(loss, theta, gradient, eta=dt, step=step, t=t)
@@ -143,19 +201,16 @@ def train(loss, integrator, until_loss=None, max_steps=None, max_time=None, snap
             if directory is not None and snapshot_every and step % snapshot_every == 0:
                 directory.save_snapshot(step, theta)
                 directory.save_checkpoint(step, t, theta, initial_loss, integrator, telemetry)
-            postfix = {"t": f"{t:.3g}", "loss": f"{value:.4g}"}
-            if "lambda_1" in info:
-                postfix["λ1"] = f"{info['lambda_1']:.4g}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
+            bar.update(step, t, dt, value, info)
+            stopped = limits.stop(value, step, t, initial_loss)
     except KeyboardInterrupt:
+        bar.close()
         if directory is not None:
             directory.save_checkpoint(step, t, theta, initial_loss, integrator, telemetry)
             directory.close()
-            print(f"\ninterrupted at step {step}: checkpoint written to {directory.path}; resume=True continues")
-        bar.close()
-        raise
+        raise TrainingInterrupted(step, None if directory is None else directory.path) from None
     bar.close()
+    status, message = stopped
     net.set_theta(theta)
     if directory is not None:
         directory.save_checkpoint(step, t, theta, initial_loss, integrator, telemetry)

@@ -225,9 +225,12 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_identically(tmp_path):
                 raise KeyboardInterrupt
             return super().step(loss, theta, gradient)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as caught:
         ne.train(p.loss, Interrupting(0.3), until_loss=0.0, max_steps=12, run_dir=tmp_path / "a", progress=False,
                  theta=theta0)
+    assert isinstance(caught.value, ne.TrainingInterrupted) and caught.value.step == 7
+    assert str(caught.value) == f"interrupted at step 7: checkpoint written to {tmp_path / 'a'}; " \
+                                "train(..., resume=True) continues"
     resumed = ne.train(p.loss, ne.GradientDescent(0.3), until_loss=0.0, max_steps=12, run_dir=tmp_path / "a",
                        resume=True, progress=False)
     whole = ne.train(p.loss, ne.GradientDescent(0.3), until_loss=0.0, max_steps=12, progress=False, theta=theta0)
