@@ -9,12 +9,12 @@ and H by block Krylov), which ρ(K) needs. Aim: under 30 gradients in all, the
 layerwise Jacobian norms under 5.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nn_eos as ne  # noqa: E402
+from nn_eos.experiments.arguments import add_device, parse, script_parser  # noqa: E402
 from nn_eos import alignment  # noqa: E402
 from timing import median_times, table, timed  # noqa: E402
 
@@ -22,20 +22,21 @@ from timing import median_times, table, timed  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--widths", type=int, nargs="+", default=[1024, 512, 512, 512, 512, 512, 6])
-    args = parser.parse_args()
+    add_device(parser)
+    args = parse(parser)
     X, y = ne.datasets.dice("train", n=args.n)
-    net = ne.mlp(args.widths, activation="elu", seed=0)
+    net = ne.mlp(args.widths, activation="elu", seed=0, device=args.device)
     loss = ne.TrainingLoss(net, "cross_entropy", X, y)
     gradient = median_times({"g": loss.value_and_gradient}, rounds=5)["g"]
-    print(f"MLP {args.widths}, P = {net.num_params}, n = {args.n}: one gradient = {gradient:.4f} s")
+    print(f"MLP {args.widths}, P = {net.num_params}, n = {args.n}, {args.device}: one gradient = {gradient:.4f} s")
     xp, criterion = net.xp, loss.criterion
     Xd, yd = loss._data()
     dense, acts = alignment.dense_layers(net)
     _, t_jac = timed(lambda: alignment.output_jacobians(net, Xd))
-    _, t_layerwise = timed(lambda: [alignment.layerwise_jacobian_norm2(dense[i + 1].A, acts[i].s, xp)
+    _, t_layerwise = timed(lambda: [alignment.layerwise_jacobian_norm2(dense[i + 1].A, acts[i].last_slope(), xp)
                                     for i in range(len(dense) - 1)])
     _, t_all_per_example = timed(lambda: alignment.per_example_quantities(net, criterion, Xd, yd))
     cold, t_full = timed(lambda: alignment.analyze(net, criterion, X, y, eigenvectors=True))

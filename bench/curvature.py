@@ -20,7 +20,6 @@ All contenders run once per round (bench/timing.py), so the ratios are
 measured side by side.
 """
 
-import argparse
 import os
 import sys
 
@@ -28,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nn_eos as ne  # noqa: E402
+from nn_eos.experiments.arguments import add_device, parse, script_parser  # noqa: E402
 from nn_eos.backend import to_numpy  # noqa: E402
 from timing import median_times, table  # noqa: E402
 
@@ -265,18 +265,20 @@ def torch_conv_forward(net, torch):
     return forward
 
 
-def run_conv(arch, n, rounds, peers):
-    """hvp/gradient of a conv net (dice as 1×32×32 images), and ours/PyTorch's double-backward HVP."""
+def run_conv(arch, n, rounds, peers, device="cpu"):
+    """hvp/gradient of a conv net (dice as 1×32×32 images), and ours/PyTorch's double-backward HVP (on the same
+    device)."""
     rng = np.random.default_rng(0)
     X = ne.datasets.dice("train", n=n)[0].reshape(n, 1, 32, 32)
     y = np.arange(n) % 6
-    build = {"alexnet": lambda: ne.alexnet_like((1, 32, 32), 6, width=0.25, activation="relu"),
-             "vgg11": lambda: ne.vgg_like((1, 32, 32), 6, depth=11, width=0.125, activation="relu")}[arch]
+    build = {"alexnet": lambda: ne.alexnet_like((1, 32, 32), 6, width=0.25, activation="relu", device=device),
+             "vgg11": lambda: ne.vgg_like((1, 32, 32), 6, depth=11, width=0.125, activation="relu",
+                                          device=device)}[arch]
     net = build()
     loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, y)
-    v = rng.standard_normal(net.num_params)
-    V = rng.standard_normal((net.num_params, K_BLOCK))
-    print(f"\n=== {arch} (width scaled), float64, cpu, P = {net.num_params}, n = {n} ===")
+    v_host = rng.standard_normal(net.num_params)
+    v, V = net.xp.asarray(v_host), net.xp.asarray(rng.standard_normal((net.num_params, K_BLOCK)))
+    print(f"\n=== {arch} (width scaled), float64, {device}, P = {net.num_params}, n = {n} ===")
     contenders = {"ours: value+gradient": lambda: loss.value_and_gradient()[1], "ours: hvp (k=1)": lambda: loss.hvp(v),
                   "ours: ggn (k=1)": lambda: loss.ggn(v), f"ours: hvp block (k={K_BLOCK})": lambda: loss.hvp(V)}
     if peers:
@@ -284,32 +286,38 @@ def run_conv(arch, n, rounds, peers):
             import torch
         except ImportError:
             print("  PyTorch not installed")
+            peers = False
         else:
-            torch.set_num_threads(os.cpu_count() or 1)
-            forward = torch_conv_forward(net, torch)
-            params = []
-            for layer, part in zip(net.layers, net._slices(to_numpy(net.theta))):
-                if layer.num_params:
-                    W, b = layer.split(part)
-                    params += [torch.tensor(W.copy()), torch.tensor(b.copy())]
-            Xt, yt = torch.tensor(X), torch.tensor(y)
-            vs = []
-            for layer, part in zip(net.layers, net._slices(v)):
-                if layer.num_params:
-                    W, b = layer.split(part)
-                    vs += [torch.tensor(W.copy()), torch.tensor(b.copy())]
+            if device == "gpu" and not torch.cuda.is_available():
+                print("  PyTorch has no CUDA device")
+                peers = False
+    if peers:
+        tdev = "cuda" if device == "gpu" else "cpu"
+        torch.set_num_threads(os.cpu_count() or 1)
+        forward = torch_conv_forward(net, torch)
+        params = []
+        for layer, part in zip(net.layers, net._slices(to_numpy(net.theta))):
+            if layer.num_params:
+                W, b = layer.split(part)
+                params += [torch.tensor(W.copy(), device=tdev), torch.tensor(b.copy(), device=tdev)]
+        Xt, yt = torch.tensor(X, device=tdev), torch.tensor(y, device=tdev)
+        vs = []
+        for layer, part in zip(net.layers, net._slices(v_host)):
+            if layer.num_params:
+                W, b = layer.split(part)
+                vs += [torch.tensor(W.copy(), device=tdev), torch.tensor(b.copy(), device=tdev)]
 
-            def double_backward():
-                p = [q.detach().requires_grad_() for q in params]
-                g = torch.autograd.grad(torch.nn.functional.cross_entropy(forward(p, Xt), yt), p, create_graph=True)
-                return torch.autograd.grad(g, p, grad_outputs=vs)
+        def double_backward():
+            p = [q.detach().requires_grad_() for q in params]
+            g = torch.autograd.grad(torch.nn.functional.cross_entropy(forward(p, Xt), yt), p, create_graph=True)
+            return torch.autograd.grad(g, p, grad_outputs=vs)
 
-            theirs = torch.cat([t.reshape(-1) for t in double_backward()]).numpy()
-            mine = to_numpy(loss.hvp(v))
-            err = np.abs(theirs - mine).max() / np.abs(mine).max()
-            print(f"  PyTorch double-backward hvp: relative difference from ours {err:.1e}")
-            if err < 1e-8:
-                contenders["PyTorch: hvp double-backward"] = double_backward
+        theirs = torch.cat([t.reshape(-1) for t in double_backward()]).cpu().numpy()
+        mine = to_numpy(loss.hvp(v))
+        err = np.abs(theirs - mine).max() / np.abs(mine).max()
+        print(f"  PyTorch double-backward hvp: relative difference from ours {err:.1e}")
+        if err < 1e-8:
+            contenders["PyTorch: hvp double-backward"] = double_backward
     times = median_times(contenders, rounds=rounds)
     g = times["ours: value+gradient"]
     print(table([[k, f"{t:.4f}", f"{t / g:.2f}"] for k, t in times.items()], ["contender", "median s", "/ our gradient"]))
@@ -321,22 +329,22 @@ def run_conv(arch, n, rounds, peers):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--dtype", nargs="*", default=["float64", "float32"], choices=["float64", "float32"],
                         help="MLP runs (none: --dtype with no names)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    add_device(parser)
     parser.add_argument("--no-peers", dest="peers", action="store_false")
     parser.add_argument("--conv", nargs="*", default=["alexnet", "vgg11"], choices=["alexnet", "vgg11"],
                         help="conv nets to time after the MLP (none: --conv with no names)")
     parser.add_argument("--conv-n", type=int, default=200)
-    args = parser.parse_args()
+    args = parse(parser)
     print(f"threads: {os.cpu_count()} cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     for dtype in args.dtype:
         run(dtype, args.n, args.rounds, args.device, args.peers)
     for arch in args.conv:
-        run_conv(arch, args.conv_n, args.rounds, args.peers)
+        run_conv(arch, args.conv_n, args.rounds, args.peers, args.device)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ A100 in float32 with 4096 samples, 0.284 s for a warm exponential-Euler step
 with 5 eigenpairs against 0.033 s for a gradient (≈ 8.6 gradients).
 """
 
-import argparse
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nn_eos as ne  # noqa: E402
+from nn_eos.experiments.arguments import add_device, parse, script_parser  # noqa: E402
 from timing import median_times, table  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def time_steps(loss, integrator, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4096])
     parser.add_argument("--widths", type=int, nargs="+", default=[1024, 512, 512, 512, 512, 512, 6])
     parser.add_argument("--steps", type=int, default=5)
@@ -53,15 +53,16 @@ def main():
     parser.add_argument("--variants", nargs="+", default=["power/residual", "power/eigenvalues", "krylov/residual",
                                                           "lanczos/residual"],
                         help="eigensolver/stopping rule pairs for the warm eigenpairs")
-    args = parser.parse_args()
+    add_device(parser)
+    args = parse(parser)
     warnings.simplefilter("ignore", ne.NonConvergenceWarning)
     rows = []
     for n in args.sizes:
         X, y = ne.datasets.dice("train", n=n)
-        net = ne.mlp(args.widths, activation="elu", seed=0)
+        net = ne.mlp(args.widths, activation="elu", seed=0, device=args.device)
         loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, y)
         gradient = median_times({"g": loss.value_and_gradient}, rounds=5)["g"]
-        print(f"n = {n}: MLP {args.widths}, P = {net.num_params}, one gradient = {gradient:.4f} s", flush=True)
+        print(f"n = {n}, {args.device}: MLP {args.widths}, P = {net.num_params}, one gradient = {gradient:.4f} s", flush=True)
         variants = [tuple(v.split("/")) for v in args.variants]
         integrators = [(f"exponential Euler, k = {k} ({k + 1} pairs), {method}, stop on {stop}",
                         ne.ExponentialEuler(k=k, lr_max=args.lr_max, method=method, stop=stop))

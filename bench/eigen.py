@@ -10,7 +10,6 @@ one gradient-descent step of size 0.5/λ_1 (a stable step), as the papers'
 training loops do.
 """
 
-import argparse
 import os
 import sys
 import warnings
@@ -19,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nn_eos as ne  # noqa: E402
+from nn_eos.experiments.arguments import add_device, parse, script_parser  # noqa: E402
 from nn_eos.backend import to_numpy  # noqa: E402
 from timing import median_times, table, timed  # noqa: E402
 
@@ -33,7 +33,7 @@ def quietly(fn, *args, **kwargs):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--widths", type=int, nargs="+", default=[1024, 512, 512, 512, 512, 512, 6])
     parser.add_argument("--tol", type=float, default=1e-6)
@@ -42,8 +42,8 @@ def main():
     parser.add_argument("--methods", nargs="+", default=list(ne.eigen.METHODS), choices=ne.eigen.METHODS)
     parser.add_argument("--guard", type=int, default=0)
     parser.add_argument("--maxiter", type=int, default=None)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    args = parser.parse_args()
+    add_device(parser)
+    args = parse(parser)
 
     rng = np.random.default_rng(0)
     net = ne.mlp(args.widths, activation="elu", seed=0, device=args.device)

@@ -14,19 +14,19 @@ Every printed error should be at rounding level (≲1e-8 for finite
 differences, ≲1e-12 for identities).
 """
 
-import argparse
 import time
 
 import numpy as np
 
 import nn_eos as ne
+from nn_eos.experiments.arguments import add_device, parse, script_parser
 from nn_eos.backend import to_numpy
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    args = parser.parse_args()
+    parser = script_parser(__doc__)
+    add_device(parser)
+    args = parse(parser)
 
     rng = np.random.default_rng(0)
     widths = [20, 16, 16, 4]

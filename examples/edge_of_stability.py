@@ -14,10 +14,10 @@ subsets with that many classes (Figure 2). Laptop scale on dice by default;
 conv nets on dice; the paper's scale is CIFAR-10 with ``--width 1`` on a GPU.
 """
 
-import argparse
 import os
 
 import nn_eos as ne
+from nn_eos.experiments.arguments import add_device, parse, script_parser
 from nn_eos.experiments import plots
 from nn_eos.experiments.demo import EDGE, bulk_claim, edge_claim, run_with_telemetry
 
@@ -26,7 +26,7 @@ PAPER_TABLE_1 = "AlexNet-ReLU on CIFAR-10: η = 0.001 top +0.0064 (0.0133) bulk 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.5, 0.25, 0.1])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="MLP hidden widths")
@@ -38,9 +38,9 @@ def main():
     parser.add_argument("--every", type=float, default=2.0, help="telemetry every this many units of t")
     parser.add_argument("--classes", type=int, nargs="*", default=[], help="also run on 2, 3, 5 … classes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu: the paper's scale on CuPy")
+    add_device(parser, "; gpu: the paper's scale on CuPy")
     parser.add_argument("--out", default="out/edge_of_stability")
-    args = parser.parse_args()
+    args = parse(parser)
 
     # with --classes, a pool six times larger leaves at least n images of any two classes
     X_all, y_all = ne.datasets.dice("train", n=6 * args.n if args.classes else args.n, seed=args.seed)

@@ -12,18 +12,18 @@ hovering at 2/η), whether the loss decreased at every step, and the cost per
 unit of t in gradients and seconds.
 """
 
-import argparse
 import os
 
 import numpy as np
 
 import nn_eos as ne
+from nn_eos.experiments.arguments import add_device, parse, script_parser
 from nn_eos.experiments import plots
 from nn_eos.experiments.demo import run_with_telemetry
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--k", type=int, default=6, help="eigendirections integrated exactly (default O = 6)")
@@ -31,9 +31,9 @@ def main():
     parser.add_argument("--gd-lr", type=float, default=0.5)
     parser.add_argument("--max-time", type=float, default=200.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu: the paper's scale on CuPy")
+    add_device(parser, "; gpu: the paper's scale on CuPy")
     parser.add_argument("--out", default="out/exponential_euler")
-    args = parser.parse_args()
+    args = parse(parser)
 
     X, y = ne.datasets.dice("train", n=args.n, seed=args.seed)
     settings = {"hidden": args.hidden, "activation": "elu", "seed": args.seed, "device": args.device,

@@ -12,12 +12,12 @@ snapshot θ* nearest the peak (Figure 6), where the paper sees a cusp forming
 as n_D grows. Says plainly whether each claim holds in this run.
 """
 
-import argparse
 import os
 
 import numpy as np
 
 import nn_eos as ne
+from nn_eos.experiments.arguments import add_device, parse, script_parser
 from nn_eos.rundir import load_run, load_snapshot, snapshot_steps
 
 
@@ -30,16 +30,16 @@ def linear_fit(x, y):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000, 2000])
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--activation", default="relu", choices=["elu", "relu", "tanh"])
     parser.add_argument("--lr-max", type=float, default=1.0)
     parser.add_argument("--max-time", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu: the paper's scale on CuPy")
+    add_device(parser, "; gpu: the paper's scale on CuPy")
     parser.add_argument("--out", default="out/gradient_flow")
-    args = parser.parse_args()
+    args = parse(parser)
 
     X_all, y_all = ne.datasets.dice("train", n=max(args.sizes), seed=args.seed)
     peaks, runs = [], {}

@@ -14,12 +14,12 @@ The paper's scale is ``--hidden 512 512 512 512 512 --sizes 468 937 1875 3750 75
 --until-loss 0.01 --device gpu``.
 """
 
-import argparse
 import os
 
 import numpy as np
 
 import nn_eos as ne
+from nn_eos.experiments.arguments import add_device, parse, script_parser
 from nn_eos import alignment
 from nn_eos.experiments import analysis, plots
 
@@ -34,7 +34,7 @@ def growth(values):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[117, 234, 468, 937])
     parser.add_argument("--hidden", type=int, nargs="+", default=[32, 32, 32, 32, 32])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="init seeds (subset seed = init seed)")
@@ -42,9 +42,9 @@ def main():
     parser.add_argument("--max-time", type=float, default=300.0)
     parser.add_argument("--lr-max", type=float, default=1.0)
     parser.add_argument("--snapshot-every", type=int, default=2)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    add_device(parser)
     parser.add_argument("--out", default="out/jacobian_alignment")
-    args = parser.parse_args()
+    args = parse(parser)
 
     X_all, y_all = ne.datasets.dice("train", n=max(args.sizes) * 2)
     results = []

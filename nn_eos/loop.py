@@ -153,7 +153,9 @@ def train(loss, integrator, until_loss=None, max_steps=None, max_time=None, snap
     (0.01 cross-entropy, 0.02 MSE). ``max_steps`` bounds the steps and
     ``max_time`` the continuous time ``t = Σ Δt``. A run whose loss turns NaN
     or exceeds ``diverge_factor`` times its initial loss stops as 'diverged'.
-    ``telemetry`` (eos.Telemetry) is measured whenever t reaches its schedule.
+    ``telemetry`` (eos.Telemetry) is measured whenever t reaches its schedule,
+    and at the final θ of a run stopped by a limit when the schedule falls
+    due there (with the last step's Δt as η).
     With ``run_dir`` everything is written as it goes (module docstring);
     ``resume=True`` continues from the directory's checkpoint. Ctrl-C writes a
     checkpoint and raises :class:`TrainingInterrupted` (a KeyboardInterrupt).
@@ -203,6 +205,11 @@ def train(loss, integrator, until_loss=None, max_steps=None, max_time=None, snap
                 directory.save_checkpoint(step, t, theta, initial_loss, integrator, telemetry)
             bar.update(step, t, dt, value, info)
             stopped = limits.stop(value, step, t, initial_loss)
+        if telemetry is not None and rows and stopped[0] in ("max_time", "max_steps") and telemetry.due(t):
+            row = telemetry.measure(loss, theta, gradient, eta=rows[-1]["dt"], step=step, t=t)   # the last θ
+            telemetry_rows.append(row)
+            if directory is not None:
+                directory.append("telemetry", row)
     except KeyboardInterrupt:
         bar.close()
         if directory is not None:

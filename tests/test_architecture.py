@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nn_eos")
-EXPERIMENTS_ONLY = ("matplotlib", "tqdm", "dask", "distributed", "tomli", "tomllib")
+EXPERIMENTS_ONLY = ("matplotlib", "tqdm", "dask", "distributed", "tomli", "tomllib", "threadpoolctl")
 
 
 def imports(path):

@@ -30,9 +30,16 @@ def test_demo_writes_runs_figures_and_summary(tmp_path):
         assert line.endswith(f"| {verdict[edge['holds']]} |") and f"{edge['max_rho_top']:.3f}" in line
         line = next(l for l in text.splitlines() if l.startswith(f"| 2. GD η = {float(lr):g}:"))
         assert line.endswith(f"| {verdict[result['bulk']['holds']]} |")
+        # claim 2 says which rows it used, in the words `nn-eos analyze` prints for the same run
+        from nn_eos import eos
+        assert eos.describe_bulk_claim(result["bulk"], 6).rsplit(";", 1)[0] in line
     mono = summary["ee"]["monotone"]
     assert mono["holds"] == (mono["rises"] == 0)
     assert text.count("| 1. GD") == 2 and "| 3. exponential Euler" in text
+    # the demo's folder is a folder of runs for analyze and plot
+    assert cli.main(["analyze", str(out)]) == 0
+    assert cli.main(["plot", str(out), "--figure", "rho", "loss"]) == 0
+    assert (out / "figures" / "rho.png").exists()
     # a second run reuses the finished runs
     before = (out / "runs" / "gd_lr0.5" / "metrics.jsonl").read_bytes()
     cli.main(["demo", "--quick", "--out", str(out), "--no-progress"])

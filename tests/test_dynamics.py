@@ -127,7 +127,8 @@ def test_telemetry_projections_and_loss_changes():
     tele = Telemetry(k=6, every_time=0.5, tol=1e-10, maxiter=5000)
     theta = p.theta
     run = ne.train(p.loss, ne.GradientDescent(0.25), until_loss=0.0, max_steps=6, telemetry=tele, progress=False)
-    assert [row["step"] for row in run.telemetry] == [0, 2, 4]
+    assert [row["step"] for row in run.telemetry] == [0, 2, 4, 6]       # t = 0, 0.5, 1, and the final θ at 1.5
+    assert run.telemetry[-1]["t"] == run.t and run.telemetry[-1]["eta"] == 0.25
     row = run.telemetry[0]
     assert row["n_top"] == 3 and len(row["eigenvalues"]) == 6
     assert row["top_norm"] ** 2 + row["bulk_norm"] ** 2 == pytest.approx(row["grad_norm"] ** 2, rel=TOL["exact"])

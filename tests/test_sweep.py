@@ -11,8 +11,11 @@ import time
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
+from nn_eos import loop
 from nn_eos.experiments import config, sweep, tables
+from nn_eos.experiments.config import tomllib
 from nn_eos.rundir import load_run, load_snapshot, snapshot_steps
 
 BASE = """
@@ -140,9 +143,13 @@ def test_killed_sweep_on_a_local_cluster_resumes_and_matches_an_uninterrupted_ru
     _, metrics, _, end = load_run(str(long_dir))
     assert end["steps"] == 30000 and np.array_equal(metrics["step"], np.arange(30000))   # each step logged once
 
+    # The reference runs in this process, at a BLAS thread count unlike the workers' one thread (the original
+    # failure: sums split among 2 threads round differently from step 3 on); the run's recorded count wins.
     reference = tmp_path / "reference"
     cfg = json.loads((long_dir / "config.json").read_text())["experiment"]
-    config.run(cfg, str(reference), progress=False)
+    assert cfg["train"]["threads"] == 1
+    with threadpool_limits(limits=2):
+        config.run(cfg, str(reference), progress=False)
     assert np.array_equal(load_snapshot(str(long_dir), 30000), load_snapshot(str(reference), 30000))
     assert np.array_equal(load_run(str(long_dir))[1]["loss"], load_run(str(reference))[1]["loss"])
 
@@ -196,14 +203,15 @@ def test_sweep_cli_then_every_figure_of_the_sweep(tmp_path, capsys):
     assert (tmp_path / "f" / "loss__integrator.lr_=_0.5.png").exists()
     cli.main(["plot", str(out), "--figure", "power_law", "rho"])
     assert (out / "figures" / "power_law__integrator.lr_=_0.25.pdf").exists()
-    with pytest.raises(SystemExit, match="neither a run directory"):
-        cli.main(["plot", str(tmp_path)])
+    capsys.readouterr()
+    assert cli.main(["plot", str(tmp_path)]) == 2
+    assert "is neither a run directory (config.json) nor a sweep folder" in capsys.readouterr().err
     capsys.readouterr()
     cli.main(["analyze", str(out), "--alignment"])      # every run (cached: instant), then the tables again
     printed = capsys.readouterr().out
     assert "4 of 4 runs analysed" in printed and "c1 D^{c2}" in printed and "Table 1" in printed
-    with pytest.raises(SystemExit, match="neither a run directory"):
-        cli.main(["analyze", str(tmp_path)])
+    assert cli.main(["analyze", str(tmp_path)]) == 2
+    assert "is not a run directory (config.json), a folder of runs" in capsys.readouterr().err
 
 
 def test_one_sweep_at_a_time_per_folder_and_a_dead_holder_is_taken_over(tmp_path):
@@ -263,3 +271,24 @@ def test_figure_two_colours_runs_by_number_of_classes(tmp_path):
         solid = by_label[f"n_c = {r.colour}"][0]
         expected = [row["rho"][r.colour - 2] for row in r.telemetry]
         np.testing.assert_array_equal(solid.get_ydata(), expected)
+
+
+def test_a_run_computes_with_the_blas_threads_its_config_records_and_resumes_with_them(tmp_path, monkeypatch):
+    seen = []
+    real_train = loop.train
+
+    def spy(*args, **kwargs):
+        seen.append(max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train", spy)
+    cfg = config.validate(tomllib.loads(BASE.replace("[base.", "[")))
+    with threadpool_limits(limits=2):
+        config.run(cfg, str(tmp_path / "one"), progress=False)
+        config.run(cfg, str(tmp_path / "two"), progress=False, threads=2)
+    assert seen == [1, 2]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["experiment"]["train"]["threads"] == 2
+    with pytest.raises(config.ConfigError, match="was run with 2 BLAS thread"):
+        config.run(cfg, str(tmp_path / "two"), resume=True, progress=False, threads=1)
+    config.run(cfg, str(tmp_path / "two"), resume=True, progress=False)     # its own count: no error
+    assert seen[-1] == 2

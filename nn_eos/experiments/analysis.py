@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from .. import alignment
+from ..backend import resolve_device
 from ..network import mlp
 from ..rundir import columns, load_run, load_snapshot, read_rows, snapshot_steps
 from .config import ConfigError, build_data
@@ -28,7 +29,8 @@ def report_row(report, step, t):
     return row
 
 
-def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpness=True, chunk_size=None):
+def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpness=True, chunk_size=None,
+                device=None):
     """The decomposition at the run's θ snapshots, as columns (2024 paper, sections 3–5).
 
     Snapshots before step ``skip`` are left out (the paper ignores the first
@@ -37,6 +39,8 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
     are cached in ``alignment.jsonl`` beside the run, so a second call only
     computes snapshots it has not seen. The data default to
     the run's own (``config.json``'s data spec, dice only); pass X, y otherwise.
+    The analysis runs on ``device`` if given, else on the device the run
+    recorded (backend.resolve_device).
     """
     from tqdm.auto import tqdm
 
@@ -50,7 +54,8 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
     spec = config["net"]
     if spec.get("kind") != "mlp":
         raise ValueError(f"{run_dir}: alignment needs an MLP, the run's net is {spec!r}")
-    net = mlp(spec["widths"], activation=spec["activation"], dtype=config.get("dtype", "float64"))
+    net = mlp(spec["widths"], activation=spec["activation"], dtype=config.get("dtype", "float64"),
+              device=resolve_device(device, config.get("device")))
     times = dict(zip(np.asarray(metrics.get("step", []), dtype=int).tolist(), metrics.get("t", [])))
     if result is not None:
         times[result["steps"]] = result["t"]          # the final θ has no metrics row of its own

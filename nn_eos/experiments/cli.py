@@ -1,8 +1,24 @@
-"""The ``nn-eos`` command."""
+"""The ``nn-eos`` command.
+
+A user's mistake (a bad config, a missing path, a run directory that exists)
+is one line on stderr and exit status 2; Ctrl-C says where the checkpoint is
+and exits with 130. ``--debug`` (or ``NN_EOS_DEBUG=1``) shows the traceback
+instead.
+"""
 
 import argparse
 import os
 import sys
+import warnings
+
+from ..backend import DEVICES
+
+FIGURE_NAMES = ("loss", "sharpness", "rho", "projections", "entering", "peak_curvature", "cusp", "sharpness_G_H",
+                "overlap", "K_layers", "components", "chi2", "r_chi", "jacobian_norms", "r_jacobian", "power_law")
+
+
+class UserError(Exception):
+    """What the user asked for cannot be done; the message says why, in the command line's words."""
 
 
 def _demo(args):
@@ -13,7 +29,8 @@ def _demo(args):
         overrides["n"] = args.n
     if args.max_time is not None:
         overrides["max_time"] = args.max_time
-    run_demo(out=args.out, quick=args.quick, progress=not args.no_progress, **overrides)
+    run_demo(out=args.out, quick=args.quick, progress=not args.no_progress, device=args.device,
+             threads=args.threads, **overrides)
 
 
 def _data(args):
@@ -39,12 +56,30 @@ def _train(args):
 
     cfg = config.load(args.config)
     out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
-    run = config.run(cfg, out, device=args.device, resume=args.resume, progress=not args.no_progress)
+    has_run = os.path.exists(os.path.join(out, "checkpoint.npz"))
+    if has_run and not args.resume:
+        raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if args.resume and not has_run:
+        print(f"nothing to resume in {out}: starting a new run there", file=sys.stderr)
+    args.resume_hint = f"nn-eos train {args.config} --out {out} --resume"
+    run = config.run(cfg, out, device=args.device, resume=args.resume, progress=not args.no_progress,
+                     threads=args.threads)
     print(f"{run.status}: {run.message}\nrun directory: {os.path.abspath(out)}")
+
+
+def _run_directories(path):
+    """The run directories under ``path``: itself (config.json), or its runs/* (a demo's or example's folder)."""
+    if os.path.exists(os.path.join(path, "config.json")):
+        return [path]
+    runs = os.path.join(path, "runs")
+    found = sorted(os.path.join(runs, name) for name in os.listdir(runs)) if os.path.isdir(runs) else []
+    return [run_dir for run_dir in found if os.path.exists(os.path.join(run_dir, "config.json"))]
 
 
 def _analyze(args):
     path = args.run_dir
+    if not os.path.exists(path):
+        raise UserError(f"{path} does not exist")
     if os.path.exists(os.path.join(path, "sweep.json")):
         from . import tables
 
@@ -57,11 +92,13 @@ def _analyze(args):
         for name in names:
             print(f"\n{tables.TITLES[name]}\n{tables.markdown(written[name])}")
         print(f"{len(started)} of {len(runs)} runs analysed; tables in {os.path.join(path, 'tables')}")
-    elif os.path.exists(os.path.join(path, "config.json")):
-        _analyze_run(path, args)
-    else:
-        raise SystemExit(f"nn-eos analyze: {path!r} is neither a run directory (config.json) nor a sweep folder "
-                         f"(sweep.json)")
+        return
+    run_dirs = _run_directories(path)
+    if not run_dirs:
+        raise UserError(f"{path} is not a run directory (config.json), a folder of runs (runs/*/config.json, as "
+                        f"the demo writes) or a sweep folder (sweep.json)")
+    for run_dir in run_dirs:
+        _analyze_run(run_dir, args)
 
 
 def _analyze_run(run_dir, args):
@@ -84,7 +121,7 @@ def _analyze_run(run_dir, args):
                   + ", ".join(f"ρ_{i + 1} = {v:.3f}" for i, v in enumerate(rho.max(axis=0))))
             print("  " + eos.describe_bulk_claim(eos.bulk_claim(telemetry, n_top + 1), n_top + 1))
     if args.alignment:
-        series = analyze_run(run_dir, every=args.every, skip=args.skip)
+        series = analyze_run(run_dir, every=args.every, skip=args.skip, device=args.device)
         if len(series.get("step", [])) == 0:
             print("  no snapshots to analyse (train with train.snapshot_every)")
             return
@@ -97,13 +134,10 @@ def _analyze_run(run_dir, args):
 def _plot(args):
     from . import figures
 
-    try:
-        made = figures.build(args.path, args.figure)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"nn-eos plot: {error}") from None
+    made = figures.build(args.path, args.figure, device=args.device)
     if not made:
-        raise SystemExit(f"nn-eos plot: nothing to draw for {args.path} yet" + (
-            f" (the figures {args.figure} need data this run does not hold)" if args.figure else ""))
+        raise UserError(f"nothing to draw for {args.path} yet" + (
+            f" (the figures {', '.join(args.figure)} need data this run does not hold)" if args.figure else ""))
     folder = os.path.join(args.path, "figures")
     figures.save(made, folder)
     print(f"wrote {len(made)} figures to {folder}: {', '.join(made)} (PNG and PDF)")
@@ -117,7 +151,7 @@ def _sweep(args):
     runs = spec.runs()
     print(f"sweep {spec.name}: {len(runs)} runs into {os.path.abspath(out)}")
     result = sweep.run_sweep(spec, out, workers=args.workers, scheduler=args.scheduler, device=args.device,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, threads=args.threads)
     statuses = [s["status"] for s in result["runs"].values()]
     failed = [name for name, s in result["runs"].items() if s["status"] == "failed"]
     print(f"{len(statuses) - len(failed)} runs finished ({statuses.count('skipped (finished)')} already were), "
@@ -130,88 +164,161 @@ def _sweep(args):
         raise SystemExit(1)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has one and its help does not say it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class _ListingHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The same, keeping the description's line breaks (a listing)."""
+
+
+DEVICE_HELP = ("where to compute: cpu (NumPy), gpu (CuPy) or strict (a CPU stand-in that refuses host/device mixing); "
+               "default: NN_EOS_DEVICE, else {fallback}")
+THREADS_HELP = ("BLAS threads per run (recorded with the run; a resumed run keeps its own count; default 1, which "
+                "runs fastest at this scale and never oversubscribes the cores)")
+
+
 def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=bool(os.environ.get("NN_EOS_DEBUG")),
+                        help="show Python tracebacks for errors (also: NN_EOS_DEBUG=1)")
     parser = argparse.ArgumentParser(prog="nn-eos", description="Why neural network training runs on the edge of "
                                      "stability: exact curvature and the measurements of Lowell (2022) and "
                                      "Lowell & Kastner (2024).")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="laptop-scale reproduction on dice (a few minutes on 2 CPU cores)",
-                               description="Gradient descent at two learning rates with the 2022 paper's telemetry "
-                               "(ρ_i = ηλ_i/2 over t = nη, top/bulk gradient projections and the loss change of a "
-                               "step along each), and exponential Euler (2024 paper) beside it, on a dice subset. "
-                               "Writes the runs, figures and a summary saying whether each claim holds here.")
-    demo.add_argument("--out", default="nn_eos_demo", help="folder for runs, figures and summary (default: %(default)s)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help, description, run, listing=False):
+        sub = commands.add_parser(name, help=help, description=description, parents=[common],
+                                  formatter_class=_ListingHelpFormatter if listing else _HelpFormatter)
+        sub.set_defaults(run=run)
+        return sub
+
+    demo = command("demo", "laptop-scale reproduction on dice (about 2 minutes on 2 CPU cores)",
+                   "Gradient descent at two learning rates with the 2022 paper's telemetry (ρ_i = ηλ_i/2 over "
+                   "t = nη, top/bulk gradient projections and the loss change of a step along each), and exponential "
+                   "Euler (2024 paper) beside it, on a dice subset. Writes the runs, figures and a summary saying "
+                   "whether each claim holds here. Running it again reuses finished runs and resumes unfinished ones.",
+                   _demo)
+    demo.add_argument("--out", default="nn_eos_demo", help="folder for runs, figures and summary")
     demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run at a tiny scale")
-    demo.add_argument("--n", type=int, help="number of dice training images (default 1000)")
-    demo.add_argument("--max-time", type=float, help="train each run until this t (default 40)")
+    demo.add_argument("--n", type=int, help="number of dice training images (default: 1000, --quick: 120)")
+    demo.add_argument("--max-time", type=float, help="train each run until this t (default: 40, --quick: 4)")
+    demo.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="cpu"))
+    demo.add_argument("--threads", type=int, help=THREADS_HELP)
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo.set_defaults(run=_demo)
-    train = commands.add_parser("train", help="one run from a TOML config",
-                                description="Train one network as a TOML config describes ([data], [net], [criterion], "
-                                "[integrator], [train], [telemetry]; see nn_eos/experiments/config.py), writing a resumable run "
-                                "directory: config, per-step metrics (loss, Δt, λ_1), the 2022 paper's telemetry, θ "
-                                "snapshots and a checkpoint.")
+
+    train = command("train", "one run from a TOML config",
+                    "Train one network as a TOML config describes ([data], [net], [criterion], [integrator], "
+                    "[train], [telemetry]; the keys are listed in the README and in nn_eos/experiments/config.py), "
+                    "writing a resumable run directory: config, per-step metrics (loss, Δt, λ_1), the 2022 "
+                    "paper's telemetry, θ snapshots and a checkpoint.", _train)
     train.add_argument("config", help="the TOML file")
     train.add_argument("--out", help="run directory (default: runs/<config name>)")
-    train.add_argument("--device", choices=["cpu", "gpu"], default=None)
+    train.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="cpu"))
+    train.add_argument("--threads", type=int, help=THREADS_HELP.replace("default 1", "default: the config's "
+                                                                         "train.threads, else 1"))
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    train.add_argument("--no-progress", action="store_true")
-    train.set_defaults(run=_train)
-    analyze = commands.add_parser("analyze", help="the papers' measurements over a run",
-                                  description="--eos: the 2022 paper's telemetry summary (max ρ_i = ηλ_i/2, Table 1's "
-                                  "top/bulk loss changes while ρ_{n_c−1} > 0.7). --alignment: the 2024 paper's "
-                                  "decomposition (ρ(K), E‖K‖², the five factors of E‖Δ^1‖²) at every snapshot, "
-                                  "cached in alignment.jsonl beside the run.")
-    analyze.add_argument("run_dir", help="a run directory, or a sweep folder (every run, then its tables)")
-    analyze.add_argument("--eos", action="store_true")
-    analyze.add_argument("--alignment", action="store_true")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    analyze = command("analyze", "the papers' measurements over a run",
+                      "With no flag, or --eos: the 2022 paper's telemetry summary (max ρ_i = ηλ_i/2, and Table 1's "
+                      "top/bulk loss changes while ρ_{n_c−1} > 0.7). --alignment: the 2024 paper's decomposition "
+                      "(ρ(K), E‖K‖², the five factors of E‖Δ^1‖²) at every snapshot, cached in alignment.jsonl "
+                      "beside the run.", _analyze)
+    analyze.add_argument("run_dir", help="a run directory, a folder of runs (the demo's --out), or a sweep folder "
+                         "(every run, then its tables)")
+    analyze.add_argument("--eos", action="store_true", help="the 2022 telemetry summary (what runs with no flag)")
+    analyze.add_argument("--alignment", action="store_true", help="the 2024 decomposition at the run's snapshots")
     analyze.add_argument("--every", type=int, default=1, help="analyse snapshots at multiples of this step")
     analyze.add_argument("--skip", type=int, default=10, help="skip the first steps (the paper: 10)")
-    analyze.set_defaults(run=_analyze)
-    plot = commands.add_parser("plot", help="the papers' figures of a run or a sweep, as PNG and PDF",
-                               description="Every figure the runs hold data for, into PATH/figures: the 2022 "
-                               "paper's ρ_{n_c−1}/ρ_{n_c} (Figures 1–2), ‖P_top g‖/‖P_bulk g‖ (3), ρ_i and |d_i| (4), "
-                               "λ_1 along the flow (5) and, on request, the cusp along h_1 (6, --figure cusp); after "
-                               "alignment analysis the 2024 paper's sharpness of ∇²L̃/H/G (Figures 1, 6–9), ρ(K) "
-                               "and E‖K‖² (2, 10–13), E‖K^i‖² (3, 14–18), the factors of E‖Δ^1‖² (4, 19–22), "
-                               "E(χ^i)² (23–27), r(χ^i, Δ^i/χ^i) (28–32), layerwise Jacobian norms (33–37), "
-                               "r(Δ^{i+1}, ∂x̂^{i+1}/∂x̂^i) (38–42) and the power law of Table 2. A sweep's runs "
-                               "are coloured by dataset size, learning rate or number of classes, as in the "
-                               "papers. Figure names: see nn_eos/experiments/figures.py.")
+    analyze.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="the device the run used"))
+
+    plot = command("plot", "the papers' figures of a run or a sweep, as PNG and PDF",
+                   "Every figure the runs hold data for, into PATH/figures:\n"
+                   "  2022 paper: rho (Figures 1–2), projections (3), entering (4), peak_curvature (5),\n"
+                   "    cusp (6; computed, so only with --figure cusp);\n"
+                   "  2024 paper, after `nn-eos analyze --alignment`: sharpness_G_H (Figures 1, 6–9),\n"
+                   "    overlap (2, 10–13), K_layers (3, 14–18), components (4, 19–22), chi2 (23–27),\n"
+                   "    r_chi (28–32), jacobian_norms (33–37), r_jacobian (38–42), power_law (Table 2);\n"
+                   "  and loss, sharpness. A sweep's runs are coloured by dataset size, learning rate or\n"
+                   "  number of classes, as in the papers.", _plot, listing=True)
     plot.add_argument("path", help="a run directory or a sweep folder")
-    plot.add_argument("--figure", nargs="+", help="only these figures (names in nn_eos/experiments/figures.py)")
-    plot.set_defaults(run=_plot)
-    sweep = commands.add_parser("sweep", help="a grid of runs on Dask, and its aggregate tables",
-                                description="Run every combination of a sweep file's [grid] over its [base] run "
-                                "config (e.g. Table 1 of the 2024 paper: subset sizes × 4 init seeds × 4 subset "
-                                "seeds), each as a resumable run directory under OUT/runs, then the aggregates "
-                                "its [sweep] section asks for: the 2022 paper's Table 1 (top/bulk loss changes at "
-                                "the edge) and the 2024 paper's Table 2 (power law of peak P^1_Δ,J against "
-                                "dataset size). Running it again skips finished runs and resumes unfinished ones. "
-                                "Runs on a Dask LocalCluster (one worker per core) or on a running Dask cluster "
-                                "(--scheduler, e.g. from dask-jobqueue on SLURM/PBS; see the README).")
+    plot.add_argument("--figure", nargs="+", choices=FIGURE_NAMES, metavar="NAME",
+                      help=f"only these figures: {', '.join(FIGURE_NAMES)}")
+    plot.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="the device the run used") +
+                      " (only the cusp figure computes)")
+
+    sweep = command("sweep", "a grid of runs on Dask, and its aggregate tables",
+                    "Run every combination of a sweep file's [grid] over its [base] run config (e.g. Table 1 of "
+                    "the 2024 paper: subset sizes × 4 init seeds × 4 subset seeds), each as a resumable run "
+                    "directory under OUT/runs, then the aggregates its [sweep] section asks for: the 2022 paper's "
+                    "Table 1 (top/bulk loss changes at the edge) and the 2024 paper's Table 2 (power law of peak "
+                    "P^1_Δ,J against dataset size). Running it again skips finished runs and resumes unfinished "
+                    "ones. Runs on a Dask LocalCluster (one worker per core) or on a running Dask cluster "
+                    "(--scheduler, e.g. from dask-jobqueue on SLURM/PBS; see the README).", _sweep)
     sweep.add_argument("sweep", help="the sweep TOML file (see sweeps/)")
     sweep.add_argument("--out", help="sweep folder (default: sweeps_out/<sweep name>)")
     sweep.add_argument("--workers", type=int, default=None,
                        help="LocalCluster worker processes (default: one per core, or per GPU with --device gpu; "
                        "0 runs in this process without Dask)")
     sweep.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    sweep.add_argument("--device", choices=["cpu", "gpu"], default=None)
-    sweep.add_argument("--no-progress", action="store_true")
-    sweep.set_defaults(run=_sweep)
-    data = commands.add_parser("data", help="write a built-in dataset to files")
+    sweep.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="cpu"))
+    sweep.add_argument("--threads", type=int, help=THREADS_HELP.replace("default 1", "default: the base "
+                                                                         "config's train.threads, else 1"))
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    data = command("data", "write a built-in dataset to files", "Write the dice dataset's train and test splits "
+                   "as .npz files, and a preview image.", _data)
     data.add_argument("name", choices=["dice"])
     data.add_argument("--out", required=True, help="folder for dice_train.npz, dice_test.npz and a preview")
     data.add_argument("--n", type=int, default=None, help="images per split (default: all 60,000)")
     data.add_argument("--seed", type=int, default=0)
-    data.set_defaults(run=_data)
     return parser
+
+
+def _user_errors():
+    from .config import ConfigError
+
+    return (UserError, ConfigError, OSError, ValueError)
+
+
+def _one_line_warnings(message, category, filename, lineno, line=None):
+    return f"nn-eos: warning: {message}\n"
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.run(args)
+    if not args.debug:
+        warnings.formatwarning = _one_line_warnings
+    try:
+        args.run(args)
+    except KeyboardInterrupt as interrupt:
+        if args.debug:
+            raise
+        print(f"\nnn-eos {args.command}: {_interrupted(args, interrupt)}", file=sys.stderr)
+        return 130
+    except _user_errors() as error:
+        if args.debug:
+            raise
+        print(f"nn-eos {args.command}: error: {error}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _interrupted(args, interrupt):
+    """What Ctrl-C left behind and how to go on, in the command line's words."""
+    run_dir, step = getattr(interrupt, "run_dir", None), getattr(interrupt, "step", None)
+    if args.command == "train" and run_dir is not None:
+        return (f"interrupted at step {step}: checkpoint written to {run_dir}; `{args.resume_hint}` continues")
+    if args.command in ("demo", "sweep"):
+        return "interrupted; the same command again continues (finished runs are kept, the others resume)"
+    return "interrupted"
 
 
 if __name__ == "__main__":

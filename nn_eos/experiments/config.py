@@ -8,7 +8,7 @@ or a missing data path is reported with the key and the file.
     [net]         arch = "mlp" | "alexnet" | "vgg11" | "vgg16", hidden, width, activation, init, seed, dtype
     [criterion]   name = "cross_entropy" | "mse"
     [integrator]  name = "gd" | "adaptive_flow" | "exponential_euler" and its settings
-    [train]       until_loss, max_steps, max_time, snapshot_every
+    [train]       until_loss, max_steps, max_time, snapshot_every, threads (BLAS threads; default 1)
     [telemetry]   k, every_time, n_classes, tol, method            (optional: the 2022 paper's telemetry)
 """
 
@@ -27,7 +27,8 @@ SCHEMA = {
     "criterion": {"name": str},
     "integrator": {"name": str, "lr": (int, float), "lr_max": (int, float), "safety": (int, float), "k": int,
                    "tol": (int, float), "maxiter": int, "method": str, "stop": str},
-    "train": {"until_loss": (int, float), "max_steps": int, "max_time": (int, float), "snapshot_every": int},
+    "train": {"until_loss": (int, float), "max_steps": int, "max_time": (int, float), "snapshot_every": int,
+              "threads": int},
     "telemetry": {"k": int, "every_time": (int, float), "n_classes": int, "tol": (int, float), "method": str},
 }
 REQUIRED = {"data": ("dataset",), "integrator": ("name",)}
@@ -134,30 +135,80 @@ def build_net(net_cfg, X, n_classes, device=None):
     raise ConfigError(f"unknown net.arch {arch!r}; expected mlp, alexnet, vgg11 or vgg16")
 
 
-def run(config, out, device=None, resume=False, progress=True):
+class MissingClassesWarning(UserWarning):
+    """The labels skip some classes below the largest: the net gets outputs no example trains."""
+
+
+def count_classes(y, source="the data"):
+    """The number of network outputs for labels y: ``max(y) + 1``, with a warning naming the classes that no
+    example has (e.g. labels {0, 1, 2, 9} give 10 outputs, 6 of them never trained)."""
+    import warnings
+
+    import numpy as np
+
+    present = np.unique(np.asarray(y))
+    n_classes = int(present.max()) + 1
+    if len(present) < n_classes:
+        missing = sorted(set(range(n_classes)) - set(present.tolist()))
+        warnings.warn(f"{source}: labels hold {len(present)} classes of 0..{n_classes - 1}, none of "
+                      f"{_few(missing)}; the net gets {n_classes} outputs anyway. To train on the present classes "
+                      f"only, list them in data.classes (they are renumbered 0..{len(present) - 1})",
+                      MissingClassesWarning, stacklevel=2)
+    return n_classes
+
+
+def _few(values, most=6):
+    return ", ".join(map(str, values[:most])) + (f" … ({len(values)} in all)" if len(values) > most else "")
+
+
+def run(config, out, device=None, resume=False, progress=True, threads=None):
     """Train the run a validated config describes into the run directory ``out``; returns the Run.
 
     The config is kept in the run's manifest (config.json, key 'experiment'),
-    from which ``rebuild_loss`` rebuilds the run's loss.
+    from which ``rebuild_loss`` rebuilds the run's loss. The run uses
+    ``threads`` BLAS threads (else the config's ``train.threads``, else 1;
+    on resume, the count the run was made with: see threads.py).
     """
-    import numpy as np
+    import copy
 
     from ..curvature import TrainingLoss
     from ..eos import Telemetry
     from ..integrators import from_config
     from ..loop import train
+    from .threads import DEFAULT_THREADS, blas_threads
 
+    config = copy.deepcopy(config)
+    settings = config.setdefault("train", {})
+    settings["threads"] = _run_threads(out, resume, threads, settings.get("threads", DEFAULT_THREADS))
     X, y = build_data(config["data"])
-    n_classes = int(np.max(y)) + 1
-    net, X = build_net(config.get("net", {}), X, n_classes, device)
+    net, X = build_net(config.get("net", {}), X, count_classes(y, "[data]"), device)
     loss = TrainingLoss(net, config.get("criterion", {}).get("name", "cross_entropy"), X, y)
     try:
         integrator = from_config(config["integrator"])
     except TypeError as error:
         raise ConfigError(f"[integrator]: {error}") from None
     telemetry = Telemetry(**config["telemetry"]) if "telemetry" in config else None
-    return train(loss, integrator, telemetry=telemetry, run_dir=out, resume=resume, progress=progress,
-                 data=config["data"], experiment=config, **config.get("train", {}))
+    limits = {key: value for key, value in settings.items() if key != "threads"}
+    with blas_threads(settings["threads"]):
+        return train(loss, integrator, telemetry=telemetry, run_dir=out, resume=resume, progress=progress,
+                     data=config["data"], experiment=config, **limits)
+
+
+def _run_threads(out, resume, asked, configured):
+    """The BLAS thread count of a run: on resume the one it was made with (a different one would change its
+    rounding), else the one asked for, else the config's."""
+    from ..rundir import load_manifest
+
+    if resume and os.path.exists(os.path.join(out, "config.json")):
+        made_with = load_manifest(out).get("experiment", {}).get("train", {}).get("threads", 1)
+        if asked is not None and asked != made_with:
+            raise ConfigError(f"{out} was run with {made_with} BLAS thread(s); it resumes bit-identically only with "
+                              f"the same count (leave out the thread count, or ask for {made_with})")
+        return made_with
+    threads = configured if asked is None else asked
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"train.threads must be a positive integer, got {threads!r}")
+    return threads
 
 
 def rebuild_loss(run_dir, device=None):
@@ -178,6 +229,6 @@ def rebuild_loss(run_dir, device=None):
         raise FileNotFoundError(f"{run_dir}: its config.json holds no experiment config (only runs made by "
                                 f"`nn-eos train` or `nn-eos sweep` can be rebuilt)")
     X, y = build_data(experiment["data"])
-    net, X = build_net(experiment.get("net", {}), X, int(np.max(y)) + 1,
+    net, X = build_net(experiment.get("net", {}), X, int(np.max(y)) + 1,   # warned about when it was trained
                        resolve_device(device, manifest.get("device")))
     return TrainingLoss(net, experiment.get("criterion", {}).get("name", "cross_entropy"), X, y)

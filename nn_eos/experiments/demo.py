@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 
 from .. import datasets, eos
+from ..backend import resolve_device
 
 from . import plots
 from ..eos import EDGE, bulk_claim
@@ -34,6 +35,7 @@ from ..curvature import TrainingLoss
 from ..eigen import NonConvergenceWarning
 from ..integrators import ExponentialEuler, GradientDescent
 from .config import build_net
+from .threads import DEFAULT_THREADS, blas_threads
 from ..loop import train
 from ..rundir import load_run
 
@@ -49,8 +51,9 @@ def run_with_telemetry(name, integrator, settings, X, y, out, progress=True, n_c
     """One resumable run in ``out/runs/name`` on (X, y) with the 2022 paper's telemetry.
 
     ``settings`` holds hidden, activation, seed, max_time, telemetry_every,
-    telemetry_k and optionally until_loss, device ('cpu' or 'gpu'), arch and
-    width (see ``config.build_net``); returns (metrics, telemetry rows, result).
+    telemetry_k and optionally until_loss, device ('cpu' or 'gpu'; default
+    NN_EOS_DEVICE, else cpu), threads (BLAS threads, default 1), arch and width
+    (see ``config.build_net``); returns (metrics, telemetry rows, result).
     """
     net_cfg = {"arch": settings.get("arch", "mlp"), "hidden": settings["hidden"], "width": settings.get("width", 0.25),
                "activation": settings["activation"], "seed": settings["seed"]}
@@ -62,7 +65,7 @@ def run_with_telemetry(name, integrator, settings, X, y, out, progress=True, n_c
     if progress:
         print(f"\n{name}: {integrator!r}, until t = {settings['max_time']:g} or the target loss")
     data = {"dataset": settings.get("dataset", "dice"), "n": int(len(y)), "seed": settings["seed"]}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), blas_threads(settings.get("threads") or DEFAULT_THREADS):
         warnings.simplefilter("ignore", NonConvergenceWarning)
         train(loss, integrator, until_loss=settings.get("until_loss"), max_time=settings["max_time"],
               telemetry=telemetry, run_dir=run_dir, resume=True, snapshot_every=50, progress=progress, data=data)
@@ -105,11 +108,7 @@ def summarise(settings, gd, ee):
                      f"{edge['max_rho_top']:.3f}, max ρ_{N_CLASSES} = {edge['max_rho_next']:.3f}; "
                      f"{edge['at_edge']} eigenvalue(s) reach ρ ≥ {EDGE} (n_c − 1 = {N_CLASSES - 1}) | "
                      f"{_verdict(edge['holds'])} |")
-        if bulk["holds"] is None:
-            measured = f"fewer than 3 telemetry rows with ρ_{N_CLASSES - 1} or ρ_1 > {EDGE}"
-        else:
-            measured = (f"{bulk['rows']} rows with ρ_{bulk['edge_index']} > {EDGE}: top {bulk['top_mean']:+.4f} "
-                        f"({bulk['top_std']:.4f}), bulk {bulk['bulk_mean']:+.4f} ({bulk['bulk_std']:.4f})")
+        measured = eos.describe_bulk_claim(bulk, N_CLASSES).rsplit(";", 1)[0]    # the verdict has its own column
         lines.append(f"| 2. GD η = {lr:g}: while at the edge, a top step does not lower L̃ (mean ΔL̃_top ≥ ½ mean "
                      f"ΔL̃_bulk), bulk steps always do | AlexNet-ReLU η = 0.001: top +0.0064 (0.0133), "
                      f"bulk −0.0014 (0.0007) | {measured} | {_verdict(bulk['holds'])} |")
@@ -134,9 +133,13 @@ def summarise(settings, gd, ee):
     return lines, result
 
 
-def run_demo(out="nn_eos_demo", quick=False, progress=True, **overrides):
-    """Run the demo into the folder ``out``; returns the summary dict (also written as summary.json)."""
-    settings = {**(QUICK if quick else DEFAULTS), **overrides}
+def run_demo(out="nn_eos_demo", quick=False, progress=True, device=None, threads=None, **overrides):
+    """Run the demo into the folder ``out``; returns the summary dict (also written as summary.json).
+
+    ``device``: where to compute (default NN_EOS_DEVICE, else cpu); ``threads``: BLAS threads (default 1).
+    """
+    settings = {**(QUICK if quick else DEFAULTS), **overrides, "device": resolve_device(device),
+                "threads": threads or DEFAULT_THREADS}
     os.makedirs(out, exist_ok=True)
     X, y = datasets.dice("train", n=settings["n"], seed=settings["seed"])
     gd = {lr: run_with_telemetry(f"gd_lr{lr:g}", GradientDescent(lr), settings, X, y, out, progress)

@@ -68,10 +68,16 @@ def _record(name, run_dir):
 
 
 def collect(path):
-    """(records, legend title) of a run directory or of a sweep folder's started runs."""
+    """(records, legend title) of a run directory, a folder of runs (runs/*, as the demo writes) or a sweep
+    folder's started runs."""
     path = os.fspath(path)
     if os.path.exists(os.path.join(path, "config.json")):
         return [_record(os.path.basename(os.path.normpath(path)), path)], "run"
+    runs = os.path.join(path, "runs")
+    if not os.path.exists(os.path.join(path, "sweep.json")) and os.path.isdir(runs):   # a folder of runs (the demo's)
+        found = [name for name in sorted(os.listdir(runs)) if os.path.exists(os.path.join(runs, name, "config.json"))]
+        if found:
+            return [_record(name, os.path.join(runs, name)) for name in found], "run"
     from .tables import load_sweep
 
     info, runs = load_sweep(path)
@@ -195,8 +201,14 @@ def _telemetry_runs(records):
     return [r for r in records if r.telemetry]
 
 
+def _fixed_step_runs(records):
+    """Runs with telemetry and a fixed learning rate η: ρ_i = ηλ_i/2 is defined for those only (gradient descent;
+    for the flows, whose Δt changes every step, the telemetry's ρ would compare λ with a step they never take)."""
+    return [r for r in _telemetry_runs(records) if (r.config.get("integrator") or {}).get("name") == "gd"]
+
+
 def rho(records, legend):
-    runs = _telemetry_runs(records)
+    runs = _fixed_step_runs(records)
     if not runs:
         return None
     lines = []
@@ -204,9 +216,11 @@ def rho(records, legend):
         lines += _lines(runs, legend, lambda r: [row["t"] for row in r.telemetry],
                         lambda r, i=index: [[row["rho"][i(row)] if len(row["rho"]) > i(row) else np.nan
                                              for row in r.telemetry]], style)
-    fig = plots.panel_grid([r"$\rho_i = \eta\lambda_i/2$"], lines, r"Edge of stability: $\rho_{n_c-1}$ (solid), $\rho_{n_c}$ (dotted)",
+    fig = plots.panel_grid([r"$\rho_i = \eta\lambda_i/2$"], lines,
+                           r"Edge of stability: $\rho_{n_c-1}$ (solid), $\rho_{n_c}$ (dotted); gradient descent runs",
                            xlabel=r"$t = n\eta$", legend_title=legend)
     fig.axes[0].axhline(1.0, color="k", lw=0.8, ls="--")
+    fig.axes[0].axhline(plots.EDGE, color="0.5", lw=0.8, ls="-.")      # "at the edge" as Table 1 counts it
     return fig
 
 
@@ -223,7 +237,7 @@ def projections(records, legend):
 
 
 def entering(records, legend):
-    runs = _telemetry_runs(records)
+    runs = _fixed_step_runs(records)
     if not runs:
         return None
     # the run that goes deepest into the edge (the paper shows one AlexNet-ReLU run at η = 0.001)
@@ -266,8 +280,27 @@ def sharpness(records, legend):
     return fig
 
 
-def cusp(records, legend, points=41):
-    """Figure 6 of the 2022 paper: the loss along h_1 at the snapshot nearest each run's peak λ_1."""
+def sharpened_peak(steps, lam):
+    """The step where progressive sharpening peaks: the largest λ_1 after the lowest λ_1 of the run's first half.
+
+    The 2022 paper's Figure 6 looks at θ* where gradient flow has sharpened the
+    most; the largest λ_1 of a run can instead be at initialisation, before an
+    early drop. Returns (step, True), or (step of the largest λ_1, False) where
+    λ_1 never rises after its early low (no sharpening to look at).
+    """
+    steps, lam = np.asarray(steps), np.asarray(lam, dtype=float)
+    finite = np.isfinite(lam)
+    steps, lam = steps[finite], lam[finite]
+    low = int(np.argmin(lam[:max(len(lam) // 2, 1)]))
+    peak = low + int(np.argmax(lam[low:]))
+    if lam[peak] > lam[low]:
+        return int(steps[peak]), True
+    return int(steps[int(np.argmax(lam))]), False
+
+
+def cusp(records, legend, points=41, device=None):
+    """Figure 6 of the 2022 paper: the loss along h_1 at the snapshot nearest each run's sharpened peak
+    (:func:`sharpened_peak`)."""
     from .config import rebuild_loss
     from ..eos import cusp_scan
     from ..rundir import load_snapshot, snapshot_steps
@@ -278,20 +311,22 @@ def cusp(records, legend, points=41):
     for r in runs:
         steps = snapshot_steps(r.run_dir)
         if "lambda_1" in r.metrics and np.any(np.isfinite(r.metrics["lambda_1"])):
-            peak = int(r.metrics["step"][np.nanargmax(r.metrics["lambda_1"])])
+            peak, sharpened = sharpened_peak(r.metrics["step"], r.metrics["lambda_1"])
         elif r.telemetry:
-            peak = max(r.telemetry, key=lambda row: row["eigenvalues"][0])["step"]
+            peak, sharpened = sharpened_peak([row["step"] for row in r.telemetry],
+                                             [row["eigenvalues"][0] for row in r.telemetry])
         else:
-            peak = steps[-1]
+            peak, sharpened = steps[-1], False
         nearest = min(steps, key=lambda s: abs(s - peak))
-        training_loss = rebuild_loss(r.run_dir)
+        training_loss = rebuild_loss(r.run_dir, device)
         deltas, change, lam = cusp_scan(training_loss, load_snapshot(r.run_dir, nearest), points=points)
         value = r.colour if r.colour is not None else r.name
         label = f"{legend} = {value}" if legend != "run" else str(value)
-        lines.append((f"{label} (λ_1 = {lam:.3g}, step {nearest})", colours[value], "-", deltas, [change]))
+        where = "sharpened peak" if sharpened else "largest λ_1: no sharpening"
+        lines.append((f"{label} (λ_1 = {lam:.3g}, step {nearest}, {where})", colours[value], "-", deltas, [change]))
     if not lines:
         return None
-    return plots.panel_grid([r"$\tilde{L}(\theta^* + \Delta h_1) - \tilde{L}(\theta^*)$"], lines, r"Cusp formation: the loss along $h_1$ near peak $\lambda_1$",
+    return plots.panel_grid([r"$\tilde{L}(\theta^* + \Delta h_1) - \tilde{L}(\theta^*)$"], lines, r"Cusp formation: the loss along $h_1$ where progressive sharpening peaks",
                             xlabel=r"$\Delta$ along $h_1$", legend_title=legend)
 
 
@@ -301,11 +336,12 @@ FIGURES = {"loss": loss, "sharpness": sharpness, "rho": rho, "projections": proj
            "jacobian_norms": jacobian_norms, "r_jacobian": r_jacobian, "power_law": power_law}
 
 
-def build(path, names=None):
+def build(path, names=None, device=None):
     """{figure name: Figure} for a run directory or sweep folder (module docstring).
 
     ``names``: only these figures (``cusp`` is drawn only when named, since it
-    computes an eigenvector per run); unknown names raise ValueError.
+    computes an eigenvector per run, on ``device`` if given, else on the
+    device the run recorded); unknown names raise ValueError.
     """
     if names is not None:
         unknown = sorted(set(names) - set(FIGURES))
@@ -318,7 +354,7 @@ def build(path, names=None):
     out = {}
     for name in names if names is not None else [n for n in FIGURES if n not in ON_REQUEST]:
         for group, runs in groups.items():
-            fig = FIGURES[name](runs, legend)
+            fig = FIGURES[name](runs, legend, device=device) if name in ON_REQUEST else FIGURES[name](runs, legend)
             if fig is None:
                 continue
             if group:

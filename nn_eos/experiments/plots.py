@@ -10,8 +10,12 @@ every figure of both papers from run directories and sweep folders with them.
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from ..dice import CLASS_NAMES, SIZE
+from ..eos import EDGE
+
+STYLES = ("-", "--", "-.", (0, (1, 1)))      # one per run where colour alone could hide a line under another
 
 
 def subplots(*args, **kwargs):
@@ -46,7 +50,19 @@ def dice_examples(X, y, per_class=6, path=None):
     return fig
 
 
+def plain_log_ticks(ax):
+    """Tick labels like 0.3 and 2 on a log y axis that spans less than a decade (matplotlib's default there
+    is 1.075 × 10^0)."""
+    low, high = ax.get_ylim()
+    if low > 0 and high / low < 10:
+        plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+
+
 def finish(fig, ax, path, title):
+    if ax.get_yscale() == "log":
+        plain_log_ticks(ax)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -67,13 +83,14 @@ def rho_over_time(runs, n_classes, path=None):
     fig, ax = subplots()
     for (label, rows), colour in zip(runs, colours(len(runs))):
         t = [r["t"] for r in rows]
-        ax.plot(t, [r["rho"][n_classes - 2] for r in rows], "-", color=colour, label=f"{label}: ρ_{n_classes - 1}")
-        ax.plot(t, [r["rho"][n_classes - 1] for r in rows], ":", color=colour, label=f"{label}: ρ_{n_classes}")
-    ax.axhline(1.0, color="k", lw=0.8, ls="--", label="edge of stability (ρ = 1)")
-    ax.set_xlabel("t = nη")
-    ax.set_ylabel("ρ_i = η λ_i / 2")
+        ax.plot(t, [r["rho"][n_classes - 2] for r in rows], "-", color=colour, label=rf"{label}: $\rho_{{{n_classes - 1}}}$")
+        ax.plot(t, [r["rho"][n_classes - 1] for r in rows], ":", color=colour, label=rf"{label}: $\rho_{{{n_classes}}}$")
+    ax.axhline(1.0, color="k", lw=0.8, ls="--", label=r"edge of stability ($\rho = 1$)")
+    ax.axhline(EDGE, color="0.5", lw=0.8, ls="-.", label=rf"at the edge, as the verdicts count it ($\rho > {EDGE}$)")
+    ax.set_xlabel(r"$t = n\eta$")
+    ax.set_ylabel(r"$\rho_i = \eta\lambda_i/2$")
     ax.legend(fontsize=7)
-    return finish(fig, ax, path, f"Edge of stability across n_c − 1 = {n_classes - 1} eigenvectors?")
+    return finish(fig, ax, path, rf"Edge of stability across $n_c - 1 = {n_classes - 1}$ eigenvectors?")
 
 
 def projections_over_time(runs, path=None):
@@ -81,9 +98,11 @@ def projections_over_time(runs, path=None):
     fig, ax = subplots()
     for (label, rows), colour in zip(runs, colours(len(runs))):
         t = [r["t"] for r in rows]
-        ax.semilogy(t, [r["top_norm"] for r in rows], "-", color=colour, label=f"{label}: ‖P_top g‖")
-        ax.semilogy(t, [r["bulk_norm"] for r in rows], ":", color=colour, label=f"{label}: ‖P_bulk g‖")
-    ax.set_xlabel("t = nη")
+        ax.semilogy(t, [r["top_norm"] for r in rows], "-", color=colour,
+                    label=rf"{label}: $\|P_{{\mathrm{{top}}}}\,g\|$")
+        ax.semilogy(t, [r["bulk_norm"] for r in rows], ":", color=colour,
+                    label=rf"{label}: $\|P_{{\mathrm{{bulk}}}}\,g\|$")
+    ax.set_xlabel(r"$t = n\eta$")
     ax.set_ylabel("norm of the projected gradient")
     ax.legend(fontsize=7)
     return finish(fig, ax, path, "Gradient in the top and bulk subspaces")
@@ -95,12 +114,13 @@ def sharpness_over_time(runs, path=None):
     ``runs``: list of (label, telemetry rows, lr or None).
     """
     fig, ax = subplots()
-    for (label, rows, lr), colour in zip(runs, colours(len(runs))):
-        ax.plot([r["t"] for r in rows], [r["eigenvalues"][0] for r in rows], "-", color=colour, label=f"{label}: λ_1")
+    for (label, rows, lr), colour, style in zip(runs, colours(len(runs)), STYLES * len(runs)):
+        ax.plot([r["t"] for r in rows], [r["eigenvalues"][0] for r in rows], linestyle=style, color=colour,
+                label=rf"{label}: $\lambda_1$")
         if lr is not None:
-            ax.axhline(2.0 / lr, color=colour, ls="--", lw=0.8, label=f"{label}: 2/η")
-    ax.set_xlabel("t")
-    ax.set_ylabel("sharpness λ_1")
+            ax.axhline(2.0 / lr, color=colour, ls=":", lw=0.8, label=rf"{label}: $2/\eta$")
+    ax.set_xlabel(r"$t$")
+    ax.set_ylabel(r"sharpness $\lambda_1$")
     ax.legend(fontsize=7)
     return finish(fig, ax, path, "Sharpness of the training loss")
 
@@ -108,10 +128,10 @@ def sharpness_over_time(runs, path=None):
 def loss_over_time(runs, path=None):
     """Training loss against t; ``runs``: list of (label, metrics columns)."""
     fig, ax = subplots()
-    for (label, metrics), colour in zip(runs, colours(len(runs))):
-        ax.semilogy(metrics["t"], metrics["loss"], "-", color=colour, label=label)
-    ax.set_xlabel("t")
-    ax.set_ylabel("training loss L̃")
+    for (label, metrics), colour, style in zip(runs, colours(len(runs)), STYLES * len(runs)):
+        ax.semilogy(metrics["t"], metrics["loss"], linestyle=style, color=colour, label=label)
+    ax.set_xlabel(r"$t$")
+    ax.set_ylabel(r"training loss $\tilde{L}$")
     ax.legend(fontsize=7)
     return finish(fig, ax, path, "Training loss")
 
@@ -152,6 +172,7 @@ def panel_grid(panels, lines, title, xlabel="t", legend_title=None, logy=(), pat
                 ax.plot(x, ys[j], style, color=colour, lw=1.2, label=label)
         if j in logy:
             ax.set_yscale("log")
+            plain_log_ticks(ax)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

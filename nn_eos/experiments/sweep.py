@@ -48,6 +48,7 @@ import uuid
 from . import config as configs
 from ..rundir import write_json
 from ..validation import check_integer
+from .threads import DEFAULT_THREADS
 
 SWEEP_SCHEMA = {"name": str, "analyze": list, "analyze_every": int, "analyze_skip": int, "tables": list}
 ANALYSES = ("alignment",)
@@ -227,19 +228,28 @@ def _default_workers(device):
     return os.cpu_count() or 1
 
 
-def run_sweep(sweep, out, workers=None, scheduler=None, device=None, progress=True):
+def run_sweep(sweep, out, workers=None, scheduler=None, device=None, progress=True, threads=None):
     """Run every run of ``sweep`` (a Sweep or a file path) into ``out/runs``; then its tables.
 
     ``workers``: LocalCluster size (default one per core, one per GPU with
     ``device="gpu"``; 0 runs in this process). ``scheduler``: the address of a
-    running Dask scheduler to use instead. Returns a dict with the runs'
+    running Dask scheduler to use instead. Each run uses ``threads`` BLAS
+    threads (default: the base config's ``train.threads``, else 1; a grid over
+    ``train.threads`` wins), recorded in its config, so a run gives the same
+    bits on any worker and in this process (threads.py). Returns a dict with the runs'
     summaries by name and the tables written. One sweep at a time per folder
     (a lock file, ``out/sweep.lock``, taken over when its holder was killed).
     """
     if not isinstance(sweep, Sweep):
         sweep = load(sweep)
     workers = check_integer(workers, "workers", low=0, optional=True)
+    threads = check_integer(threads, "threads", optional=True)
     runs = sweep.runs()
+    for _, config in runs:
+        settings = config.setdefault("train", {})
+        if threads is not None and "train.threads" not in sweep.grid:
+            settings["threads"] = threads
+        settings.setdefault("threads", DEFAULT_THREADS)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     with _SweepLock(out):
         return _run_locked(sweep, runs, out, workers, scheduler, device, progress)

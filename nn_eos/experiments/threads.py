@@ -1,0 +1,37 @@
+"""How many BLAS threads a run uses: one number, recorded with the run, the same wherever it runs.
+
+A matrix product's sums are split among BLAS threads, and the split decides
+how they round: the same run with 1 and with 2 threads differs in the last
+bits from the first step on. A run directory promises that a resumed run
+ends bit-identical to an uninterrupted one, and a sweep that its runs do not
+depend on which worker ran them, so a run's thread count is part of its
+config (``train.threads``), set around the run with threadpoolctl, and
+reused on resume.
+
+The default is one thread. At this project's laptop scale a second thread
+gains little (the demo's nets are small), and several processes at NumPy's
+default thread count oversubscribe the cores and run several times slower;
+``--threads`` raises it for a large net on a free machine.
+"""
+
+import os
+from contextlib import contextmanager
+
+DEFAULT_THREADS = 1
+
+
+def available_cores():
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                      # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def blas_threads(threads):
+    """Run the body with BLAS (and OpenMP) limited to ``threads`` threads."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=int(threads)):
+        yield
