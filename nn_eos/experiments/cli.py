@@ -180,8 +180,15 @@ class _ListingHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter
 
 DEVICE_HELP = ("where to compute: cpu (NumPy), gpu (CuPy) or strict (a CPU stand-in that refuses host/device mixing); "
                "default: NN_EOS_DEVICE, else {fallback}")
-THREADS_HELP = ("BLAS threads per run (recorded with the run; a resumed run keeps its own count; default 1, which "
-                "runs fastest at this scale and never oversubscribes the cores)")
+THREADS_HELP = ("BLAS threads per run (recorded with the run; a resumed run keeps its own count; default: {default}, "
+                "which runs fastest at this scale and never oversubscribes the cores)")
+
+
+def _add_run_options(parser, threads_default="1"):
+    """--device, --threads and --no-progress: the options of every command that trains."""
+    parser.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="cpu"))
+    parser.add_argument("--threads", type=int, help=THREADS_HELP.format(default=threads_default))
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser():
@@ -209,9 +216,7 @@ def build_parser():
     demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run at a tiny scale")
     demo.add_argument("--n", type=int, help="number of dice training images (default: 1000, --quick: 120)")
     demo.add_argument("--max-time", type=float, help="train each run until this t (default: 40, --quick: 4)")
-    demo.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="cpu"))
-    demo.add_argument("--threads", type=int, help=THREADS_HELP)
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_run_options(demo)
 
     train = command("train", "one run from a TOML config",
                     "Train one network as a TOML config describes ([data], [net], [criterion], [integrator], "
@@ -220,11 +225,8 @@ def build_parser():
                     "paper's telemetry, θ snapshots and a checkpoint.", _train)
     train.add_argument("config", help="the TOML file")
     train.add_argument("--out", help="run directory (default: runs/<config name>)")
-    train.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="cpu"))
-    train.add_argument("--threads", type=int, help=THREADS_HELP.replace("default 1", "default: the config's "
-                                                                         "train.threads, else 1"))
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_options(train, "the config's train.threads, else 1")
 
     analyze = command("analyze", "the papers' measurements over a run",
                       "With no flag, or --eos: the 2022 paper's telemetry summary (max ρ_i = ηλ_i/2, and Table 1's "
@@ -268,10 +270,7 @@ def build_parser():
                        help="LocalCluster worker processes (default: one per core, or per GPU with --device gpu; "
                        "0 runs in this process without Dask)")
     sweep.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    sweep.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="cpu"))
-    sweep.add_argument("--threads", type=int, help=THREADS_HELP.replace("default 1", "default: the base "
-                                                                         "config's train.threads, else 1"))
-    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_options(sweep, "the base config's train.threads, else 1")
 
     data = command("data", "write a built-in dataset to files", "Write the dice dataset's train and test splits "
                    "as .npz files, and a preview image.", _data)
