@@ -49,6 +49,7 @@ class _Passes:
     theta: object        # a copy of the θ they ran at
     z: object            # the outputs f(X, θ)
     backward: bool       # whether δ (from δ^L = (1/N) ∂l/∂z) is in the layers too
+    source: object = None  # the frozen θ of an operator (TrainingLoss.operator) they ran at, recognised by identity
 
 
 class TrainingLoss:
@@ -163,8 +164,13 @@ class TrainingLoss:
         """
         if kind not in KINDS:
             raise ValueError(f"unknown curvature kind {kind!r}; expected one of {KINDS}")
+        V, was_vector = check_directions(V, self.net.num_params)
+        return self._product(V, was_vector, kind, theta)
+
+    def _product(self, V, was_vector, kind, theta, frozen=False):
+        """curvature_product for checked directions. ``frozen``: θ is an operator's private copy, never
+        changed, so the passes it left can be recognised by identity (no comparison of P numbers per call)."""
         net, N = self.net, self.num_examples
-        V, was_vector = check_directions(V, net.num_params)
         V = backend.to_device(V, net.device).astype(net.dtype, copy=False)
         xp = net.xp
         Vk = V[None, :] if was_vector else xp.ascontiguousarray(V.T)  # (k, P): row j is direction j
@@ -172,7 +178,7 @@ class TrainingLoss:
         chunk_out = out if self.chunk_size is None else xp.empty_like(out)
         with net.using(theta):
             for Xc, yc in self.chunks():
-                z = self._forward_backward(Xc, yc, theta, backward=(kind != "ggn"))
+                z = self._forward_backward(Xc, yc, theta, backward=(kind != "ggn"), frozen=frozen)
                 r_z = net.r_forward(Vk)
                 if kind == "residual":
                     r_delta = xp.zeros_like(r_z)
@@ -183,13 +189,13 @@ class TrainingLoss:
                     out += chunk_out
         return out[0] if was_vector else out.T
 
-    def _forward_backward(self, Xc, yc, theta, backward):
+    def _forward_backward(self, Xc, yc, theta, backward, frozen=False):
         """``z = f(X_c, θ)``, with the layers holding the forward pass and, if ``backward``, the backward pass
         from ``δ^L = (1/N) ∂l/∂z`` — taken from an earlier call when it left them at this θ."""
         net = self.net
         reuse = self._passes
         if (reuse is not None and reuse.passes == net.passes and reuse.placement == (net.device, net.dtype)
-                and bool(net.xp.array_equal(reuse.theta, self._theta_in_effect(theta)))):
+                and self._same_theta(reuse, theta, frozen)):
             z = reuse.z                                         # the layers still hold the forward pass at θ
             if reuse.backward or not backward:
                 return z
@@ -197,19 +203,28 @@ class TrainingLoss:
             z = net.forward(Xc)
         if backward:
             net.backward(self.criterion.gradient(z, yc) / self.num_examples)
-        self._remember_passes(z, theta, backward)
+        self._remember_passes(z, theta, backward, frozen)
         return z
+
+    def _same_theta(self, reuse, theta, frozen):
+        if frozen and reuse.source is theta:
+            return True
+        same = bool(self.net.xp.array_equal(reuse.theta, self._theta_in_effect(theta)))
+        if same and frozen:
+            reuse.source = theta                 # the next products of this operator need no comparison
+        return same
 
     def _theta_in_effect(self, theta):
         return self.net.theta if theta is None else self.net.check_theta(theta)
 
-    def _remember_passes(self, z, theta, backward):
+    def _remember_passes(self, z, theta, backward, frozen=False):
         """Keep what the passes just run left in the layers, when they covered the whole dataset in one chunk."""
         if self.chunk_size is not None and self.chunk_size < self.num_examples:
             self._passes = None
             return
         self._passes = _Passes(passes=self.net.passes, placement=(self.net.device, self.net.dtype),
-                               theta=self._theta_in_effect(theta).copy(), z=z, backward=backward)
+                               theta=theta if frozen else self._theta_in_effect(theta).copy(), z=z,
+                               backward=backward, source=theta if frozen else None)
 
     def operator(self, kind="hessian", theta=None):
         """``V ↦ A V`` for A = ∇²L̃ ('hessian'), G ('ggn') or H ('residual') at θ, as an
@@ -220,7 +235,7 @@ class TrainingLoss:
         if kind not in KINDS:
             raise ValueError(f"unknown curvature kind {kind!r}; expected one of {KINDS}")
         theta = (self.net.theta if theta is None else self.net.check_theta(theta)).copy()
-        return BlockOperator(lambda V: self.curvature_product(V, kind, theta), like=theta)
+        return BlockOperator(lambda V: self._product(V, False, kind, theta, frozen=True), like=theta)
 
     def linear_operator(self, kind="hessian", theta=None):
         """A ``scipy.sparse.linalg.LinearOperator`` (``cupyx`` on the GPU) of ∇²L̃, G or H.

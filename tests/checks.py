@@ -10,6 +10,25 @@ from nn_eos.activations import Activation
 from nn_eos.backend import to_numpy
 
 # One table of tolerances, relative to the largest entry of the expected value.
+class _DeviceModule:
+    """The array module of the suite's device (NN_EOS_DEVICE), looked up when first used: importing a test
+    module never needs CuPy, so without it a GPU run is skipped (conftest.py) instead of failing collection."""
+
+    def __getattr__(self, name):
+        return getattr(ne.backend.module_for(ne.backend.default_device()), name)
+
+
+device_xp = _DeviceModule()
+
+
+def device_operator(M):
+    """The symmetric matrix M as a block operator ``V ↦ M V`` on the suite's device (NN_EOS_DEVICE), so that
+    the eigensolvers' tests run where the suite runs."""
+    from nn_eos.eigen import BlockOperator
+
+    A = device_xp.asarray(M)
+    return BlockOperator(lambda V: A @ V, like=A[:, 0])
+
 TOL = {
     "fd": 1e-6,        # float64 central differences, step FD_STEP (error ~ step² + 1e-16/step)
     "exact": 1e-10,    # two float64 routes to the same number (rounding only)
@@ -59,10 +78,11 @@ class Problem:
         return V / np.linalg.norm(V, axis=0)
 
 
-def build_problem(widths, activation, criterion, n, seed, dtype="float64", chunk_size=None):
-    """A small MLP at a random θ (biases non-zero) with random data, away from kinks."""
+def build_problem(widths, activation, criterion, n, seed, dtype="float64", chunk_size=None, device=None):
+    """A small MLP at a random θ (biases non-zero) with random data, away from kinks, on ``device`` (default:
+    the suite's, NN_EOS_DEVICE)."""
     rng = np.random.default_rng(seed)
-    net = ne.mlp(widths, activation=activation, seed=seed, dtype=dtype)
+    net = ne.mlp(widths, activation=activation, seed=seed, dtype=dtype, device=device)
     net.set_theta(to_numpy(net.theta) + 0.3 * rng.standard_normal(net.num_params))
     X = rng.standard_normal((n, widths[0]))
     y = rng.integers(0, widths[-1], size=n)

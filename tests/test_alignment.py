@@ -6,7 +6,7 @@ from hypothesis import assume, given
 
 import nn_eos as ne
 from checks import TOL, assert_close, problems
-from nn_eos import alignment
+from nn_eos import alignment, backend
 from nn_eos.experiments import analysis
 from nn_eos.backend import to_numpy
 
@@ -125,7 +125,8 @@ def test_layerwise_jacobian_norms_match_svd(shape, dense_below):
     rng = np.random.default_rng(sum(shape))
     A = rng.standard_normal(shape)
     s = rng.uniform(0, 1, size=(9, shape[1]))
-    ours = alignment.layerwise_jacobian_norm2(A, s, np, dense_below=dense_below)
+    xp = backend.module_for(backend.default_device())          # on the suite's device
+    ours = to_numpy(alignment.layerwise_jacobian_norm2(xp.asarray(A), xp.asarray(s), xp, dense_below=dense_below))
     reference = np.array([np.linalg.svd(A * s[n][None, :], compute_uv=False)[0] ** 2 for n in range(9)])
     np.testing.assert_allclose(ours, reference, rtol=1e-8)
 
@@ -145,8 +146,9 @@ def test_layerwise_jacobian_norms_stop_early_and_stay_exact(shape):
         return original(lambda v, rows: calls.append(1) or matvec(v, rows), *args, **kwargs)
 
     alignment.batched_top_eigenvalue = counting
+    xp = backend.module_for(backend.default_device())
     try:
-        ours = alignment.layerwise_jacobian_norm2(A, s, np, dense_below=0)
+        ours = to_numpy(alignment.layerwise_jacobian_norm2(xp.asarray(A), xp.asarray(s), xp, dense_below=0))
     finally:
         alignment.batched_top_eigenvalue = original
     reference = np.array([np.linalg.svd(A * s[n][None, :], compute_uv=False)[0] ** 2 for n in range(12)])

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nn_eos import backend
 from nn_eos.batched_lanczos import batched_top_eigenvalue, top_ritz, tridiagonal
 
 
@@ -43,14 +44,17 @@ def test_converged_examples_leave_the_active_set():
     easy = rng.standard_normal((5, d))
     hard = rng.standard_normal((5, d, d)) / np.sqrt(d)
     mats = np.concatenate([easy[:, :, None] * easy[:, None, :], hard @ hard.transpose(0, 2, 1)])
+    xp = backend.module_for(backend.default_device())          # the products run on the suite's device
+    mats_on_device = xp.asarray(mats)
     seen = []
 
     def matvec(V, rows):
-        seen.append(np.asarray(rows).copy())
-        return np.einsum("nab,nb->na", mats[rows], V)
+        seen.append(backend.to_numpy(rows).copy())
+        return xp.einsum("nab,nb->na", mats_on_device[rows], V)
 
-    top = batched_top_eigenvalue(matvec, n, d, np, np.float64, tol=1e-9)
-    np.testing.assert_allclose(top, np.linalg.eigvalsh(mats)[:, -1], rtol=1e-9)
+    top = batched_top_eigenvalue(matvec, n, d, xp, np.float64, tol=1e-9)
+    assert backend.array_module(top) is xp
+    np.testing.assert_allclose(backend.to_numpy(top), np.linalg.eigvalsh(mats)[:, -1], rtol=1e-9)
     assert [len(rows) for rows in seen[:4]] == [10] * 4 and len(seen) > 8
     assert all(set(rows.tolist()) <= set(range(5, 10)) for rows in seen[4:])
     assert len(seen[4]) == 5 and len(seen[-1]) < 5

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from checks import TOL, assert_close, central_difference
+from checks import TOL, assert_close, central_difference, device_xp
 from nn_eos import backend
 from nn_eos.criteria import MSE, CrossEntropy, criterion
 
-xp = backend.module_for(backend.default_device())
+xp = device_xp          # the suite's device, looked up at first use (checks.py)
 CRITERIA = [CrossEntropy(), MSE()]
 
 

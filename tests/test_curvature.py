@@ -195,6 +195,26 @@ def test_products_at_one_theta_share_the_forward_and_backward_passes(monkeypatch
     assert counts == {"forward": 1, "backward": 1}
 
 
+def test_an_operator_recognises_its_own_theta_and_stays_at_it(monkeypatch):
+    """TrainingLoss.operator keeps a private copy of θ: its products share one forward and backward pass, found
+    by identity, and stay at that θ when the network's θ changes in place between them."""
+    p = build_problem([4, 5, 5, 3], "tanh", "cross_entropy", n=7, seed=5)
+    V = p.direction(2)
+    theta0 = p.theta
+    expected = to_numpy(p.loss.hvp(V))
+    operator = p.loss.operator("hessian")
+    compared = []
+    original = p.net.xp.array_equal
+    monkeypatch.setattr(p.net.xp, "array_equal", lambda *a: compared.append(1) or original(*a))
+    forwards = ne.Sequential.passes
+    for _ in range(3):
+        np.testing.assert_array_equal(to_numpy(operator.matmat(V)), expected)
+    assert ne.Sequential.passes == forwards and len(compared) == 1   # the hvp's passes, compared once only
+    p.net.set_theta(theta0 + 0.5 * p.direction())          # the network moves, in place
+    assert np.abs(to_numpy(p.loss.hvp(V)) - expected).max() > 0
+    np.testing.assert_array_equal(to_numpy(operator.matmat(V)), expected)
+
+
 def test_shared_passes_are_not_reused_after_anything_changed():
     """θ changed in place, another θ passed in, another pass through the network, another dtype: each time
     the products equal those of a fresh TrainingLoss, bit for bit."""

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from checks import KINK_MARGIN, TOL, assert_close, central_difference
+from checks import KINK_MARGIN, TOL, assert_close, central_difference, device_xp
 from nn_eos import backend
 from nn_eos.activations import ELU, ReLU, Tanh, activation
 from nn_eos.layers import Dense, Flatten
 
-xp = backend.module_for(backend.default_device())
+xp = device_xp          # the suite's device, looked up at first use (checks.py)
 
 
 def run_forward(layer, params, x):
