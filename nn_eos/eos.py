@@ -16,7 +16,7 @@ section 4.1).
 import numpy as np
 
 from .backend import array_module, to_module, to_numpy
-from .eigen import top_eigenpairs
+from .eigen import BlockOperator, top_eigenpairs
 
 EDGE = 0.7          # the 2022 paper's threshold for "indisputably on the edge of stability"
 
@@ -31,23 +31,32 @@ def projections(gradient, top_vectors):
 class Telemetry:
     """The 2022 paper's telemetry, measured every ``every_time`` units of t (the paper: every 1/η steps).
 
-    ``k`` eigenpairs of ∇²L̃ (20 in the paper), warm-started from the previous
-    measurement, largest |λ| first (``method='krylov'`` by default, or 'power'
-    as in the paper; a negative one keeps its sign); ``n_classes`` (default: the network's outputs) sets the top
-    subspace to the top ``n_classes − 1`` eigenvectors.
+    The ``k`` largest eigenpairs of ∇²L̃ by value (20 in the paper; its ρ_i and
+    P_top are defined on the largest eigenvalues, section 3.2), warm-started from
+    the previous measurement (``method='krylov'`` by default, 'lanczos' or
+    'lobpcg'; 'power', the 2024 paper's method, can only rank by |λ|, so a
+    negative eigenvalue of large magnitude can take a place among its k);
+    ``n_classes`` (default: the network's outputs) sets the top subspace to the
+    top ``n_classes − 1`` eigenvectors. ``lambda_min=True`` also records the
+    most negative eigenvalue, ``lambda_min`` (one more warm-started solve, of
+    −∇²L̃). ``ρ_i = ηλ_i/2`` uses the η of the step taken from θ: for the flows,
+    whose Δt changes every step, it compares λ_i with that step's Δt (the
+    figures of ρ show gradient descent runs only).
     """
 
-    def __init__(self, k=20, every_time=1.0, n_classes=None, tol=1e-4, maxiter=500, method="krylov"):
+    def __init__(self, k=20, every_time=1.0, n_classes=None, tol=1e-4, maxiter=500, method="krylov",
+                 lambda_min=True):
         if k < 1 or not every_time > 0:
             raise ValueError(f"Telemetry needs k ≥ 1 and every_time > 0, got k={k}, every_time={every_time}")
         self.k, self.every_time, self.n_classes = int(k), float(every_time), n_classes
-        self.tol, self.maxiter, self.method = tol, maxiter, method
+        self.tol, self.maxiter, self.method, self.lambda_min = tol, maxiter, method, bool(lambda_min)
         self.next_time = 0.0
         self.vectors = None
+        self.min_vector = None
 
     def config(self):
         return {"k": self.k, "every_time": self.every_time, "n_classes": self.n_classes, "tol": self.tol,
-                "maxiter": self.maxiter, "method": self.method}
+                "maxiter": self.maxiter, "method": self.method, "lambda_min": self.lambda_min}
 
     def due(self, t):
         return t >= self.next_time - 1e-12
@@ -59,8 +68,10 @@ class Telemetry:
         n_classes = self.n_classes or loss.net.num_outputs
         n_top = max(min(n_classes - 1, k), 0)
         V0 = None if self.vectors is None else xp.asarray(self.vectors)
-        result = top_eigenpairs(loss.operator("hessian", theta), k, method=self.method, V0=V0, tol=self.tol,
-                                maxiter=self.maxiter, warn=False)      # the row records eig_converged
+        hessian = loss.operator("hessian", theta)
+        result = top_eigenpairs(hessian, k, method=self.method, V0=V0, tol=self.tol, maxiter=self.maxiter,
+                                which="LA" if self.method == "krylov" else None,
+                                warn=False)      # the row records eig_converged
         self.vectors = result.vectors
         values = to_numpy(result.values)
         d = to_numpy(result.vectors.T @ gradient)
@@ -76,18 +87,33 @@ class Telemetry:
             "theta_norm": float(xp.linalg.norm(theta)),
             "eig_converged": bool(result.converged), "eig_matvecs": int(result.matvecs),
         }
+        if self.lambda_min:
+            row.update(self._most_negative(hessian, theta, xp))
         self.next_time = (np.floor(t / self.every_time + 1e-9) + 1) * self.every_time
         return row
+
+    def _most_negative(self, hessian, theta, xp):
+        """``lambda_min`` = −λ_1(−∇²L̃), by block Krylov warm-started from the last measurement's vector."""
+        V0 = None if self.min_vector is None else xp.asarray(self.min_vector)
+        negated = BlockOperator(lambda V: -hessian.matmat(V), like=theta)
+        result = top_eigenpairs(negated, 1, method="krylov", which="LA", V0=V0, tol=self.tol, maxiter=self.maxiter,
+                                warn=False)
+        self.min_vector = result.vectors
+        return {"lambda_min": -float(to_numpy(result.values)[0]), "lambda_min_converged": bool(result.converged),
+                "lambda_min_matvecs": int(result.matvecs)}
 
     def state(self):
         state = {"next_time": np.array(self.next_time)}
         if self.vectors is not None:
             state["eigenvectors"] = to_numpy(self.vectors)
+        if self.min_vector is not None:
+            state["min_eigenvector"] = to_numpy(self.min_vector)
         return state
 
     def load_state(self, state):
         self.next_time = float(state.get("next_time", 0.0))
         self.vectors = state.get("eigenvectors")
+        self.min_vector = state.get("min_eigenvector")
 
 
 def loss_along(loss, direction, deltas, theta=None):

@@ -57,8 +57,15 @@ class GradientDescent(Integrator):
         return theta - self.lr * gradient, self.lr, {}
 
 
+def ranking(method):
+    """How a method ranks "the largest eigenvalues": by value ('LA', what both papers mean) for every method
+    that can, by |λ| ('LM') for block power iteration (the 2024 paper's own method), which cannot."""
+    return "LM" if method == "power" else "LA"
+
+
 class _WarmEigen:
-    """Top eigenpairs of ∇²L̃ at each step, warm-started from the previous step's vectors."""
+    """The largest eigenpairs of ∇²L̃ at each step (by value; by |λ| for power), warm-started from the previous
+    step's vectors."""
 
     def __init__(self, k, tol, maxiter, method="power", stop="residual"):
         self.k, self.tol, self.maxiter, self.method, self.stop = k, tol, maxiter, method, stop
@@ -68,6 +75,7 @@ class _WarmEigen:
         k = min(self.k, loss.num_params)
         result = top_eigenpairs(loss.operator("hessian", theta), k, method=self.method, V0=self._v0(theta),
                                 tol=self.tol, maxiter=self.maxiter, stop=self.stop,
+                                which="LA" if self.method == "krylov" else None,
                                 warn=False)                    # reported per step in info instead
         self.vectors = result.vectors
         return result
@@ -91,7 +99,9 @@ class AdaptiveGradientFlow(Integrator):
     eigenvector (``method``: 'krylov' by default, the cheapest in
     bench/dynamics.py, or the paper's 'power'); the paper's values are
     ``lr_max = 0.001`` and ``safety = 0.5``, which keeps η well below the edge
-    of stability ``2/λ_1``. Both rank by |λ|, so the step uses ``safety / |λ_1|``.
+    of stability ``2/λ_1``. λ_1 is the largest eigenvalue by value (a
+    non-positive one gives ``lr_max``); with 'power', which ranks by |λ|, the
+    step uses ``safety / |λ_1|``.
     """
 
     name = "adaptive_flow"
@@ -112,7 +122,8 @@ class AdaptiveGradientFlow(Integrator):
     def step(self, loss, theta, gradient):
         result = self.eigen(loss, theta)
         lam = float(to_numpy(result.values)[0])
-        lr = min(self.lr_max, self.safety / abs(lam)) if lam != 0 else self.lr_max
+        scale = abs(lam) if ranking(self.eigen.method) == "LM" else max(lam, 0.0)
+        lr = min(self.lr_max, self.safety / scale) if scale > 0 else self.lr_max
         info = {"lambda_1": lam, "eig_matvecs": result.matvecs, "eig_converged": result.converged}
         return theta - lr * gradient, lr, info
 
@@ -157,7 +168,11 @@ class ExponentialEuler(Integrator):
     eigensolver: 'krylov' (the default: the fewest products per warm step in
     bench/dynamics.py), 'power' as in the paper,
     'lanczos' or 'lobpcg'; ``stop='eigenvalues'`` uses the paper's looser
-    stopping test (power only). Power and krylov rank by |λ|.
+    stopping test (power only). The top k and λ_{k+1} are the largest by
+    value, so every eigenvalue left to the Euler step is at most λ_{k+1}
+    (power, the paper's method, ranks by |λ|: there a negative λ_{k+1} would
+    leave positive eigenvalues up to |λ_{k+1}| under a step of ``lr_max``, so
+    Δt is bounded by ``1/|λ_{k+1}|``).
     """
 
     name = "exponential_euler"
@@ -185,18 +200,21 @@ class ExponentialEuler(Integrator):
         k = self._k(loss)
         self.eigen.k = min(k + 1, loss.num_params)
         result = self.eigen(loss, theta)
-        values = to_numpy(result.values)
+        values, vectors = to_numpy(result.values), result.vectors          # decreasing by value
+        if ranking(self.eigen.method) == "LM":              # power: the k of largest |λ| are integrated exactly
+            order = np.argsort(-np.abs(values), kind="stable")
+            values, vectors = values[order], vectors[:, xp.asarray(order)]
         if len(values) > k:
-            lam_next = values[k]
+            lam_next = abs(values[k]) if ranking(self.eigen.method) == "LM" else values[k]
             dt = min(1.0 / lam_next, self.lr_max) if lam_next > 0 else self.lr_max
         else:
             dt = self.lr_max
-        V = result.vectors[:, :k]
+        V = vectors[:, :k]
         c = V.T @ gradient                                    # c_m = v_mᵀ ∇L̃
         w = gradient - V @ c                                  # residual, orthogonal to the top k
         coefficient = xp.asarray(exponential_coefficient(values[:k], dt), dtype=theta.dtype)
         new_theta = theta - V @ (coefficient * c) - dt * w
-        info = {"lambda_1": float(values[0]), "eig_matvecs": result.matvecs, "eig_converged": result.converged}
+        info = {"lambda_1": float(to_numpy(result.values)[0]), "eig_matvecs": result.matvecs, "eig_converged": result.converged}
         return new_theta, dt, info
 
     def state(self):

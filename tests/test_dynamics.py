@@ -145,6 +145,31 @@ def test_telemetry_projections_and_loss_changes():
         p.loss.value(theta - 0.25 * (g - top_step)) - p.loss.value(theta), rel=1e-8)
 
 
+def test_telemetry_ranks_by_value_where_negative_eigenvalues_dominate():
+    """At this initialisation four of the six largest |λ| are negative: ρ_i and P_top are defined on the largest
+    eigenvalues by value (2022 paper, section 3.2), and lambda_min is the most negative — all against a dense
+    Hessian."""
+    p = build_problem([6, 8, 8, 4], "tanh", "cross_entropy", n=20, seed=0)
+    theta = p.theta
+    w, U = np.linalg.eigh(dense_hessian(p.loss, theta))
+    by_magnitude = w[np.argsort(-np.abs(w))[:6]]
+    assert (by_magnitude < 0).sum() == 4                      # the premise: ranking by |λ| would be wrong here
+    telemetry = Telemetry(k=6, every_time=1.0, tol=1e-10, maxiter=2000)
+    g = to_numpy(p.loss.gradient(theta))
+    theta = p.net.xp.asarray(theta)                           # on the suite's device
+    row = telemetry.measure(p.loss, theta, p.loss.gradient(theta), eta=0.1, step=0, t=0.0)
+    np.testing.assert_allclose(row["eigenvalues"], w[::-1][:6], rtol=1e-8)
+    assert row["lambda_min"] == pytest.approx(w[0], rel=1e-8) and row["lambda_min_converged"]
+    top = U[:, ::-1][:, :3]                                   # n_c − 1 = 3 largest eigenvalues' eigenvectors
+    assert row["top_norm"] == pytest.approx(np.linalg.norm(top.T @ g), rel=1e-8)
+    np.testing.assert_allclose(np.abs(row["d"]), np.abs(U[:, ::-1][:, :6].T @ g), rtol=1e-6, atol=1e-12)
+    # the integrators rank the same way: the adaptive step's λ_1 and exponential Euler's λ_{k+1} are by value
+    _, dt, info = ne.AdaptiveGradientFlow(lr_max=10.0, safety=0.5, tol=1e-10).step(p.loss, theta, p.loss.gradient(theta))
+    assert info["lambda_1"] == pytest.approx(w[-1], rel=1e-8) and dt == pytest.approx(0.5 / w[-1], rel=1e-8)
+    _, dt, info = ne.ExponentialEuler(k=3, lr_max=10.0, tol=1e-10).step(p.loss, theta, p.loss.gradient(theta))
+    assert dt == pytest.approx(1 / w[-4], rel=1e-6)          # 1/λ_4, the 4th largest by value
+
+
 def test_loss_along_a_direction():
     p = build_problem([3, 4, 2], "tanh", "mse", n=5, seed=1)
     d = p.direction()

@@ -9,7 +9,7 @@ or a missing data path is reported with the key and the file.
     [criterion]   name = "cross_entropy" | "mse"
     [integrator]  name = "gd" | "adaptive_flow" | "exponential_euler" and its settings
     [train]       until_loss, max_steps, max_time, snapshot_every, threads (BLAS threads; default 1)
-    [telemetry]   k, every_time, n_classes, tol, method            (optional: the 2022 paper's telemetry)
+    [telemetry]   k, every_time, n_classes, tol, method, lambda_min (optional: the 2022 paper's telemetry)
 """
 
 import os
@@ -29,7 +29,8 @@ SCHEMA = {
                    "tol": (int, float), "maxiter": int, "method": str, "stop": str},
     "train": {"until_loss": (int, float), "max_steps": int, "max_time": (int, float), "snapshot_every": int,
               "threads": int},
-    "telemetry": {"k": int, "every_time": (int, float), "n_classes": int, "tol": (int, float), "method": str},
+    "telemetry": {"k": int, "every_time": (int, float), "n_classes": int, "tol": (int, float), "method": str,
+                  "lambda_min": bool},
 }
 REQUIRED = {"data": ("dataset",), "integrator": ("name",)}
 

@@ -30,8 +30,29 @@ def available_cores():
 
 @contextmanager
 def blas_threads(threads):
-    """Run the body with BLAS (and OpenMP) limited to ``threads`` threads."""
-    from threadpoolctl import threadpool_limits
+    """Run the body with BLAS (and OpenMP) limited to ``threads`` threads.
 
+    Without threadpoolctl (a machine where the project was installed with
+    ``--no-deps``, such as the GPU check's) it warns once and leaves BLAS as it is.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        _warn_once()
+        yield
+        return
     with threadpool_limits(limits=int(threads)):
         yield
+
+
+_warned = []
+
+
+def _warn_once():
+    if not _warned:
+        import warnings
+
+        warnings.warn("threadpoolctl is not installed (pip install threadpoolctl): BLAS runs at its default thread "
+                      "count, so CPU results may differ in the last bits from the same run made elsewhere",
+                      RuntimeWarning, stacklevel=3)
+        _warned.append(True)
