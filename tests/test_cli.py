@@ -174,14 +174,20 @@ def test_ctrl_c_writes_a_checkpoint_says_how_to_resume_and_exits_130(tmp_path):
     path = write(tmp_path, TINY.replace("max_steps = 12", "max_steps = 1000000"))
     out = tmp_path / "run"
     command = shutil.which("nn-eos")
+    # SIGINT as the terminal sends it; the child gets the default handler even where this test runs as a
+    # background job (whose children inherit SIGINT ignored, and then Python never raises KeyboardInterrupt)
     process = subprocess.Popen([command, "train", path, "--out", str(out), "--no-progress"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "NN_EOS_DEVICE": "cpu"})
-    deadline = time.time() + 120
-    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 2000):
-        assert time.time() < deadline and process.poll() is None, "training did not get going"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "NN_EOS_DEVICE": "cpu"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 2000):
+            assert time.time() < deadline and process.poll() is None, "training did not get going"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert re.search(rf"interrupted at step (\d+): checkpoint written to {re.escape(str(out))}; "
