@@ -328,6 +328,60 @@ def run_conv(arch, n, rounds, peers, device="cpu"):
     print(line)
 
 
+def peak_bytes(fn, xp):
+    """(result, peak bytes allocated while fn runs): tracemalloc on the host, the memory pool on CuPy (emptied
+    first, so what it holds after is what the call needed at once)."""
+    import time
+    import tracemalloc
+
+    if xp is np:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        start = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1] - before
+        tracemalloc.stop()
+        return out, peak, seconds
+    pool = xp.get_default_memory_pool()
+    pool.free_all_blocks()
+    before = pool.used_bytes()
+    start = time.perf_counter()
+    out = fn()
+    xp.cuda.Device().synchronize()
+    return out, pool.total_bytes() - before, time.perf_counter() - start
+
+
+def memory_table(sizes, blocks, large, device, budget_gib):
+    """Peak memory of one block of hvp products on the 2024 paper's MLP, beside our estimate, with the default
+    budget and with a small one; then one large block (n, k) with the default budget."""
+    from nn_eos import memory
+
+    rows = []
+    GiB = 2 ** 30
+    cases = [(n, k, None) for n in sizes for k in blocks] + [(n, max(blocks), int(budget_gib * GiB)) for n in sizes]
+    cases.append((*large, None))
+    for n, k, budget in cases:
+        net = ne.mlp(WIDTHS, activation="elu", seed=0, device=device)
+        X = ne.datasets.dice("train", n=n)[0]
+        loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, np.arange(n) % 6, max_memory=budget)
+        gradient_seconds = median_times({"g": loss.value_and_gradient}, rounds=3)["g"]
+        loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, np.arange(n) % 6, max_memory=budget)   # fresh: no shared passes
+        V = net.xp.asarray(np.random.default_rng(0).standard_normal((net.num_params, k)))
+        plan = loss.plan(k)
+        _, peak, seconds = peak_bytes(lambda: loss.hvp(V), net.xp)
+        estimate = memory.product_cost(net).bytes(n, k)
+        rows.append([n, k, f"{loss.max_memory / GiB:.1f}" + ("" if budget else " (default)"),
+                     f"{plan.examples} × {plan.directions}", f"{peak / GiB:.2f}", f"{estimate / GiB:.2f}",
+                     f"{seconds / k / gradient_seconds:.2f}"])
+        print(table(rows[-1:], MEMORY_HEADERS), flush=True)
+    print("\n" + table(rows, MEMORY_HEADERS))
+
+
+MEMORY_HEADERS = ["n", "k", "budget GiB", "chunk × block", "peak GiB", "unsplit estimate GiB",
+                  "s per direction / gradient"]
+
+
 def main():
     parser = script_parser(__doc__)
     parser.add_argument("--n", type=int, default=1000)
@@ -339,7 +393,16 @@ def main():
     parser.add_argument("--conv", nargs="*", default=["alexnet", "vgg11"], choices=["alexnet", "vgg11"],
                         help="conv nets to time after the MLP (none: --conv with no names)")
     parser.add_argument("--conv-n", type=int, default=200)
+    parser.add_argument("--memory", action="store_true",
+                        help="instead: peak memory of hvp blocks on the paper's MLP, estimate and budget beside it")
+    parser.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--memory-blocks", type=int, nargs="+", default=[1, 11, 21])
+    parser.add_argument("--memory-large", type=int, nargs=2, default=[7500, 21], metavar=("N", "K"))
+    parser.add_argument("--memory-budget", type=float, default=2.0, help="the small budget, GiB")
     args = parse(parser)
+    if args.memory:
+        memory_table(args.memory_sizes, args.memory_blocks, args.memory_large, args.device, args.memory_budget)
+        return
     print(f"threads: {os.cpu_count()} cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     for dtype in args.dtype:
         run(dtype, args.n, args.rounds, args.device, args.peers)

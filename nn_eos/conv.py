@@ -124,6 +124,11 @@ class Conv2d(Layer):
         lead = d.shape[:-3]
         return d.transpose(*range(len(lead)), -2, -1, -3).reshape(*lead, self.Ho * self.Wo, self.F)
 
+    def values_per_example(self, input_shape):
+        """Input, output and the patches ``cols(x)`` (positions × C·kh·kw), which the passes hold too."""
+        out = self.output_shape(input_shape)
+        return super().values_per_example(input_shape) + int(np.prod(out[1:])) * self.K
+
     def last_patches(self):
         """``cols(x)`` (n, positions, patch) of the last forward pass's input, for measurements (alignment):
         read-only, valid until the next forward pass."""

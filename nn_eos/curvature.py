@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend
+from . import backend, memory
 from .criteria import criterion as make_criterion
 from .eigen import BlockOperator
 from .validation import check_directions, check_inputs, check_integer, check_labels
@@ -59,19 +59,22 @@ class TrainingLoss:
     (the network's θ is left untouched).
     """
 
-    def __init__(self, net, criterion, X, y, chunk_size=None):
+    def __init__(self, net, criterion, X, y, chunk_size=None, max_memory=None):
         self.net = net
         self.criterion = make_criterion(criterion)
         X = check_inputs(X, net.input_shape)
         self.y_host = np.asarray(backend.to_numpy(check_labels(y, X.shape[0], net.num_outputs)), dtype=np.int64)
         self.X_host = X
         self.chunk_size = check_integer(chunk_size, "chunk_size", optional=True)
+        self._max_memory = check_integer(max_memory, "max_memory (bytes)", optional=True)
+        self._default_budget = None
         self._placed = None
         self._passes = None
 
     def __repr__(self):
         return (f"TrainingLoss({self.net!r}, {self.criterion!r}, N={self.num_examples}, "
-                f"chunk_size={self.chunk_size})")
+                f"chunk_size={self.chunk_size}, max_memory={self.max_memory / 2**30:.2f} GiB"
+                f"{'' if self._max_memory is not None else ' (default)'})")
 
     @property
     def num_examples(self):
@@ -101,12 +104,32 @@ class TrainingLoss:
             self._placed = (key, X, y)
         return self._placed[1], self._placed[2]
 
-    def chunks(self):
-        """(X_c, y_c) pieces of at most chunk_size examples."""
+    def chunks(self, size=None):
+        """(X_c, y_c) pieces of at most ``size`` examples (default: as many as a gradient may hold within
+        max_memory, or chunk_size)."""
         X, y = self._data()
-        step = self.chunk_size or len(y)
+        step = size or self.plan(0).examples
         for start in range(0, len(y), step):
             yield X[start:start + step], y[start:start + step]
+
+    # ----- memory ---------------------------------------------------------------
+
+    @property
+    def max_memory(self):
+        """Bytes a product may use: as given, else ``memory.DEFAULT_FRACTION`` of the memory free on the
+        network's device when first asked (host memory on the CPU, GPU memory on CuPy)."""
+        if self._max_memory is not None:
+            return self._max_memory
+        if self._default_budget is None or self._default_budget[0] != self.net.device:
+            free = memory.available_memory(self.net.xp)
+            self._default_budget = (self.net.device, int(memory.DEFAULT_FRACTION * free))
+        return self._default_budget[1]
+
+    def plan(self, k):
+        """How a product of k directions is split to fit ``max_memory``: a :class:`~nn_eos.memory.Plan`
+        (examples per chunk, directions per block); k = 0 for a gradient."""
+        cost = memory.product_cost(self.net)
+        return memory.plan(cost, self.num_examples, k, self.max_memory, examples=self.chunk_size)
 
     # ----- value and gradient -------------------------------------------------
 
@@ -124,17 +147,18 @@ class TrainingLoss:
         The backward pass starts from ``δ^L = (1/N) ∂l/∂z`` (DESIGN.md §2).
         """
         net, N = self.net, self.num_examples
+        examples = self.plan(0).examples
         grad = net.xp.zeros(net.num_params, dtype=net.dtype)
-        chunk_grad = grad if self.chunk_size is None else net.xp.empty_like(grad)
+        chunk_grad = grad if examples >= N else net.xp.empty_like(grad)
         total = 0.0
         with net.using(theta):
-            for Xc, yc in self.chunks():
+            for Xc, yc in self.chunks(examples):
                 z = net.forward(Xc)
                 total += float(self.criterion.value(z, yc).sum())
                 net.backward(self.criterion.gradient(z, yc) / N, chunk_grad)
                 if chunk_grad is not grad:
                     grad += chunk_grad
-            self._remember_passes(z, theta, backward=True)
+            self._remember_passes(z, theta, backward=True, whole=examples >= N)
         return total / N, grad
 
     def gradient(self, theta=None):
@@ -174,22 +198,33 @@ class TrainingLoss:
         V = backend.to_device(V, net.device).astype(net.dtype, copy=False)
         xp = net.xp
         Vk = V[None, :] if was_vector else xp.ascontiguousarray(V.T)  # (k, P): row j is direction j
-        out = xp.zeros_like(Vk)
-        chunk_out = out if self.chunk_size is None else xp.empty_like(out)
+        out = xp.empty_like(Vk)
+        split = self.plan(len(Vk))
         with net.using(theta):
-            for Xc, yc in self.chunks():
-                z = self._forward_backward(Xc, yc, theta, backward=(kind != "ggn"), frozen=frozen)
-                r_z = net.r_forward(Vk)
-                if kind == "residual":
-                    r_delta = xp.zeros_like(r_z)
-                else:
-                    r_delta = self.criterion.hessian_product(z, yc, r_z) / N
-                net.r_backward(r_delta, Vk, chunk_out, second_order=(kind != "ggn"))
-                if chunk_out is not out:
-                    out += chunk_out
+            for j in range(0, len(Vk), split.directions):            # blocks of directions, to fit max_memory
+                block = slice(j, j + split.directions)
+                self._block_product(Vk[block], out[block], kind, theta, split.examples, frozen)
         return out[0] if was_vector else out.T
 
-    def _forward_backward(self, Xc, yc, theta, backward, frozen=False):
+    def _block_product(self, Vk, out, kind, theta, examples, frozen):
+        """``out = M Vᵀ`` for a block of directions (rows of Vk), over the data in chunks of ``examples``."""
+        net, N, xp = self.net, self.num_examples, self.net.xp
+        chunk_out = out if examples >= N else xp.empty_like(out)
+        if chunk_out is not out:
+            out[...] = 0
+        for Xc, yc in self.chunks(examples):
+            z = self._forward_backward(Xc, yc, theta, backward=(kind != "ggn"), frozen=frozen,
+                                       whole=examples >= N)
+            r_z = net.r_forward(Vk)
+            if kind == "residual":
+                r_delta = xp.zeros_like(r_z)
+            else:
+                r_delta = self.criterion.hessian_product(z, yc, r_z) / N
+            net.r_backward(r_delta, Vk, chunk_out, second_order=(kind != "ggn"))
+            if chunk_out is not out:
+                out += chunk_out
+
+    def _forward_backward(self, Xc, yc, theta, backward, frozen=False, whole=True):
         """``z = f(X_c, θ)``, with the layers holding the forward pass and, if ``backward``, the backward pass
         from ``δ^L = (1/N) ∂l/∂z`` — taken from an earlier call when it left them at this θ."""
         net = self.net
@@ -203,7 +238,7 @@ class TrainingLoss:
             z = net.forward(Xc)
         if backward:
             net.backward(self.criterion.gradient(z, yc) / self.num_examples)
-        self._remember_passes(z, theta, backward, frozen)
+        self._remember_passes(z, theta, backward, frozen, whole)
         return z
 
     def _same_theta(self, reuse, theta, frozen):
@@ -217,9 +252,9 @@ class TrainingLoss:
     def _theta_in_effect(self, theta):
         return self.net.theta if theta is None else self.net.check_theta(theta)
 
-    def _remember_passes(self, z, theta, backward, frozen=False):
+    def _remember_passes(self, z, theta, backward, frozen=False, whole=True):
         """Keep what the passes just run left in the layers, when they covered the whole dataset in one chunk."""
-        if self.chunk_size is not None and self.chunk_size < self.num_examples:
+        if not whole:
             self._passes = None
             return
         self._passes = _Passes(passes=self.net.passes, placement=(self.net.device, self.net.dtype),

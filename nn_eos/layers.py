@@ -55,6 +55,10 @@ class Layer:
     def output_shape(self, input_shape):
         return input_shape
 
+    def values_per_example(self, input_shape):
+        """Numbers per example at the layer's input and output, by which nn_eos.memory sizes a product."""
+        return int(np.prod(input_shape)) + int(np.prod(self.output_shape(input_shape)))
+
     def forward(self, x):
         return x
 

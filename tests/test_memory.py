@@ -1,0 +1,101 @@
+"""Curvature products within a memory budget: the estimate bounds what the passes allocate, and a product split
+into chunks of examples or blocks of directions equals the whole product up to rounding."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import nn_eos as ne
+from checks import device_xp
+from nn_eos import memory
+from nn_eos.backend import to_numpy
+
+
+def loss_of(net, n, seed=0, **kwargs):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, *net.input_shape))
+    return ne.TrainingLoss(net, "cross_entropy", X, np.arange(n) % net.num_outputs, **kwargs)
+
+
+NETS = {
+    "mlp": lambda: ne.mlp([64, 128, 128, 128, 4], activation="elu", seed=0),
+    "mlp, wide input": lambda: ne.mlp([512, 32, 32, 6], activation="tanh", seed=0),
+    "alexnet": lambda: ne.alexnet_like((1, 32, 32), 6, width=0.125, activation="relu", seed=0),
+    "vgg11": lambda: ne.vgg_like((1, 32, 32), 6, depth=11, width=0.0625, activation="tanh", seed=0),
+}
+
+
+@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("k", [1, 6])
+def test_the_estimate_bounds_what_a_product_allocates(name, k):
+    if not isinstance(np.zeros(1), type(device_xp.zeros(1))):
+        pytest.skip("tracemalloc sees host (NumPy) allocations only")
+    net = NETS[name]()
+    n = 24 if name in ("alexnet", "vgg11") else 200
+    loss = loss_of(net, n)
+    V = np.random.default_rng(1).standard_normal((net.num_params, k))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        loss.hvp(V)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    estimate = memory.product_cost(net).bytes(n, k)
+    assert peak <= estimate, f"{name}: measured {peak / 2**20:.1f} MiB above the estimate {estimate / 2**20:.1f} MiB"
+    if name == "mlp":
+        assert estimate < 3 * peak                         # and not so loose that it chunks for nothing
+
+
+def test_a_plan_fits_its_budget_and_prefers_whole_examples():
+    cost = memory.ProductCost(per_example=100, per_example_direction=50, per_direction=1000)   # no per-call part
+    assert memory.plan(cost, 10, 4, budget=10 ** 6) == memory.Plan(10, 4)                 # fits whole
+    split = memory.plan(cost, 10, 4, budget=cost.bytes(10, 2))                              # two directions fit
+    assert split == memory.Plan(10, 2)
+    assert cost.bytes(10, 1) > 2000
+    split = memory.plan(cost, 10, 4, budget=2000)                # not even one direction over all examples
+    assert split == memory.Plan(6, 1) and cost.bytes(6, 1) <= 2000 < cost.bytes(7, 1)
+    with pytest.raises(MemoryError, match=r"more than max_memory"):
+        memory.plan(cost, 10, 4, budget=cost.bytes(1, 1) - 1)
+    with_call = memory.ProductCost(100, 50, 1000, per_call_direction=300)    # the whole call's (k, P) arrays
+    assert memory.plan(with_call, 10, 4, budget=with_call.bytes(10, 2, total=4)) == memory.Plan(10, 2)
+    with pytest.raises(MemoryError, match=r"the 4 direction\(s\) and their results alone need"):
+        memory.plan(with_call, 10, 4, budget=1200)
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "residual"])
+@pytest.mark.parametrize("split", ["directions", "examples"])
+def test_a_split_product_equals_the_whole_one(kind, split):
+    net = ne.mlp([10, 12, 12, 3], activation="tanh", seed=2)
+    whole = loss_of(net, 40, seed=3)
+    cost = memory.product_cost(net)
+    budget = cost.bytes(40, 2, total=5) if split == "directions" else cost.bytes(7, 5)
+    small = loss_of(net, 40, seed=3, max_memory=budget)
+    plan = small.plan(5)
+    assert (plan.directions < 5 and plan.examples == 40) if split == "directions" else plan.examples < 40
+    V = device_xp.asarray(np.random.default_rng(4).standard_normal((net.num_params, 5)))
+    np.testing.assert_allclose(to_numpy(small.curvature_product(V, kind)), to_numpy(whole.curvature_product(V, kind)),
+                               rtol=1e-12, atol=1e-14)
+    value, gradient = small.value_and_gradient()
+    assert value == pytest.approx(whole.value(), rel=1e-13)
+    np.testing.assert_allclose(to_numpy(gradient), to_numpy(whole.gradient()), rtol=1e-12, atol=1e-15)
+
+
+def test_the_default_budget_is_a_fraction_of_free_memory_and_repr_says_it(monkeypatch):
+    monkeypatch.setattr(memory, "available_memory", lambda xp: 8 * 2 ** 30)
+    loss = loss_of(ne.mlp([4, 5, 3], seed=0), 10)
+    assert loss.max_memory == int(memory.DEFAULT_FRACTION * 8 * 2 ** 30)
+    assert "max_memory=4.00 GiB (default)" in repr(loss)
+    assert "max_memory=0.50 GiB)" in repr(loss_of(ne.mlp([4, 5, 3], seed=0), 10, max_memory=2 ** 29))
+    assert memory.available_memory(np) > 0
+
+
+def test_a_budget_too_small_for_one_example_is_a_clear_error():
+    net = ne.mlp([10, 12, 3], seed=0)
+    with pytest.raises(MemoryError, match=r"the 1 direction\(s\) and their results alone need"):
+        loss_of(net, 20, max_memory=100).hvp(np.ones(net.num_params))
+    with pytest.raises(MemoryError, match=r"MiB for one example and one direction at a time, more than max_memory"):
+        loss_of(net, 20, max_memory=3000).hvp(np.ones(net.num_params))
+    with pytest.raises(ValueError, match="max_memory"):
+        loss_of(net, 20, max_memory=-5)
