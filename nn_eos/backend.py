@@ -159,26 +159,26 @@ def scipy_linalg_module(xp):
 
 
 class Workspace:
-    """Scratch arrays reused from call to call, one per (name, shape, dtype).
+    """Scratch arrays reused from call to call, one per name.
 
     Blocks of k directions make R-quantities of k × n × width floats, tens of
     MB each; allocating them afresh costs page faults on every call. A layer
     asks its workspace for a named buffer instead and writes into it with
     ``out=``. A buffer is overwritten the next time the same name is asked
     for, so only quantities that live within one pass may use one; nothing
-    handed back to a user ever does.
+    handed back to a user ever does. Asked for in another shape (another
+    block size, the last chunk), the name gets a new buffer and the old one is
+    let go: a workspace holds one set of buffers, so a product split to fit a
+    memory budget (nn_eos.memory) never holds two blocks' worth.
     """
-
-    max_entries = 16  # different shapes (block sizes, last chunks) kept before starting over
 
     def __init__(self):
         self._arrays = {}
 
     def get(self, name, shape, dtype, xp):
-        key = (name, tuple(shape), dtype, xp.__name__)
-        array = self._arrays.get(key)
-        if array is None:
-            if len(self._arrays) >= self.max_entries:
-                self._arrays.clear()
-            array = self._arrays[key] = xp.empty(shape, dtype=dtype)
-        return array
+        key = (tuple(shape), dtype, xp.__name__)
+        held = self._arrays.get(name)
+        if held is None or held[0] != key:
+            self._arrays.pop(name, None)                   # let the old buffer go before making the new one
+            held = self._arrays[name] = (key, xp.empty(shape, dtype=dtype))
+        return held[1]
