@@ -19,6 +19,8 @@ CASES = {
     "exponential_euler.py": ["--n", "60", "--hidden", "8", "--max-time", "2"],
     "jacobian_alignment.py": ["--sizes", "60", "120", "--hidden", "8", "8", "8", "--max-time", "12",
                               "--snapshot-every", "3"],
+    "progressive_sharpening.py": ["--sizes", "60", "--nets", "8", "--activations", "tanh", "relu",
+                                  "--criteria", "mse", "--max-time", "1"],
 }
 
 
@@ -32,5 +34,9 @@ def test_example_runs(case, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     if script != "curvature_tour.py":
         assert any(name.endswith(".png") for name in os.listdir(tmp_path)), os.listdir(tmp_path)
-    if script not in ("curvature_tour.py", "exponential_euler.py"):    # a verdict on a claim is printed
-        assert re.search(r"(holds|does NOT hold|not testable)", done.stdout), done.stdout[-2000:]
+    if script not in ("curvature_tour.py", "exponential_euler.py", "progressive_sharpening.py"):
+        assert re.search(r"(holds|does NOT hold|not testable)", done.stdout), done.stdout[-2000:]   # a verdict
+    if script == "progressive_sharpening.py":                        # the scan's ranking, by its pre-set criterion
+        table = (tmp_path / "table.md").read_text()
+        assert table.count("| n60_8_") == 2
+        assert re.search(r"\d+ of 2 configurations sharpen strongly \(λ_1 at least ×2 by t = 1\)", table), table
