@@ -35,6 +35,11 @@ def main():
     parser.add_argument("--width", type=float, default=0.25, help="channel multiplier of the conv nets")
     parser.add_argument("--activation", default="elu", choices=["elu", "relu", "tanh"])
     parser.add_argument("--max-time", type=float, default=40.0)
+    parser.add_argument("--init", default=None, choices=["xavier", "kaiming"],
+                        help="None: xavier for the MLP, kaiming for the conv nets (the scan of "
+                             "progressive_sharpening.py uses kaiming)")
+    parser.add_argument("--until-loss", type=float, default=None,
+                        help="stop at this loss (None: the criterion's, 0.01 for cross-entropy; the 2022 protocol: 0.1)")
     parser.add_argument("--every", type=float, default=2.0, help="telemetry every this many units of t")
     parser.add_argument("--classes", type=int, nargs="*", default=[], help="also run on 2, 3, 5 … classes")
     parser.add_argument("--seed", type=int, default=0)
@@ -46,7 +51,7 @@ def main():
     X_all, y_all = ne.datasets.dice("train", n=6 * args.n if args.classes else args.n, seed=args.seed)
     settings = {"hidden": args.hidden, "arch": args.arch, "width": args.width, "activation": args.activation,
                 "seed": args.seed, "device": args.device, "max_time": args.max_time,
-                "telemetry_every": args.every, "telemetry_k": 8}
+                "telemetry_every": args.every, "telemetry_k": 8, "until_loss": args.until_loss, "init": args.init}
     X, y = X_all[:args.n], y_all[:args.n]
     runs = {lr: run_with_telemetry(f"gd_lr{lr:g}", ne.GradientDescent(lr), settings, X, y, args.out)
             for lr in args.lrs}

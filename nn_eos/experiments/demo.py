@@ -51,12 +51,13 @@ def run_with_telemetry(name, integrator, settings, X, y, out, progress=True, n_c
     """One resumable run in ``out/runs/name`` on (X, y) with the 2022 paper's telemetry.
 
     ``settings`` holds hidden, activation, seed, max_time, telemetry_every,
-    telemetry_k and optionally until_loss, device ('cpu' or 'gpu'; default
+    telemetry_k and optionally until_loss, init, device ('cpu' or 'gpu'; default
     NN_EOS_DEVICE, else cpu), threads (BLAS threads, default 1), arch and width
     (see ``config.build_net``); returns (metrics, telemetry rows, result).
     """
     net_cfg = {"arch": settings.get("arch", "mlp"), "hidden": settings["hidden"], "width": settings.get("width", 0.25),
-               "activation": settings["activation"], "seed": settings["seed"]}
+               "activation": settings["activation"], "seed": settings["seed"],
+               **({"init": settings["init"]} if settings.get("init") else {})}
     net, X = build_net(net_cfg, X, n_classes, settings.get("device"))
     loss = TrainingLoss(net, "cross_entropy", X, y)
     telemetry = eos.Telemetry(k=settings["telemetry_k"], every_time=settings["telemetry_every"], tol=1e-3,
