@@ -246,7 +246,8 @@ def test_shipped_sweep_files_are_valid(tmp_path, name):
     runs = spec.runs()
     expected = {"alignment_dice_laptop.toml": 16, "eos_dice_laptop.toml": 6, "alignment_dice_paper.toml": 80,
                 "alignment_cifar10_paper.toml": 80, "alignment_atrialfibrillation_paper.toml": 80,
-                "alignment_sst_paper.toml": 64, "eos_cifar10_paper.toml": 16, "eos_cifar10_classes_paper.toml": 4}
+                "alignment_sst_paper.toml": 64, "eos_cifar10_paper.toml": 16, "eos_cifar10_classes_paper.toml": 4,
+                "eos_dice_relu_sharpening.toml": 4}
     assert len(runs) == expected[name]
 
 
