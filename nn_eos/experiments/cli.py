@@ -117,8 +117,10 @@ def _analyze_run(run_dir, args):
         else:
             n_top = telemetry[0]["n_top"]
             rho = np.array([r["rho"] for r in telemetry])
+            fixed_step = (cfg.get("integrator") or {}).get("name") == "gd"
             print(f"  2022 telemetry: {len(telemetry)} measurements; max ρ_i over t: "
-                  + ", ".join(f"ρ_{i + 1} = {v:.3f}" for i, v in enumerate(rho.max(axis=0))))
+                  + ", ".join(f"ρ_{i + 1} = {v:.3f}" for i, v in enumerate(rho.max(axis=0)))
+                  + ("" if fixed_step else " (a flow: ρ_i = Δt λ_i / 2 with its own changing step Δt, not a fixed η)"))
             print("  " + eos.describe_bulk_claim(eos.bulk_claim(telemetry, n_top + 1), n_top + 1))
     if args.alignment:
         series = analyze_run(run_dir, every=args.every, skip=args.skip, device=args.device)
