@@ -33,6 +33,18 @@ def test_demo_writes_runs_figures_and_summary(tmp_path):
         # claim 2 says which rows it used, in the words `nn-eos analyze` prints for the same run
         from nn_eos import eos
         assert eos.describe_bulk_claim(result["bulk"], 6).rsplit(";", 1)[0] in line
+    # the same claims where progressive sharpening is strong: GD at 2/λ_1(θ_0) ÷ 2, 4, 8, 16 on a ReLU net
+    relu = summary["relu"]
+    lam0 = relu.pop("lambda_1_0")
+    assert [float(lr) for lr in relu] == [float(f"{2 / lam0 / d:.3g}") for d in (2, 4, 8, 16)]
+    for lr, result in relu.items():
+        edge = result["edge"]
+        assert edge["holds"] == (edge["max_rho_top"] >= 0.7 and edge["max_rho_next"] <= 0.5)
+        line = next(l for l in text.splitlines() if l.startswith(f"| 1. ReLU, GD η = {float(lr):g}:"))
+        assert line.endswith(f"| {verdict[edge['holds']]} |") and f"{edge['max_rho_top']:.3f}" in line
+        line = next(l for l in text.splitlines() if l.startswith(f"| 2. ReLU, GD η = {float(lr):g}:"))
+        assert line.endswith(f"| {verdict[result['bulk']['holds']]} |")
+    assert (out / "rho_relu.png").stat().st_size > 0
     mono = summary["ee"]["monotone"]
     assert mono["holds"] == (mono["rises"] == 0)
     assert text.count("| 1. GD") == 2 and "| 3. exponential Euler" in text

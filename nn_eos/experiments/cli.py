@@ -208,7 +208,7 @@ def build_parser():
         sub.set_defaults(run=run)
         return sub
 
-    demo = command("demo", "laptop-scale reproduction on dice (about 2 minutes on 2 CPU cores)",
+    demo = command("demo", "laptop-scale reproduction on dice (about 2.5 minutes on 2 CPU cores)",
                    "Gradient descent at two learning rates with the 2022 paper's telemetry (ρ_i = ηλ_i/2 over "
                    "t = nη, top/bulk gradient projections and the loss change of a step along each), and exponential "
                    "Euler (2024 paper) beside it, on a dice subset. Writes the runs, figures and a summary saying "
