@@ -39,7 +39,8 @@ def main():
                         help="None: xavier for the MLP, kaiming for the conv nets (the scan of "
                              "progressive_sharpening.py uses kaiming)")
     parser.add_argument("--until-loss", type=float, default=None,
-                        help="stop at this loss (None: the criterion's, 0.01 for cross-entropy; the 2022 protocol: 0.1)")
+                        help="stop at this loss (None: the criterion's, 0.01 for cross-entropy; "
+                             "the 2022 protocol: 0.1)")
     parser.add_argument("--every", type=float, default=2.0, help="telemetry every this many units of t")
     parser.add_argument("--classes", type=int, nargs="*", default=[], help="also run on 2, 3, 5 … classes")
     parser.add_argument("--seed", type=int, default=0)

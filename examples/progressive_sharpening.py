@@ -72,8 +72,8 @@ def main():
         ratio, peak = lam[-1] / lam[0], lam.max() / lam[0]
         rows.append((np.log(ratio) / r["t"][-1], name, lam[0], lam[-1], ratio, peak, r["loss"], r["steps"]))
     rows.sort(reverse=True)
-    lines = ["| configuration | λ_1(0) | λ_1(T) | λ_1(T)/λ_1(0) | max λ_1/λ_1(0) | rate ln(ratio)/T | loss at T | steps |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | λ_1(0) | λ_1(T) | λ_1(T)/λ_1(0) | max λ_1/λ_1(0) | rate ln(ratio)/T | loss at T "
+             "| steps |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {l0:.3g} | {lT:.3g} | {ratio:.2f} | {peak:.2f} | {rate:.3f} | {loss:.3g} | {steps} |"
               for rate, name, l0, lT, ratio, peak, loss, steps in rows]
     strong = [row for row in rows if row[4] >= STRONG]
@@ -87,11 +87,10 @@ def main():
 
     fig, ax = plots.subplots(figsize=(7.5, 4.6))
     colours = plots.colours(len(rows))
-    for (rate, name, *_), colour, style in zip(rows, colours, plots.STYLES * len(rows)):
+    for rank, ((_, name, *_), colour, style) in enumerate(zip(rows, colours, plots.STYLES * len(rows))):
         r = results[name]
         lam = np.asarray(r["lambda_1"])
-        ax.semilogy(r["t"], lam / lam[0], linestyle=style, color=colour, lw=1.1,
-                    label=name if rows.index(next(row for row in rows if row[1] == name)) < 8 else None)
+        ax.semilogy(r["t"], lam / lam[0], linestyle=style, color=colour, lw=1.1, label=name if rank < 8 else None)
     ax.axhline(STRONG, color="0.5", lw=0.8, ls=":", label=rf"$\times{STRONG:g}$: strong (pre-set)")
     ax.set_xlabel(r"$t$ along the gradient flow (exponential Euler)")
     ax.set_ylabel(r"$\lambda_1(t) / \lambda_1(0)$")

@@ -229,7 +229,8 @@ class TrainingLoss:
         from ``δ^L = (1/N) ∂l/∂z`` — taken from an earlier call when it left them at this θ."""
         net = self.net
         reuse = self._passes
-        if (reuse is not None and reuse.passes == net.passes and reuse.placement == (net.device, net.dtype)
+        if (whole and reuse is not None and reuse.passes == net.passes      # passes over all examples serve
+                and reuse.placement == (net.device, net.dtype)               # only a call over all examples
                 and self._same_theta(reuse, theta, frozen)):
             z = reuse.z                                         # the layers still hold the forward pass at θ
             if reuse.backward or not backward:
@@ -270,7 +271,11 @@ class TrainingLoss:
         if kind not in KINDS:
             raise ValueError(f"unknown curvature kind {kind!r}; expected one of {KINDS}")
         theta = (self.net.theta if theta is None else self.net.check_theta(theta)).copy()
-        return BlockOperator(lambda V: self._product(V, False, kind, theta, frozen=True), like=theta)
+        def matmat(V):
+            V, was_vector = check_directions(V, self.net.num_params, scan=False)
+            return self._product(V, was_vector, kind, theta, frozen=True)
+
+        return BlockOperator(matmat, like=theta)
 
     def linear_operator(self, kind="hessian", theta=None):
         """A ``scipy.sparse.linalg.LinearOperator`` (``cupyx`` on the GPU) of ∇²L̃, G or H.

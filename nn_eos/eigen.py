@@ -257,6 +257,13 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
 
 
 
+def ranking(method):
+    """The ``which`` by which a method finds "the largest eigenvalues": by value ('LA', what both papers mean)
+    for every method that can, by |λ| ('LM') for block power iteration (the 2024 paper's own method), which
+    cannot."""
+    return "LM" if method == "power" else "LA"
+
+
 def _check_arguments(method, k, P, V0, tol, stop, guard, block, which):
     """Every argument of top_eigenpairs that can be wrong, checked before any product; returns k, guard, block."""
     if method not in METHODS:

@@ -16,7 +16,7 @@ section 4.1).
 import numpy as np
 
 from .backend import array_module, to_module, to_numpy
-from .eigen import BlockOperator, top_eigenpairs
+from .eigen import BlockOperator, ranking, top_eigenpairs
 
 EDGE = 0.7          # the 2022 paper's threshold for "indisputably on the edge of stability"
 
@@ -39,9 +39,10 @@ class Telemetry:
     ``n_classes`` (default: the network's outputs) sets the top subspace to the
     top ``n_classes − 1`` eigenvectors. ``lambda_min=True`` also records the
     most negative eigenvalue, ``lambda_min`` (one more warm-started solve, of
-    λ_1 I − ∇²L̃, accurate to ``tol`` relative to λ_1 − λ_min). ``ρ_i = ηλ_i/2`` uses the η of the step taken from θ: for the flows,
-    whose Δt changes every step, it compares λ_i with that step's Δt (the
-    figures of ρ show gradient descent runs only).
+    λ_1 I − ∇²L̃, accurate to ``tol`` relative to λ_1 − λ_min).
+    ``ρ_i = ηλ_i/2`` uses the η of the step taken from θ: for the flows, whose
+    Δt changes every step, it compares λ_i with that step's Δt (the figures of
+    ρ show gradient descent runs only).
     """
 
     def __init__(self, k=20, every_time=1.0, n_classes=None, tol=1e-4, maxiter=500, method="krylov",
@@ -70,7 +71,7 @@ class Telemetry:
         V0 = None if self.vectors is None else xp.asarray(self.vectors)
         hessian = loss.operator("hessian", theta)
         result = top_eigenpairs(hessian, k, method=self.method, V0=V0, tol=self.tol, maxiter=self.maxiter,
-                                which="LA" if self.method == "krylov" else None,
+                                which=ranking(self.method),
                                 warn=False)      # the row records eig_converged
         self.vectors = result.vectors
         values = to_numpy(result.values)

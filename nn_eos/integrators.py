@@ -15,7 +15,7 @@ any test double with the same methods.
 import numpy as np
 
 from .backend import array_module, to_numpy
-from .eigen import top_eigenpairs
+from .eigen import ranking, top_eigenpairs
 from .validation import check_integer
 
 
@@ -57,12 +57,6 @@ class GradientDescent(Integrator):
         return theta - self.lr * gradient, self.lr, {}
 
 
-def ranking(method):
-    """How a method ranks "the largest eigenvalues": by value ('LA', what both papers mean) for every method
-    that can, by |λ| ('LM') for block power iteration (the 2024 paper's own method), which cannot."""
-    return "LM" if method == "power" else "LA"
-
-
 class _WarmEigen:
     """The largest eigenpairs of ∇²L̃ at each step (by value; by |λ| for power), warm-started from the previous
     step's vectors."""
@@ -75,7 +69,7 @@ class _WarmEigen:
         k = min(self.k, loss.num_params)
         result = top_eigenpairs(loss.operator("hessian", theta), k, method=self.method, V0=self._v0(theta),
                                 tol=self.tol, maxiter=self.maxiter, stop=self.stop,
-                                which="LA" if self.method == "krylov" else None,
+                                which=ranking(self.method),
                                 warn=False)                    # reported per step in info instead
         self.vectors = result.vectors
         return result
@@ -214,7 +208,8 @@ class ExponentialEuler(Integrator):
         w = gradient - V @ c                                  # residual, orthogonal to the top k
         coefficient = xp.asarray(exponential_coefficient(values[:k], dt), dtype=theta.dtype)
         new_theta = theta - V @ (coefficient * c) - dt * w
-        info = {"lambda_1": float(to_numpy(result.values)[0]), "eig_matvecs": result.matvecs, "eig_converged": result.converged}
+        info = {"lambda_1": float(to_numpy(result.values)[0]), "eig_matvecs": result.matvecs,
+                "eig_converged": result.converged}
         return new_theta, dt, info
 
     def state(self):
@@ -225,6 +220,12 @@ class ExponentialEuler(Integrator):
 
 
 INTEGRATORS = {cls.name: cls for cls in (GradientDescent, AdaptiveGradientFlow, ExponentialEuler)}
+
+
+def has_fixed_step(config):
+    """Whether a run's integrator (its ``config()``) steps with a fixed η, for which the 2022 paper's
+    ``ρ_i = ηλ_i/2`` is defined; the flows change Δt every step."""
+    return (config or {}).get("name") == GradientDescent.name
 
 
 def from_config(config):

@@ -59,9 +59,10 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None,
     all Ritz pairs lie in the s-dim span of the next Krylov block, so this
     is block Lanczos of block size s, with full re-orthogonalisation, whose
     polynomial degree grows by one every s products. A small s needs the
-    fewest products in all (bench/eigen.py; s = 1 is the default and the
-    fastest on the CPU); wider blocks make fewer, bigger products, which
-    pays where a product's cost hardly grows with its width (a GPU). A
+    fewest products in all (bench/eigen.py; s = 1, the default on NumPy, is
+    also the fastest on the CPU); wider blocks make fewer, bigger products,
+    which pays where a product's cost hardly grows with its width (a GPU:
+    :func:`default_block`). A
     random block of k + guard needs several times more products, and so
     does a warm start from V0's whole block. With s ≥ k + guard and V0,
     the start is V0's block (topped up to k + guard), expanded by the
@@ -99,7 +100,7 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None,
     while True:
         theta, S, order = basis.ritz_pairs(b, which)
         final = iteration >= maxiter or basis.size >= P
-        norms, converged = basis.check_residuals(theta, S, k, tol, exact=final)
+        norms, converged, vectors = basis.check_residuals(theta, S, k, tol, exact=final)
         if converged or final:
             break
         W = _expansion(basis, theta, S, norms, tol, block, xp)
@@ -113,9 +114,9 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None,
         W = W[:, :max_basis - basis.size]
         basis.add(W, A(W))
         iteration += 1
-    X, AX = basis.ritz_vectors(S[:, :k])
-    return sorted_result(xp.asarray(theta[:k], dtype=dtype), X, AX, xp, matvecs=A.matvecs, iterations=iteration,
-                         converged=converged, method="krylov")
+    X, AX = vectors if vectors is not None else basis.ritz_vectors(S)   # formed by the last check, or now
+    return sorted_result(xp.asarray(theta[:k], dtype=dtype), X[:, :k], AX[:, :k], xp, matvecs=A.matvecs,
+                         iterations=iteration, converged=converged, method="krylov")
 
 
 DEVICE_BLOCK = 4
@@ -204,18 +205,19 @@ class _KrylovBasis:
         return self.Q @ S, self.AQ @ S
 
     def check_residuals(self, theta, S, k, tol, exact=False):
-        """Relative residuals of the Ritz pairs and whether the top k are below tol.
+        """Relative residuals of the Ritz pairs, whether the top k are below tol, and the Ritz vectors
+        ``(X, A X)`` when they were formed (else None).
 
         First from G (no product of length P); when those estimates say converged, or cannot see below their
         rounding floor, or ``exact``, from the Ritz vectors themselves.
         """
         norms, floor = self.residual_estimates(theta, S)
         if not exact and not (len(norms) >= k and (norms[:k] < np.maximum(tol, floor[:k])).all()):
-            return norms, False
+            return norms, False, None
         X, AX = self.ritz_vectors(S)
         residual = AX - X * self.xp.asarray(theta, dtype=self.dtype)[None, :]
         norms = backend.to_numpy(column_norms(residual, self.xp)) / np.maximum(np.abs(theta), TINY)
-        return norms, bool(len(norms) >= k and norms[:k].max() < tol)
+        return norms, bool(len(norms) >= k and norms[:k].max() < tol), (X, AX)
 
     def residual_estimates(self, theta, S):
         """``‖A x − θ x‖ / |θ|`` for the Ritz pairs (θ_j, Q s_j) from ``sᵀ G s − θ²``, and the rounding floor

@@ -57,14 +57,15 @@ def check_labels(y, n, num_classes, name="y"):
     return y
 
 
-def check_directions(V, num_params, name="V"):
-    """V must be (P,) or (P, k) with finite values; returns (V, was_vector)."""
+def check_directions(V, num_params, name="V", scan=True):
+    """V must be (P,) or (P, k) with finite values; returns (V, was_vector). ``scan=False`` checks the shape
+    only (an eigensolver's own directions: a full scan would cost a pass over V and, on a GPU, a sync)."""
     if not hasattr(V, "shape") or not hasattr(V, "dtype"):
         V = np.asarray(V)
     if V.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {V.dtype}")
     if V.ndim not in (1, 2) or V.shape[0] != num_params or (V.ndim == 2 and V.shape[1] < 1):
         raise ValueError(f"{name} must have shape ({num_params},) or ({num_params}, k), got {tuple(V.shape)}")
-    if not bool(array_module(V).isfinite(V).all()):
+    if scan and not bool(array_module(V).isfinite(V).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return V, V.ndim == 1

@@ -210,6 +210,9 @@ def test_an_operator_recognises_its_own_theta_and_stays_at_it(monkeypatch):
     for _ in range(3):
         np.testing.assert_array_equal(to_numpy(operator.matmat(V)), expected)
     assert ne.Sequential.passes == forwards and len(compared) == 1   # the hvp's passes, compared once only
+    np.testing.assert_array_equal(to_numpy(operator.matmat(V[:, 0])), expected[:, 0])       # one direction, (P,)
+    with pytest.raises(ValueError, match="V must have shape"):
+        operator.matmat(V[:-1])
     p.net.set_theta(theta0 + 0.5 * p.direction())          # the network moves, in place
     assert np.abs(to_numpy(p.loss.hvp(V)) - expected).max() > 0
     np.testing.assert_array_equal(to_numpy(operator.matmat(V)), expected)

@@ -82,6 +82,18 @@ def test_a_split_product_equals_the_whole_one(kind, split):
     np.testing.assert_allclose(to_numpy(gradient), to_numpy(whole.gradient()), rtol=1e-12, atol=1e-15)
 
 
+def test_a_chunked_product_after_a_whole_gradient_does_not_reuse_its_passes():
+    """A budget that holds a gradient over all examples but not a block of products: the gradient's passes cover
+    all 40 examples and must not stand in for a chunk's (each chunk would add the whole product)."""
+    net = ne.mlp([10, 12, 12, 3], activation="tanh", seed=2)
+    whole = loss_of(net, 40, seed=3)
+    small = loss_of(net, 40, seed=3, max_memory=memory.product_cost(net).bytes(40, 1))
+    assert small.plan(0).examples == 40 and small.plan(5).examples < 40
+    V = device_xp.asarray(np.random.default_rng(4).standard_normal((net.num_params, 5)))
+    small.gradient()
+    np.testing.assert_allclose(to_numpy(small.hvp(V)), to_numpy(whole.hvp(V)), rtol=1e-12, atol=1e-14)
+
+
 def test_the_default_budget_is_a_fraction_of_free_memory_and_repr_says_it(monkeypatch):
     monkeypatch.setattr(memory, "available_memory", lambda xp: 8 * 2 ** 30)
     loss = loss_of(ne.mlp([4, 5, 3], seed=0), 10)

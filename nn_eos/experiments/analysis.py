@@ -66,8 +66,8 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
     previous = None                       # the last snapshot's eigenvectors warm-start the next solves
     with open(cache, "a") as f:
         for step in tqdm(todo, disable=not progress, desc=f"alignment of {os.path.basename(os.fspath(run_dir))}"):
-            report = alignment.analyze(net, config["criterion"], X, y, theta=load_snapshot(run_dir, step), sharpness=sharpness,
-                             chunk_size=chunk_size, eigenvectors=True, start=previous)
+            report = alignment.analyze(net, config["criterion"], X, y, theta=load_snapshot(run_dir, step),
+                                       sharpness=sharpness, chunk_size=chunk_size, eigenvectors=True, start=previous)
             previous = report.eigenvectors
             rows[step] = report_row(report, step, times.get(step, np.nan))
             f.write(json.dumps(rows[step]) + "\n")

@@ -105,6 +105,7 @@ def _analyze_run(run_dir, args):
     import numpy as np
 
     from .. import eos
+    from ..integrators import has_fixed_step
     from .analysis import analyze_run
     from ..rundir import load_run
 
@@ -117,7 +118,7 @@ def _analyze_run(run_dir, args):
         else:
             n_top = telemetry[0]["n_top"]
             rho = np.array([r["rho"] for r in telemetry])
-            fixed_step = (cfg.get("integrator") or {}).get("name") == "gd"
+            fixed_step = has_fixed_step(cfg.get("integrator"))
             print(f"  2022 telemetry: {len(telemetry)} measurements; max ρ_i over t: "
                   + ", ".join(f"ρ_{i + 1} = {v:.3f}" for i, v in enumerate(rho.max(axis=0)))
                   + ("" if fixed_step else " (a flow: ρ_i = Δt λ_i / 2 with its own changing step Δt, not a fixed η)"))
@@ -252,7 +253,7 @@ def build_parser():
                    "    r_chi (28–32), jacobian_norms (33–37), r_jacobian (38–42), power_law (Table 2);\n"
                    "  and loss, sharpness. A sweep's runs are coloured by dataset size, learning rate or\n"
                    "  number of classes, as in the papers.", _plot, listing=True)
-    plot.add_argument("path", help="a run directory or a sweep folder")
+    plot.add_argument("path", help="a run directory, a folder of runs (the demo's --out), or a sweep folder")
     plot.add_argument("--figure", nargs="+", choices=FIGURE_NAMES, metavar="NAME",
                       help=f"only these figures: {', '.join(FIGURE_NAMES)}")
     plot.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="the device the run used") +

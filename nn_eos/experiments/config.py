@@ -19,6 +19,8 @@ try:
 except ImportError:  # Python < 3.11
     import tomli as tomllib
 
+from ..validation import check_integer
+
 SCHEMA = {
     "data": {"dataset": str, "path": str, "split": str, "n": int, "size": int, "classes": list,
              "subset_seed": int, "standardize": bool, "segment": int, "stride": int, "seed": int},
@@ -140,16 +142,16 @@ class MissingClassesWarning(UserWarning):
     """The labels skip some classes below the largest: the net gets outputs no example trains."""
 
 
-def count_classes(y, source="the data"):
-    """The number of network outputs for labels y: ``max(y) + 1``, with a warning naming the classes that no
-    example has (e.g. labels {0, 1, 2, 9} give 10 outputs, 6 of them never trained)."""
+def count_classes(y, source="the data", warn=True):
+    """The number of network outputs for labels y: ``max(y) + 1``, with a warning (unless ``warn=False``)
+    naming the classes that no example has (e.g. labels {0, 1, 2, 9} give 10 outputs, 6 of them never trained)."""
     import warnings
 
     import numpy as np
 
     present = np.unique(np.asarray(y))
     n_classes = int(present.max()) + 1
-    if len(present) < n_classes:
+    if warn and len(present) < n_classes:
         missing = sorted(set(range(n_classes)) - set(present.tolist()))
         warnings.warn(f"{source}: labels hold {len(present)} classes of 0..{n_classes - 1}, none of "
                       f"{_few(missing)}; the net gets {n_classes} outputs anyway. To train on the present classes "
@@ -206,10 +208,7 @@ def _run_threads(out, resume, asked, configured):
             raise ConfigError(f"{out} was run with {made_with} BLAS thread(s); it resumes bit-identically only with "
                               f"the same count (leave out the thread count, or ask for {made_with})")
         return made_with
-    threads = configured if asked is None else asked
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ConfigError(f"train.threads must be a positive integer, got {threads!r}")
-    return threads
+    return check_integer(configured if asked is None else asked, "train.threads (--threads)")
 
 
 def rebuild_loss(run_dir, device=None):
@@ -218,8 +217,6 @@ def rebuild_loss(run_dir, device=None):
     The net goes on ``device`` if given, else on the device the run recorded
     (backend.resolve_device).
     """
-    import numpy as np
-
     from ..backend import resolve_device
     from ..curvature import TrainingLoss
     from ..rundir import load_manifest
@@ -230,6 +227,6 @@ def rebuild_loss(run_dir, device=None):
         raise FileNotFoundError(f"{run_dir}: its config.json holds no experiment config (only runs made by "
                                 f"`nn-eos train` or `nn-eos sweep` can be rebuilt)")
     X, y = build_data(experiment["data"])
-    net, X = build_net(experiment.get("net", {}), X, int(np.max(y)) + 1,   # warned about when it was trained
+    net, X = build_net(experiment.get("net", {}), X, count_classes(y, warn=False),   # warned when trained
                        resolve_device(device, manifest.get("device")))
     return TrainingLoss(net, experiment.get("criterion", {}).get("name", "cross_entropy"), X, y)

@@ -204,7 +204,9 @@ def _telemetry_runs(records):
 def _fixed_step_runs(records):
     """Runs with telemetry and a fixed learning rate η: ρ_i = ηλ_i/2 is defined for those only (gradient descent;
     for the flows, whose Δt changes every step, the telemetry's ρ would compare λ with a step they never take)."""
-    return [r for r in _telemetry_runs(records) if (r.config.get("integrator") or {}).get("name") == "gd"]
+    from ..integrators import has_fixed_step
+
+    return [r for r in _telemetry_runs(records) if has_fixed_step(r.config.get("integrator"))]
 
 
 def rho(records, legend):

@@ -83,8 +83,10 @@ def rho_over_time(runs, n_classes, path=None):
     fig, ax = subplots()
     for (label, rows), colour in zip(runs, colours(len(runs))):
         t = [r["t"] for r in rows]
-        ax.plot(t, [r["rho"][n_classes - 2] for r in rows], "-", color=colour, label=rf"{label}: $\rho_{{{n_classes - 1}}}$")
-        ax.plot(t, [r["rho"][n_classes - 1] for r in rows], ":", color=colour, label=rf"{label}: $\rho_{{{n_classes}}}$")
+        ax.plot(t, [r["rho"][n_classes - 2] for r in rows], "-", color=colour,
+                label=rf"{label}: $\rho_{{{n_classes - 1}}}$")
+        ax.plot(t, [r["rho"][n_classes - 1] for r in rows], ":", color=colour,
+                label=rf"{label}: $\rho_{{{n_classes}}}$")
     ax.axhline(1.0, color="k", lw=0.8, ls="--", label=r"edge of stability ($\rho = 1$)")
     ax.axhline(EDGE, color="0.5", lw=0.8, ls="-.", label=rf"at the edge, as the verdicts count it ($\rho > {EDGE}$)")
     ax.set_xlabel(r"$t = n\eta$")

@@ -14,18 +14,9 @@ default thread count oversubscribe the cores and run several times slower;
 ``--threads`` raises it for a large net on a free machine.
 """
 
-import os
 from contextlib import contextmanager
 
 DEFAULT_THREADS = 1
-
-
-def available_cores():
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                      # not on Linux
-        return os.cpu_count() or 1
 
 
 @contextmanager
