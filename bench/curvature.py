@@ -352,9 +352,31 @@ def peak_bytes(fn, xp):
     return out, pool.total_bytes() - before, time.perf_counter() - start
 
 
+def minimum_bytes(net, n, k, total=None):
+    """The least a product of k directions (of ``total`` in the call) over n examples can hold at its peak (the start of the R-backward
+    pass), counting only what the equations of DESIGN.md §2 read after they are computed: the (total, P) results;
+    the forward caches (each dense layer's input x and δ, each activation's σ'(x̂) and, where σ'' is used, x̂);
+    R{x̂} and R{x} of every layer (the second-order terms read them); and two R{δ}-wide quantities in flight
+    (one step's input and output). Directions are the caller's and not counted."""
+    from nn_eos.layers import Dense
+
+    forward = r_kept = widest = 0
+    for layer in net.layers:
+        if isinstance(layer, Dense):
+            forward += layer.n_in + layer.n_out
+            r_kept, widest = r_kept + layer.n_out, max(widest, layer.n_out)
+        else:                                               # an activation of the MLP
+            width = net.layers[net.layers.index(layer) - 1].n_out
+            forward += width * (2 if layer.has_curvature else 1)
+            r_kept += width
+    itemsize = np.dtype(net.dtype).itemsize
+    return itemsize * ((total or k) * net.num_params + n * forward + k * n * (r_kept + 2 * widest))
+
+
 def memory_table(sizes, blocks, large, device, budget_gib):
-    """Peak memory of one block of hvp products on the 2024 paper's MLP, beside our estimate, with the default
-    budget and with a small one; then one large block (n, k) with the default budget."""
+    """Peak memory of one block of hvp products on the 2024 paper's MLP, beside the least the passes could hold
+    (:func:`minimum_bytes`) and our estimate, with the default budget and with a small one; then one large block
+    (n, k) with the default budget."""
     from nn_eos import memory
 
     rows = []
@@ -371,15 +393,16 @@ def memory_table(sizes, blocks, large, device, budget_gib):
         plan = loss.plan(k)
         _, peak, seconds = peak_bytes(lambda: loss.hvp(V), net.xp)
         estimate = memory.product_cost(net).bytes(n, k)
+        least = minimum_bytes(net, plan.examples, plan.directions, total=k)
         rows.append([n, k, f"{loss.max_memory / GiB:.1f}" + ("" if budget else " (default)"),
-                     f"{plan.examples} × {plan.directions}", f"{peak / GiB:.2f}", f"{estimate / GiB:.2f}",
-                     f"{seconds / k / gradient_seconds:.2f}"])
+                     f"{plan.examples} × {plan.directions}", f"{peak / GiB:.2f}", f"{least / GiB:.2f}",
+                     f"{estimate / GiB:.2f}", f"{seconds / k / gradient_seconds:.2f}"])
         print(table(rows[-1:], MEMORY_HEADERS), flush=True)
     print("\n" + table(rows, MEMORY_HEADERS))
 
 
-MEMORY_HEADERS = ["n", "k", "budget GiB", "chunk × block", "peak GiB", "unsplit estimate GiB",
-                  "s per direction / gradient"]
+MEMORY_HEADERS = ["n", "k", "budget GiB", "chunk × block", "peak GiB", "least possible GiB (that split)",
+                  "unsplit estimate GiB", "s per direction / gradient"]
 
 
 def main():

@@ -18,8 +18,10 @@ Gauss-Newton product.
 
 import math
 
+import numpy as np
+
 from .backend import array_module
-from .layers import Layer
+from .layers import Layer, RValues
 
 
 class Activation(Layer):
@@ -48,6 +50,11 @@ class Activation(Layer):
         """σ'(x̂) given σ(x̂) as well; subclasses override it when that is cheaper."""
         return self.slope(self.x_hat)
 
+    def r_values_per_example(self, input_shape, first=False):
+        """Keeps R{x⁺}, its output; R{δ} and the σ'' term come from the ScratchPool."""
+        width = int(np.prod(input_shape))
+        return RValues(kept=width, scratch=width)
+
     def last_slope(self):
         """``σ'(x̂)`` at the input of the last forward pass, for measurements (alignment): read-only, valid until
         the next forward pass."""
@@ -64,17 +71,18 @@ class Activation(Layer):
         return g * self.s
 
     def r_forward(self, r_x_hat, v):
-        self.r_x_hat = r_x_hat
+        self.r_x_hat = r_x_hat          # R{x̂}: read by r_backward (σ'' term)
         if r_x_hat is None:
             return None
         return array_module(r_x_hat).multiply(self.s, r_x_hat, out=self.buffer("r_out", r_x_hat.shape, r_x_hat))
 
     def r_backward(self, r_g, v, r_grad, second_order=True, need_input=True):
         xp = array_module(r_g)
-        r_delta = xp.multiply(r_g, self.s, out=self.buffer("r_delta", r_g.shape, r_g))
+        r_delta = xp.multiply(r_g, self.s, out=self.scratch(r_g.shape, r_g, avoid=(r_g,)))
         if second_order and self.has_curvature and self.r_x_hat is not None:
             g_curvature = self.g * self.curvature(self.x_hat)  # (n, o), shared by the k directions
-            r_delta += xp.multiply(g_curvature, self.r_x_hat, out=self.buffer("second_order", r_g.shape, r_g))
+            second = self.scratch(r_g.shape, r_g, avoid=(r_delta, self.r_x_hat))
+            r_delta += xp.multiply(g_curvature, self.r_x_hat, out=second)
         return r_delta
 
 

@@ -159,14 +159,16 @@ def scipy_linalg_module(xp):
 
 
 class Workspace:
-    """Scratch arrays reused from call to call, one per name.
+    """Arrays one layer keeps from call to call, one per name.
 
     Blocks of k directions make R-quantities of k × n × width floats, tens of
     MB each; allocating them afresh costs page faults on every call. A layer
     asks its workspace for a named buffer instead and writes into it with
-    ``out=``. A buffer is overwritten the next time the same name is asked
-    for, so only quantities that live within one pass may use one; nothing
-    handed back to a user ever does. Asked for in another shape (another
+    ``out=``: the R-quantities it keeps between its R-forward and R-backward
+    passes (R{x}, R{x̂}). A buffer is overwritten the next time the same name is
+    asked for, so only quantities that live within one pass may use one;
+    nothing handed back to a user ever does. (What lives for one step of a pass
+    only goes to the network's :class:`ScratchPool`.) Asked for in another shape (another
     block size, the last chunk), the name gets a new buffer and the old one is
     let go: a workspace holds one set of buffers, so a product split to fit a
     memory budget (nn_eos.memory) never holds two blocks' worth.
@@ -175,6 +177,10 @@ class Workspace:
     def __init__(self):
         self._arrays = {}
 
+    def held(self):
+        """The arrays held now (for memory accounting and tests)."""
+        return [array for _, array in self._arrays.values()]
+
     def get(self, name, shape, dtype, xp):
         key = (tuple(shape), dtype, xp.__name__)
         held = self._arrays.get(name)
@@ -182,3 +188,43 @@ class Workspace:
             self._arrays.pop(name, None)                   # let the old buffer go before making the new one
             held = self._arrays[name] = (key, xp.empty(shape, dtype=dtype))
         return held[1]
+
+
+class ScratchPool:
+    """Temporaries shared by all the layers of one network, each valid for one step of a pass.
+
+    The R-backward pass hands ``R{∂L̃/∂x}`` from layer to layer: each step reads
+    what the step above wrote and writes something new, and nothing is read
+    twice. Two buffers used in turn therefore carry the whole pass, where a
+    buffer per layer and name would hold one per layer (issue 17: about 39
+    blocks of k × n × width on the 2024 paper's MLP, 14 now). ``get`` hands out
+    a buffer that overlaps none of ``avoid``, the arrays the caller still
+    reads; any buffer it handed out before and is not told to avoid may be
+    overwritten. All requests of one pass share their leading (k, n) axes; a
+    request with other leading axes, dtype or array module lets the held
+    buffers go (as :class:`Workspace` does), so a product split into smaller
+    blocks to fit its memory budget never holds the larger blocks' buffers.
+    """
+
+    def __init__(self):
+        self._key = None
+        self._flat = []              # 1-D arrays; a buffer is a reshaped prefix of one
+
+    def held(self):
+        """The arrays held now (for memory accounting and tests)."""
+        return list(self._flat)
+
+    def get(self, shape, dtype, xp, avoid=()):
+        shape = tuple(int(d) for d in shape)
+        key = (shape[:2], dtype, xp.__name__)
+        if key != self._key:
+            self._key, self._flat = key, []
+        size = int(np.prod(shape))
+        for i, flat in enumerate(self._flat):
+            if any(xp.may_share_memory(flat, a) for a in avoid):
+                continue
+            if flat.size < size:
+                flat = self._flat[i] = xp.empty(size, dtype=dtype)
+            return flat[:size].reshape(shape)
+        self._flat.append(xp.empty(size, dtype=dtype))
+        return self._flat[-1].reshape(shape)

@@ -21,7 +21,7 @@ Index letters: k direction, n example, p position (Ho·Wo), f filter, c patch en
 import numpy as np
 
 from .backend import array_module
-from .layers import Layer, weight_and_bias
+from .layers import Layer, RValues, weight_and_bias
 
 
 def _pair(value, name):
@@ -129,6 +129,17 @@ class Conv2d(Layer):
         out = self.output_shape(input_shape)
         return super().values_per_example(input_shape) + int(np.prod(out[1:])) * self.K
 
+    def r_values_per_example(self, input_shape, first=False):
+        """Keeps R{y} (its output, read by the layer above) and cols(R{x}); a backward step allocates R{δ} as
+        rows and, unless first, R{δ} W and δ V_W (patch-sized) and the folded R{∂L̃/∂x} (the padded input)."""
+        C, H, W = input_shape
+        out = self.output_shape(input_shape)
+        output, patches = int(np.prod(out)), int(np.prod(out[1:])) * self.K
+        if first:
+            return RValues(kept=output, step=output)
+        padded = C * (H + 2 * self.win.ph) * (W + 2 * self.win.pw)
+        return RValues(kept=output + patches, step=output + 2 * patches + padded)
+
     def last_patches(self):
         """``cols(x)`` (n, positions, patch) of the last forward pass's input, for measurements (alignment):
         read-only, valid until the next forward pass."""
@@ -180,7 +191,7 @@ class Conv2d(Layer):
         back = rd @ self.W                                            # (k, n, p, c)
         if second_order:
             V_W, _ = self.split(v)
-            back = back + xp.matmul(self.delta_rows[None], V_W[:, None])
+            back += xp.matmul(self.delta_rows[None], V_W[:, None])
         return self.uncols(back)
 
 
@@ -201,6 +212,14 @@ class _Pool(Layer):
 
     def output_shape(self, input_shape):
         return (input_shape[0], *self.win.out_hw(*input_shape[1:]))
+
+    def r_values_per_example(self, input_shape, first=False):
+        """Keeps R{y} (its output, read by the layer above); the backward step spreads R{δ} over each window
+        (output × window) and folds it into the padded input."""
+        C, H, W = input_shape
+        output = int(np.prod(self.output_shape(input_shape)))
+        padded = C * (H + 2 * self.win.ph) * (W + 2 * self.win.pw)
+        return RValues(kept=output, step=output * self.win.kh * self.win.kw + padded)
 
     def backward(self, delta, grad=None, need_input=True):
         return self.unpool(delta) if need_input else None

@@ -26,9 +26,11 @@ plain backward pass applied to R{δ}, which is how the Gauss-Newton product
 ``G v = Jᵀ H_z J v`` is computed (DESIGN.md §2).
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .backend import Workspace, array_module
+from .backend import ScratchPool, Workspace, array_module
 
 
 def weight_and_bias(flat, rows, cols):
@@ -38,16 +40,43 @@ def weight_and_bias(flat, rows, cols):
     return flat[..., :cut].reshape(*flat.shape[:-1], rows, cols), flat[..., cut:]
 
 
+@dataclass(frozen=True)
+class RValues:
+    """Numbers per example and direction held by a layer's R-passes (Layer.r_values_per_example)."""
+
+    kept: int = 0       # kept from its R-forward to its R-backward pass: its R-output (read by the layer above)
+                        # and R-quantities of its own
+    step: int = 0       # allocated by one of its steps for itself, outside the ScratchPool
+    scratch: int = 0    # the widest R-quantity it asks the network's ScratchPool for
+
+
 class Layer:
     """A layer without parameters that passes everything through unchanged."""
 
     num_params = 0
 
     def buffer(self, name, shape, like):
-        """A scratch array reused across calls (backend.Workspace), for R-pass temporaries."""
+        """An array this layer reuses across calls (backend.Workspace), for the R-quantities it keeps between
+        its R-forward and R-backward passes."""
         if "_workspace" not in self.__dict__:
             self._workspace = Workspace()
         return self._workspace.get(name, shape, like.dtype, array_module(like))
+
+    def scratch(self, shape, like, avoid=()):
+        """A temporary for one step of a pass, shared with the other layers of the network
+        (backend.ScratchPool): it overlaps none of ``avoid``, and the next request that does not name it in
+        its own ``avoid`` may overwrite it."""
+        if "_scratch" not in self.__dict__:
+            self._scratch = ScratchPool()
+        return self._scratch.get(shape, like.dtype, array_module(like), avoid)
+
+    def held_buffers(self):
+        """The arrays this layer keeps for its R-passes (Workspace buffers), for memory accounting and tests."""
+        return self._workspace.held() if "_workspace" in self.__dict__ else []
+
+    def share_scratch(self, pool):
+        """Take temporaries from ``pool``, the ScratchPool of the network this layer is in."""
+        self._scratch = pool
 
     def bind(self, params):
         """Point the layer's parameters at ``params``, a flat view into θ."""
@@ -58,6 +87,12 @@ class Layer:
     def values_per_example(self, input_shape):
         """Numbers per example at the layer's input and output, by which nn_eos.memory sizes a product."""
         return int(np.prod(input_shape)) + int(np.prod(self.output_shape(input_shape)))
+
+    def r_values_per_example(self, input_shape, first=False):
+        """Numbers per example and direction the R-passes hold for this layer (an :class:`RValues`), by which
+        nn_eos.memory sizes a product. ``first``: the network's first layer with parameters, which gets
+        R{x} = 0 and sends no R{∂L̃/∂x} down."""
+        return RValues()
 
     def forward(self, x):
         return x
@@ -102,6 +137,10 @@ class Dense(Layer):
     def bind(self, params):
         self.A, self.b = self.split(params)
 
+    def r_values_per_example(self, input_shape, first=False):
+        """Keeps R{x̂} (o); its temporaries (R{x} Aᵀ, R{∂L̃/∂x}, δ V_A) come from the ScratchPool."""
+        return RValues(kept=self.n_out, scratch=0 if first else max(self.n_in, self.n_out))
+
     def last_input(self):
         """The input ``x`` (n, i) of the last forward pass, for measurements (alignment): read-only, valid until
         the next forward pass."""
@@ -129,13 +168,13 @@ class Dense(Layer):
         ``x V_Aᵀ`` is k matrix products sharing x; ``R{x} Aᵀ`` is one product of
         the (k·n, i) stack of R{x} with Aᵀ.
         """
-        self.r_x = r_x
+        self.r_x = r_x                                                # R{x}: read by r_backward (δᵀ R{x})
         V_A, V_b = self.split(v)
         k, n = V_A.shape[0], self.x.shape[0]
-        r_out = self.buffer("r_out", (k, n, self.n_out), self.x)
+        r_out = self.buffer("r_out", (k, n, self.n_out), self.x)     # R{x̂}: the activation above keeps it
         self.xp.matmul(self.x, V_A.transpose(0, 2, 1), out=r_out)
         if r_x is not None:
-            r_x_A = self.buffer("r_x_A", (k, n, self.n_out), self.x)
+            r_x_A = self.scratch((k, n, self.n_out), self.x)
             self.xp.matmul(r_x.reshape(k * n, self.n_in), self.A.T, out=r_x_A.reshape(k * n, self.n_out))
             r_out += r_x_A
         r_out += V_b[:, None, :]
@@ -158,11 +197,11 @@ class Dense(Layer):
         r_delta.sum(axis=1, out=r_grad_b)
         if not need_input:
             return None
-        r_dx = self.buffer("r_dx", (k, n, self.n_in), r_delta)
+        r_dx = self.scratch((k, n, self.n_in), r_delta, avoid=(r_delta,))
         xp.matmul(r_delta.reshape(k * n, self.n_out), self.A, out=r_dx.reshape(k * n, self.n_in))
         if second_order:
             V_A, _ = self.split(v)
-            r_dx += xp.matmul(self.delta, V_A, out=self.buffer("delta_V_A", r_dx.shape, r_delta))
+            r_dx += xp.matmul(self.delta, V_A, out=self.scratch(r_dx.shape, r_delta, avoid=(r_dx,)))
         return r_dx
 
 

@@ -3,14 +3,20 @@
 A product ``∇²L̃ V`` (or G V, H V) of k directions over c examples holds, at
 its peak, the forward and backward caches of the c examples (the inputs,
 pre-activations, slopes and δ of every layer: ``F`` numbers per example) and
-the R-quantities of the k directions (R{x}, R{x̂}, R{δ} and their
-temporaries: ``R`` numbers per example and direction), besides the (k, P)
-directions and results. Both grow with ``W``, the numbers one example has
-at the layers' inputs and outputs (and, for a convolution, its patches:
-``Layer.values_per_example``); ``F = FORWARD · W`` and ``R = R_PASSES · W``
-bound what tracemalloc measures on MLPs and conv nets of several shapes
-(at most 1.33 W and 1.6 W; tests/test_memory.py checks the bound, and
-bench/curvature.py --memory prints measured peaks beside it).
+the R-quantities of the k directions (``R`` numbers per example and
+direction), besides the (k, P) directions and results.
+
+``F = FORWARD · W``, with ``W`` the numbers one example has at the layers'
+inputs and outputs (and, for a convolution, its patches:
+``Layer.values_per_example``). ``R`` is counted layer by layer
+(``Layer.r_values_per_example``): what each layer keeps from its R-forward to
+its R-backward pass (R{x̂} and R{x}: the second-order terms read them), the
+largest step's own temporaries (a convolution's patches), the network's two
+scratch buffers (backend.ScratchPool: the R{∂L̃/∂x} read and the one written)
+and the criterion's O-wide quantities, times ``R_SLACK``.
+tests/test_memory.py checks that the estimate bounds what tracemalloc measures
+on MLPs and conv nets, and bench/curvature.py --memory prints measured peaks
+beside it.
 
 A :class:`TrainingLoss` given ``max_memory`` (default: ``DEFAULT_FRACTION`` of
 the memory free when it is built, on the host or on the GPU) runs each
@@ -24,10 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_FRACTION = 0.5
-FORWARD = 1.6       # numbers per example held by the forward and backward passes, per number of W
-R_PASSES = 2.0      # numbers per example and direction held by the R-passes, per number of W
-PER_CALL = 2        # (P,)-long arrays per direction of the whole call: the (k, P) directions and results
-PER_BLOCK = 2       # (P,)-long arrays per direction of a block: a chunk's partial sums and the R-gradient temporaries
+FORWARD = 1.6         # numbers per example held by the forward and backward passes, per number of W
+SCRATCH_BUFFERS = 2   # the ScratchPool's buffers (backend.ScratchPool): one R{∂L̃/∂x} read, one written
+CRITERION = 6         # O-wide R-quantities of the criterion (R{z}, its copy, H_z l R{z}, R{δ^L}, temporaries)
+R_SLACK = 1.1         # a margin over the count of R-quantities (small temporaries, allocator rounding)
+PER_CALL = 2          # (P,)-long arrays per direction of the whole call: the (k, P) directions and results
+PER_BLOCK = 2         # (P,)-long arrays per direction of a block: a chunk's partial sums, R-gradient temporaries
 
 
 def available_memory(xp):
@@ -66,13 +74,18 @@ class ProductCost:
 
 def product_cost(net):
     """The :class:`ProductCost` of a network's products (module docstring)."""
-    shape, values = net.input_shape, 0
+    shape, values, kept, step, scratch = net.input_shape, 0, 0, 0, 0
+    first = next((layer for layer in net.layers if layer.num_params), None)
     for layer in net.layers:
         values += layer.values_per_example(shape)
+        r = layer.r_values_per_example(shape, first=layer is first)
+        kept, step, scratch = kept + r.kept, max(step, r.step), max(scratch, r.scratch)
         shape = layer.output_shape(shape)
+    O = net.num_outputs
+    r_values = kept + step + SCRATCH_BUFFERS * scratch + CRITERION * O + O * O   # O²: cross-entropy's H_z l u
     itemsize = np.dtype(net.dtype).itemsize
     return ProductCost(per_example=int(FORWARD * values * itemsize),
-                       per_example_direction=int(R_PASSES * values * itemsize),
+                       per_example_direction=int(R_SLACK * r_values * itemsize),
                        per_direction=PER_BLOCK * net.num_params * itemsize,
                        per_call_direction=PER_CALL * net.num_params * itemsize)
 

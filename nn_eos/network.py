@@ -41,6 +41,9 @@ class Sequential:
         if len(shape) != 1:
             raise ValueError(f"the last layer must output (n, O), got (n, *{shape})")
         self.num_outputs = shape[0]
+        self.scratch = backend.ScratchPool()     # the layers' one-step temporaries, shared by all of them
+        for layer in self.layers:
+            layer.share_scratch(self.scratch)
         self.offsets = np.cumsum([0] + [layer.num_params for layer in self.layers])
         self.num_params = int(self.offsets[-1])
         # the first layer never needs ∂L̃/∂x^0: skipping it saves its largest product
