@@ -399,6 +399,26 @@ def memory_table(sizes, blocks, large, device, budget_gib):
                      f"{estimate / GiB:.2f}", f"{seconds / k / gradient_seconds:.2f}"])
         print(table(rows[-1:], MEMORY_HEADERS), flush=True)
     print("\n" + table(rows, MEMORY_HEADERS))
+    for k in sorted({1, max(blocks)}):
+        chunk_cost(max(sizes), k, 4, device)
+
+
+def chunk_cost(n, k, chunks, device, rounds=3):
+    """What chunking the examples costs a warm product: one operator's block of k products at one θ, over all n
+    examples in one chunk (every call after the first reuses the forward and backward passes) against
+    ``chunks`` chunks (each call runs them again for every chunk)."""
+    net = ne.mlp(WIDTHS, activation="elu", seed=0, device=device)
+    X = ne.datasets.dice("train", n=n)[0]
+    V = net.xp.asarray(np.random.default_rng(0).standard_normal((net.num_params, k)))
+    times = {}
+    for name, chunk in (("one chunk", None), (f"{chunks} chunks", -(-n // chunks))):
+        loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, np.arange(n) % 6, chunk_size=chunk)
+        A = loss.operator("hessian")
+        # not interleaved: any pass through any network ends the sharing (Sequential.passes)
+        times.update(median_times({name: lambda: A.matmat(V)}, rounds=rounds))    # warm-up call runs the passes
+    whole, split = times["one chunk"], times[f"{chunks} chunks"]
+    print(f"\nwarm block of {k} hvp over n = {n}: one chunk {whole:.2f} s, {chunks} chunks {split:.2f} s "
+          f"(×{split / whole:.2f}: the chunked path runs the forward and backward passes again on every call)")
 
 
 MEMORY_HEADERS = ["n", "k", "budget GiB", "chunk × block", "peak GiB", "least possible GiB (that split)",

@@ -62,12 +62,14 @@ class Activation(Layer):
 
     def forward(self, x_hat):
         self.x_hat = x_hat
+        self.g_curvature = None
         y = self.sigma(x_hat)
         self.s = self.slope_from_output(y)  # σ'(x̂), used by the three other passes
         return y
 
     def backward(self, g, grad=None, need_input=True):
         self.g = g
+        self.g_curvature = None     # g ⊙ σ''(x̂), formed by the first second-order R-backward pass at this θ
         return g * self.s
 
     def r_forward(self, r_x_hat, v):
@@ -80,9 +82,10 @@ class Activation(Layer):
         xp = array_module(r_g)
         r_delta = xp.multiply(r_g, self.s, out=self.scratch(r_g.shape, r_g, avoid=(r_g,)))
         if second_order and self.has_curvature and self.r_x_hat is not None:
-            g_curvature = self.g * self.curvature(self.x_hat)  # (n, o), shared by the k directions
+            if self.g_curvature is None:        # (n, o), shared by the k directions and every product at this θ
+                self.g_curvature = self.g * self.curvature(self.x_hat)
             second = self.scratch(r_g.shape, r_g, avoid=(r_delta, self.r_x_hat))
-            r_delta += xp.multiply(g_curvature, self.r_x_hat, out=second)
+            r_delta += xp.multiply(self.g_curvature, self.r_x_hat, out=second)
         return r_delta
 
 

@@ -13,7 +13,7 @@ inputs and outputs (and, for a convolution, its patches:
 its R-backward pass (R{x̂} and R{x}: the second-order terms read them), the
 largest step's own temporaries (a convolution's patches), the network's two
 scratch buffers (backend.ScratchPool: the R{∂L̃/∂x} read and the one written)
-and the criterion's O-wide quantities, times ``R_SLACK``.
+and the criterion's O-wide quantities.
 tests/test_memory.py checks that the estimate bounds what tracemalloc measures
 on MLPs and conv nets, and bench/curvature.py --memory prints measured peaks
 beside it.
@@ -33,7 +33,6 @@ DEFAULT_FRACTION = 0.5
 FORWARD = 1.6         # numbers per example held by the forward and backward passes, per number of W
 SCRATCH_BUFFERS = 2   # the ScratchPool's buffers (backend.ScratchPool): one R{∂L̃/∂x} read, one written
 CRITERION = 6         # O-wide R-quantities of the criterion (R{z}, its copy, H_z l R{z}, R{δ^L}, temporaries)
-R_SLACK = 1.1         # a margin over the count of R-quantities (small temporaries, allocator rounding)
 PER_CALL = 2          # (P,)-long arrays per direction of the whole call: the (k, P) directions and results
 PER_BLOCK = 2         # (P,)-long arrays per direction of a block: a chunk's partial sums, R-gradient temporaries
 
@@ -85,7 +84,7 @@ def product_cost(net):
     r_values = kept + step + SCRATCH_BUFFERS * scratch + CRITERION * O + O * O   # O²: cross-entropy's H_z l u
     itemsize = np.dtype(net.dtype).itemsize
     return ProductCost(per_example=int(FORWARD * values * itemsize),
-                       per_example_direction=int(R_SLACK * r_values * itemsize),
+                       per_example_direction=int(r_values * itemsize),
                        per_direction=PER_BLOCK * net.num_params * itemsize,
                        per_call_direction=PER_CALL * net.num_params * itemsize)
 

@@ -15,10 +15,17 @@ refuses each with a TypeError; so does this stand-in, on the CPU:
   arrays, except ``asarray``/``array`` (the host-to-device move).
 - ``linalg_module`` stands in for ``cupyx.scipy.sparse.linalg``: SciPy's solvers
   run on host copies, the user's operator sees StrictArrays.
+- ``COUNTS`` counts what would cost time on a GPU beyond the arithmetic: device
+  operations (each a kernel launch or more on CuPy), host reads (``get``,
+  ``float``, ``bool``, ``int``: each waits for the device to finish) and
+  uploads (a host array moved to the device). Tests and
+  benchmarks read it (``counting()``) to check that solvers batch their checks.
 
 Nothing here is fast; it exists for the test suite (``.ci/run``).
 """
 
+import collections
+import contextlib
 import numbers
 import operator
 import types
@@ -26,6 +33,23 @@ import types
 import numpy as np
 
 MOVES = ("asarray", "array", "ascontiguousarray", "asfortranarray")   # host → device, as in CuPy
+HOST_READS = ("item", "tolist")                                         # methods that hand back host values
+COUNTS = collections.Counter()                          # "operations", "host_reads", "uploads" (host → device)
+
+
+@contextlib.contextmanager
+def counting():
+    """Count device operations and host reads inside a ``with`` block: yields a Counter filled at its end."""
+    before = COUNTS.copy()
+    result = collections.Counter()
+    try:
+        yield result
+    finally:
+        result.update({key: COUNTS[key] - before[key] for key in ("operations", "host_reads", "uploads")})
+
+
+def _read():
+    COUNTS["host_reads"] += 1
 
 
 def _refuse(what):
@@ -47,6 +71,8 @@ def unwrap(value, moving=False):
 def wrap(value):
     if isinstance(value, np.ndarray):
         return StrictArray(value)
+    if isinstance(value, np.generic) and not isinstance(value, np.dtype):
+        return StrictArray(np.asarray(value))             # CuPy's reductions give 0-d device arrays
     if isinstance(value, tuple):
         return tuple(wrap(v) for v in value)
     if isinstance(value, list):
@@ -82,6 +108,7 @@ class StrictArray:
         # NumPy array among the inputs it refuses, and so do we
         if kwargs or method != "__call__" or any(isinstance(x, np.ndarray) for x in inputs):
             _refuse(f"NumPy ufunc {ufunc.__name__} called on a device array and a NumPy array")
+        COUNTS["operations"] += 1
         return wrap(ufunc(*(_operand(x) for x in inputs)))
 
     def __array_function__(self, func, types, args, kwargs):
@@ -89,6 +116,7 @@ class StrictArray:
 
     def get(self):
         """A host copy (cupy.ndarray.get)."""
+        _read()
         return self._a.copy()
 
     # attributes and methods of the wrapped array, with device results
@@ -97,16 +125,20 @@ class StrictArray:
             raise AttributeError(name)
         value = getattr(self._a, name)
         if callable(value):
-            return lambda *args, **kwargs: wrap(value(*unwrap(args), **{k: unwrap(v) for k, v in kwargs.items()}))
+            def method(*args, **kwargs):
+                COUNTS["host_reads" if name in HOST_READS else "operations"] += 1
+                return wrap(value(*unwrap(args), **{k: unwrap(v) for k, v in kwargs.items()}))
+            return method
         return wrap(value)
 
     def __setattr__(self, name, value):
         setattr(self._a, name, unwrap(value))
 
     def __getitem__(self, key):
-        return wrap(self._a[unwrap(key)])
+        return wrap(self._a[unwrap(key)])                   # a view: no kernel on CuPy
 
     def __setitem__(self, key, value):
+        COUNTS["operations"] += 1
         value = _operand(value) if not isinstance(value, (list, tuple)) else unwrap(value)
         self._a[unwrap(key)] = value
 
@@ -120,30 +152,38 @@ class StrictArray:
         return f"strict.{self._a!r}"
 
     def __bool__(self):
+        _read()
         return bool(self._a)
 
     def __float__(self):
+        _read()
         return float(self._a)
 
     def __int__(self):
+        _read()
         return int(self._a)
 
     def __index__(self):
+        _read()
         return operator.index(self._a)
 
     def __complex__(self):
+        _read()
         return complex(self._a)
 
     def __neg__(self):
+        COUNTS["operations"] += 1
         return StrictArray(-self._a)
 
     def __pos__(self):
         return self
 
     def __abs__(self):
+        COUNTS["operations"] += 1
         return StrictArray(abs(self._a))
 
     def __invert__(self):
+        COUNTS["operations"] += 1
         return StrictArray(~self._a)
 
     def __dlpack__(self, *args, **kwargs):
@@ -155,16 +195,19 @@ def _binary(name):
 
     def forward(self, other):
         other = _operand(other)
+        COUNTS["operations"] += 1
         return other if other is NotImplemented else wrap(op(self._a, other))
 
     def reflected(self, other):
         other = _operand(other)
+        COUNTS["operations"] += 1
         return other if other is NotImplemented else wrap(op(other, self._a))
 
     def inplace(self, other):
         other = _operand(other)
         if other is NotImplemented:
             return other
+        COUNTS["operations"] += 1
         getattr(operator, f"i{name}")(self._a, other)  # iand, ior exist under these names
         return self
 
@@ -198,6 +241,9 @@ class _Namespace(types.ModuleType):
         moving = name in MOVES
 
         def function(*args, **kwargs):
+            COUNTS["operations"] += 1
+            if moving and any(isinstance(a, np.ndarray) for a in args):
+                COUNTS["uploads"] += 1
             args = unwrap(args, moving)
             kwargs = {k: unwrap(v, moving) for k, v in kwargs.items()}
             return wrap(value(*args, **kwargs))

@@ -32,7 +32,7 @@ def test_the_estimate_bounds_what_a_product_allocates(name, k):
     if not isinstance(np.zeros(1), type(device_xp.zeros(1))):
         pytest.skip("tracemalloc sees host (NumPy) allocations only")
     net = NETS[name]()
-    n = 24 if name in ("alexnet", "vgg11") else 200
+    n = 24 if name in ("alexnet", "vgg11") else 800     # enough examples for the R-quantities to dominate
     loss = loss_of(net, n)
     V = np.random.default_rng(1).standard_normal((net.num_params, k))
     tracemalloc.start()
@@ -44,8 +44,7 @@ def test_the_estimate_bounds_what_a_product_allocates(name, k):
         tracemalloc.stop()
     estimate = memory.product_cost(net).bytes(n, k)
     assert peak <= estimate, f"{name}: measured {peak / 2**20:.1f} MiB above the estimate {estimate / 2**20:.1f} MiB"
-    if name.startswith("mlp"):
-        assert estimate < 2.5 * peak                       # and not so loose that it chunks for nothing
+    assert estimate < (1.3 if name == "mlp" else 2.5) * peak     # and not so loose that it chunks for nothing
 
 
 def test_a_plan_fits_its_budget_and_prefers_whole_examples():

@@ -1,6 +1,6 @@
 """Every public result is an array the caller owns: a second call never changes the first call's result.
 
-The R-passes write into reusable scratch buffers (backend.Workspace); these
+The R-passes write into reusable buffers (backend.Workspace, backend.ScratchPool); these
 tests call each public function twice with different inputs and check that the
 first result is unchanged (they failed when r_forward and output_jacobians
 returned views of those buffers).

@@ -83,3 +83,39 @@ def test_loss_along_takes_a_host_direction():
     u = np.random.default_rng(2).standard_normal(net.num_params)
     values = eos.loss_along(loss, u, [-0.1, 0.0, 0.1])
     assert values[1] == pytest.approx(loss.value())
+
+
+def test_the_stand_in_counts_device_operations_host_reads_and_uploads():
+    from nn_eos.strict import counting
+
+    a = strict.ones((3, 3))
+    with counting() as counts:
+        b = a @ a + 1                      # two operations
+        total = float(b.sum())             # a reduction (a 0-d device array, as in CuPy), then a host read
+        strict.asarray(np.ones(3))         # an upload
+    assert isinstance(b.sum(), StrictArray) and total == 36.0
+    assert counts == {"operations": 4, "host_reads": 1, "uploads": 1}
+
+
+def test_a_warm_product_reads_nothing_back_and_block_krylov_a_few_numbers_per_iteration():
+    """On a GPU every host read waits for the device: a warm operator product needs none, and block Krylov keeps
+    its small algebra on the host with a few reads per iteration (the basis borders, SVQB's Gram, the product's
+    finiteness), not one per direction or per Ritz pair."""
+    from nn_eos.strict import counting
+
+    net = ne.mlp([12, 16, 16, 3], activation="elu", seed=0, device="strict")
+    rng = np.random.default_rng(0)
+    loss = ne.TrainingLoss(net, "cross_entropy", rng.standard_normal((40, 12)), np.arange(40) % 3)
+    A = loss.operator("hessian")
+    V = net.xp.asarray(rng.standard_normal((net.num_params, 4)))
+    A.matmat(V)
+    with counting() as counts:
+        A.matmat(V)
+    assert counts["host_reads"] == 0 and counts["uploads"] == 0
+    for k, block in ((3, 1), (6, 4)):
+        with counting() as counts:
+            result = ne.top_eigenpairs(loss.operator("hessian"), k, method="krylov", which="LA", tol=1e-8,
+                                       block=block)
+        assert result.converged
+        assert counts["host_reads"] <= 4 * result.iterations + 10, (k, block, dict(counts), result.iterations)
+        assert counts["uploads"] <= 4 * result.iterations + 10, (k, block, dict(counts), result.iterations)
