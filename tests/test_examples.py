@@ -40,3 +40,14 @@ def test_example_runs(case, tmp_path):
         table = (tmp_path / "table.md").read_text()
         assert table.count("| n60_8_") == 2
         assert re.search(r"\d+ of 2 configurations sharpen strongly \(λ_1 at least ×2 by t = 1\)", table), table
+
+
+def test_the_gpu_check_dry_runs_on_the_cpu(tmp_path):
+    """bench/gpu_check.py runs once per lent GPU, rarely: its CPU dry run (seconds-scale sizes) keeps it working."""
+    bench = os.path.join(os.path.dirname(EXAMPLES), "bench", "gpu_check.py")
+    done = subprocess.run([sys.executable, bench, str(tmp_path), "--device", "cpu", "--small", "--no-suite"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    sections = re.findall(r"^## (.*) \((\w+), \d+ s\)$", (tmp_path / "report.md").read_text(), flags=re.M)
+    assert len(sections) == 5 and all(status == "ok" for _, status in sections), sections
+    assert "λ_1 of residual, blocks of 4" in (tmp_path / "report.md").read_text()
