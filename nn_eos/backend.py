@@ -196,8 +196,9 @@ class ScratchPool:
     The R-backward pass hands ``R{∂L̃/∂x}`` from layer to layer: each step reads
     what the step above wrote and writes something new, and nothing is read
     twice. Two buffers used in turn therefore carry the whole pass, where a
-    buffer per layer and name would hold one per layer (issue 17: about 39
-    blocks of k × n × width on the 2024 paper's MLP, 14 now). ``get`` hands out
+    buffer per layer and name would hold several per layer (on the 2024
+    paper's MLP, 36 blocks of k × n × width in all against 13 with the R{x}
+    and R{x̂} that the layers keep). ``get`` hands out
     a buffer that overlaps none of ``avoid``, the arrays the caller still
     reads; any buffer it handed out before and is not told to avoid may be
     overwritten. All requests of one pass share their leading (k, n) axes; a

@@ -25,7 +25,9 @@ class Sequential:
     into each layer's views. ``Sequential.passes`` counts the forward and backward
     passes of every network (layers may be shared between networks) and their
     moves between devices and dtypes: whoever keeps what the layers hold after a
-    pass can tell from it whether any other pass has run since.
+    pass can tell from it whether any other pass has run since. ``scratch`` is
+    the network's :class:`~nn_eos.backend.ScratchPool`, the two buffers its
+    layers' R-passes hand from step to step.
     """
 
     passes = 0
