@@ -130,15 +130,16 @@ class Conv2d(Layer):
         return super().values_per_example(input_shape) + int(np.prod(out[1:])) * self.K
 
     def r_values_per_example(self, input_shape, first=False):
-        """Keeps R{y} (its output, read by the layer above) and cols(R{x}); a backward step allocates R{δ} as
-        rows and, unless first, R{δ} W and δ V_W (patch-sized) and the folded R{∂L̃/∂x} (the padded input)."""
+        """Keeps R{y} (its output, read by the layer above), and cols(R{x}) for a single direction; a step
+        allocates cols(R{x}), R{y} or R{δ} as rows and, unless first, R{δ} W and δ V_W (patch-sized) and the
+        folded R{∂L̃/∂x} (the padded input)."""
         C, H, W = input_shape
         out = self.output_shape(input_shape)
         output, patches = int(np.prod(out)), int(np.prod(out[1:])) * self.K
         if first:
             return RValues(kept=output, step=output)
         padded = C * (H + 2 * self.win.ph) * (W + 2 * self.win.pw)
-        return RValues(kept=output + patches, step=output + 2 * patches + padded)
+        return RValues(kept=output, step=output + 2 * patches + padded, single=patches)
 
     def last_patches(self):
         """``cols(x)`` (n, positions, patch) of the last forward pass's input, for measurements (alignment):
@@ -165,13 +166,19 @@ class Conv2d(Layer):
         return self.uncols(d @ self.W) if need_input else None
 
     def r_forward(self, r_x, v):
-        """``R{y} = cols(R{x}) Wᵀ + cols(x) V_Wᵀ + V_b``; ``r_x=None`` stands for ``R{x} = 0``."""
+        """``R{y} = cols(R{x}) Wᵀ + cols(x) V_Wᵀ + V_b``; ``r_x=None`` stands for ``R{x} = 0``.
+
+        r_backward needs cols(R{x}) again. For a block of directions it forms them again from R{x}: they are
+        kh·kw times larger, and keeping them held a quarter to a third of a conv net's peak (bench/curvature.py
+        --memory); for one direction they are kept, which saves a single product 4–8 %.
+        """
         V_W, V_b = self.split(v)                                      # (k, f, c), (k, f)
         r = self.x_cols @ V_W.transpose(0, 2, 1)[:, None]             # (k, n, p, f)
-        self.r_cols = None
+        self.r_x, self.r_cols = r_x, None
         if r_x is not None:
-            self.r_cols = self.cols(r_x)                              # (k, n, p, c)
-            r += self.r_cols @ self.W.T
+            r_cols = self.cols(r_x)                                   # (k, n, p, c)
+            r += r_cols @ self.W.T
+            self.r_cols = r_cols if len(r_cols) == 1 else None
         r += V_b[:, None, None, :]
         return self._to_image(r)
 
@@ -183,8 +190,10 @@ class Conv2d(Layer):
         k = rd.shape[0]
         r_grad_W, r_grad_b = self.split(r_grad)
         r_grad_W[...] = rd.reshape(k, -1, self.F).transpose(0, 2, 1) @ self.x_cols.reshape(-1, self.K)
-        if second_order and self.r_cols is not None:
-            r_grad_W += self.delta_rows.reshape(-1, self.F).T @ self.r_cols.reshape(k, -1, self.K)
+        if second_order and self.r_x is not None:
+            r_cols = self.r_cols if self.r_cols is not None else self.cols(self.r_x)     # (k, n, p, c)
+            r_grad_W += self.delta_rows.reshape(-1, self.F).T @ r_cols.reshape(k, -1, self.K)
+            del r_cols                                   # formed again for a block: let it go before the next step
         r_grad_b[...] = rd.sum(axis=(1, 2))
         if not need_input:
             return None

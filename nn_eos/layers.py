@@ -48,6 +48,7 @@ class RValues:
                         # and R-quantities of its own
     step: int = 0       # allocated by one of its steps for itself, outside the ScratchPool
     scratch: int = 0    # the widest R-quantity it asks the network's ScratchPool for
+    single: int = 0     # kept besides when the block has a single direction (a convolution's cols(R{x}))
 
 
 class Layer:

@@ -73,17 +73,17 @@ class ProductCost:
 
 def product_cost(net):
     """The :class:`ProductCost` of a network's products (module docstring)."""
-    shape, values, kept, step, scratch = net.input_shape, 0, 0, 0, 0
+    shape, values, kept, step, scratch, single = net.input_shape, 0, 0, 0, 0, 0
     first = next((layer for layer in net.layers if layer.num_params), None)
     for layer in net.layers:
         values += layer.values_per_example(shape)
         r = layer.r_values_per_example(shape, first=layer is first)
-        kept, step, scratch = kept + r.kept, max(step, r.step), max(scratch, r.scratch)
+        kept, step, scratch, single = kept + r.kept, max(step, r.step), max(scratch, r.scratch), single + r.single
         shape = layer.output_shape(shape)
     O = net.num_outputs
     r_values = kept + step + SCRATCH_BUFFERS * scratch + CRITERION * O + O * O   # O²: cross-entropy's H_z l u
     itemsize = np.dtype(net.dtype).itemsize
-    return ProductCost(per_example=int(FORWARD * values * itemsize),
+    return ProductCost(per_example=int((FORWARD * values + single) * itemsize),   # what one direction keeps besides
                        per_example_direction=int(r_values * itemsize),
                        per_direction=PER_BLOCK * net.num_params * itemsize,
                        per_call_direction=PER_CALL * net.num_params * itemsize)
