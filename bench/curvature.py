@@ -353,20 +353,20 @@ def peak_bytes(fn, xp):
 
 
 def minimum_bytes(net, n, k, total=None):
-    """The least a product of k directions (of ``total`` in the call) over n examples can hold at its peak (the start of the R-backward
-    pass), counting only what the equations of DESIGN.md §2 read after they are computed: the (total, P) results;
-    the forward caches (each dense layer's input x and δ, each activation's σ'(x̂) and, where σ'' is used, x̂);
-    R{x̂} and R{x} of every layer (the second-order terms read them); and two R{δ}-wide quantities in flight
-    (one step's input and output). Directions are the caller's and not counted."""
+    """The least a product of k directions (of ``total`` in the call) over n examples of an MLP can hold at its
+    peak (the start of the R-backward pass), counting only what the equations of DESIGN.md §2 read after they
+    are computed: the (total, P) results; the forward caches (each dense layer's input x and δ, each
+    activation's σ'(x̂) and, where σ'' is used, x̂); R{x̂} and R{x} of every layer (the second-order terms read
+    them); and two R{δ}-wide quantities in flight (one step's input and output). Directions are the caller's."""
     from nn_eos.layers import Dense
 
-    forward = r_kept = widest = 0
+    forward = r_kept = widest = width = 0
     for layer in net.layers:
         if isinstance(layer, Dense):
+            width = layer.n_out
             forward += layer.n_in + layer.n_out
-            r_kept, widest = r_kept + layer.n_out, max(widest, layer.n_out)
-        else:                                               # an activation of the MLP
-            width = net.layers[net.layers.index(layer) - 1].n_out
+            r_kept, widest = r_kept + width, max(widest, width)
+        else:                                               # the activation after a dense layer of width `width`
             forward += width * (2 if layer.has_curvature else 1)
             r_kept += width
     itemsize = np.dtype(net.dtype).itemsize

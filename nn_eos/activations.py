@@ -60,16 +60,17 @@ class Activation(Layer):
         the next forward pass."""
         return self.s
 
+    g_curvature = None   # g ⊙ σ''(x̂), formed by the first second-order R-backward pass after each backward pass
+
     def forward(self, x_hat):
         self.x_hat = x_hat
-        self.g_curvature = None
         y = self.sigma(x_hat)
         self.s = self.slope_from_output(y)  # σ'(x̂), used by the three other passes
         return y
 
     def backward(self, g, grad=None, need_input=True):
         self.g = g
-        self.g_curvature = None     # g ⊙ σ''(x̂), formed by the first second-order R-backward pass at this θ
+        self.g_curvature = None
         return g * self.s
 
     def r_forward(self, r_x_hat, v):

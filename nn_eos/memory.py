@@ -13,7 +13,8 @@ inputs and outputs (and, for a convolution, its patches:
 its R-backward pass (R{x̂} and R{x}: the second-order terms read them), the
 largest step's own temporaries (a convolution's patches), the network's two
 scratch buffers (backend.ScratchPool: the R{∂L̃/∂x} read and the one written)
-and the criterion's O-wide quantities.
+and the criterion's O-wide quantities. What a layer keeps only for a single
+direction (a convolution's patches of R{x}) is counted once, per example.
 tests/test_memory.py checks that the estimate bounds what tracemalloc measures
 on MLPs and conv nets, and bench/curvature.py --memory prints measured peaks
 beside it.
@@ -83,7 +84,7 @@ def product_cost(net):
     O = net.num_outputs
     r_values = kept + step + SCRATCH_BUFFERS * scratch + CRITERION * O + O * O   # O²: cross-entropy's H_z l u
     itemsize = np.dtype(net.dtype).itemsize
-    return ProductCost(per_example=int((FORWARD * values + single) * itemsize),   # what one direction keeps besides
+    return ProductCost(per_example=int((FORWARD * values + single) * itemsize),   # + a single direction's patches
                        per_example_direction=int(r_values * itemsize),
                        per_direction=PER_BLOCK * net.num_params * itemsize,
                        per_call_direction=PER_CALL * net.num_params * itemsize)

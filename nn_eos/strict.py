@@ -73,7 +73,7 @@ def unwrap(value, moving=False):
 def wrap(value):
     if isinstance(value, np.ndarray):
         return StrictArray(value)
-    if isinstance(value, np.generic) and not isinstance(value, np.dtype):
+    if isinstance(value, np.generic):
         return StrictArray(np.asarray(value))             # CuPy's reductions give 0-d device arrays
     if isinstance(value, tuple):
         return tuple(wrap(v) for v in value)
@@ -198,13 +198,17 @@ def _binary(name):
 
     def forward(self, other):
         other = _operand(other)
+        if other is NotImplemented:
+            return other
         COUNTS["operations"] += 1
-        return other if other is NotImplemented else wrap(op(self._a, other))
+        return wrap(op(self._a, other))
 
     def reflected(self, other):
         other = _operand(other)
+        if other is NotImplemented:
+            return other
         COUNTS["operations"] += 1
-        return other if other is NotImplemented else wrap(op(other, self._a))
+        return wrap(op(other, self._a))
 
     def inplace(self, other):
         other = _operand(other)

@@ -135,3 +135,23 @@ def test_elu_does_not_overflow():
 def test_elu_is_accurate_for_small_negative_inputs():
     x = np.array([-1e-12])
     assert ELU.sigma(x)[0] == pytest.approx(-1e-12, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["elu", "tanh"])
+def test_the_sigma_second_term_follows_each_backward_pass(name):
+    """g ⊙ σ''(x̂) is kept between products at one θ: a new backward pass (another δ, same input) must replace
+    it, so the R-backward pass after it equals a fresh layer's."""
+    rng = np.random.default_rng(0)
+    xp = device_xp
+    x, r_x, r_g = (xp.asarray(rng.standard_normal(shape)) for shape in ((5, 4), (2, 5, 4), (2, 5, 4)))
+    g1, g2 = (xp.asarray(rng.standard_normal((5, 4))) for _ in range(2))
+    reused, fresh = activation(name), activation(name)
+    for layer, deltas in ((reused, (g1, g2)), (fresh, (g2,))):
+        layer.forward(x)
+        for g in deltas:
+            layer.backward(g)
+            layer.r_forward(r_x, None)
+            out = backend.to_numpy(layer.r_backward(r_g, None, None)).copy()
+        if layer is reused:
+            reused_out = out
+    np.testing.assert_array_equal(reused_out, out)
