@@ -145,6 +145,8 @@ def jax_contenders(net, X, y, V, dtype, reference):
     except ImportError:
         return {}, "JAX not installed"
     jax.config.update("jax_enable_x64", dtype == "float64")
+    # on a GPU, JAX multiplies float32 matrices in TF32 by default (10-bit mantissa); we, CuPy and PyTorch do not
+    jax.config.update("jax_default_matmul_precision", "highest")
     import jax.numpy as jnp
 
     shapes = [(l.n_out, l.n_in) for l in net.layers if isinstance(l, ne.Dense)]

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 import nn_eos as ne  # noqa: E402
 from nn_eos.experiments.arguments import add_device, parse, script_parser  # noqa: E402
-from timing import median_times, table  # noqa: E402
+from timing import median_times, sync, table  # noqa: E402
 
 
 def time_steps(loss, integrator, steps):
@@ -36,7 +36,7 @@ def time_steps(loss, integrator, steps):
     for _ in range(steps):
         _, g = loss.value_and_gradient(theta)
         start = time.perf_counter()
-        theta, dt, info = integrator.step(loss, theta, g)
+        theta, dt, info = sync(integrator.step(loss, theta, g))
         times.append(time.perf_counter() - start)
         matvecs.append(info.get("eig_matvecs", 0))
         dts.append(dt)

@@ -10,13 +10,34 @@ import sys
 import time
 
 
+def _leaves(result):
+    """The arrays in a result that may be a tuple, list or dict of them."""
+    if isinstance(result, (tuple, list)):
+        for item in result:
+            yield from _leaves(item)
+    elif isinstance(result, dict):
+        for item in result.values():
+            yield from _leaves(item)
+    else:
+        yield result
+
+
 def sync(result):
-    """Wait for GPU work behind a result (CuPy, PyTorch, JAX); a no-op on NumPy."""
+    """Wait for the GPU work behind a result (CuPy, PyTorch, JAX; tuples of them too); a no-op on NumPy.
+
+    Every framework here queues work and returns at once, so a timer stopped without waiting measures the
+    launches only, and the work left in the queue is charged to whatever runs next.
+    """
     if "jax" in sys.modules:  # JAX dispatches asynchronously; results may be pytrees
         sys.modules["jax"].block_until_ready(result)
-    if type(result).__module__.startswith("cupy"):
+    modules = {type(leaf).__module__.split(".")[0] for leaf in _leaves(result)}
+    if "cupy" in modules:
         import cupy
         cupy.cuda.Device().synchronize()
+    if "torch" in modules:
+        torch = sys.modules["torch"]
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
     return result
 
 
