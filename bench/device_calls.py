@@ -8,7 +8,7 @@ for the device to finish (``float(...)``, ``bool(...)``, ``.get()``). Neither
 depends on the number of examples, so the stand-in counts them exactly on the
 CPU (:func:`nn_eos.strict.counting`), for the 2024 paper's MLP: one gradient,
 one warm product of 1 and of 4 directions, a cold and a warm block-Krylov
-solve (top 6 by value, tol 1e-3, blocks of 4 as on a device), one warm
+solve (top 6 by value, tol 1e-3, blocks of 8 as on a device), one warm
 exponential-Euler step (k = 5, as the gpu_check times it) and one
 ``alignment.analyze``. Compare with a GPU report (bench/gpu_check.sh) to tell
 launch overhead from arithmetic.
@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import nn_eos as ne  # noqa: E402
 from nn_eos.experiments.arguments import parse, script_parser  # noqa: E402
 from nn_eos.strict import counting  # noqa: E402
+from nn_eos import krylov  # noqa: E402
 from timing import table  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def main():
         V = net.xp.asarray(rng.standard_normal((net.num_params, k)))
         A.matmat(V)
         count(f"warm product, {k} direction(s)", lambda: A.matmat(V))
-    solve = dict(k=6, method="krylov", which="LA", tol=1e-3, block=4)
+    solve = dict(k=6, method="krylov", which="LA", tol=1e-3, block=krylov.DEVICE_BLOCK)
     cold = count("block Krylov, top 6, cold", lambda: ne.top_eigenpairs(A, **solve),
                  per=lambda r: f"{r.iterations} iterations, {r.matvecs} matvecs")
     count("block Krylov, top 6, warm", lambda: ne.top_eigenpairs(A, V0=cold.vectors, **solve),

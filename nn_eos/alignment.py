@@ -123,14 +123,16 @@ def layerwise_jacobian_norm2(A, s, xp, tol=1e-9, dense_below=128):
         else:
             gram = s[:, :, None] * (A.T @ A)[None] * s[:, None, :]         # (n, a, a)
         return xp.linalg.eigvalsh(gram)[:, -1]
-    # warm start: the top singular vectors of A diag(rms of s over the examples), one SVD for all examples
-    U, _, Vt = xp.linalg.svd(A * xp.sqrt((s * s).mean(axis=0)), full_matrices=False)
+    # warm start: the top singular vector of M = A diag(rms of s over the examples), one for all examples, as
+    # the top eigenvector of MᵀM or M Mᵀ (an eigh of the side we iterate on: 5 ms on an H200 where an SVD of
+    # M takes 46 ms)
+    M = A * xp.sqrt((s * s).mean(axis=0))
     if a <= 2 * b:                                   # a² ≤ 2ab multiply-adds per example and product
         C = A.T @ A
         return batched_top_eigenvalue(lambda v, rows: ((v * s[rows]) @ C) * s[rows], n, a, xp, A.dtype, tol,
-                                      start=Vt[0])
+                                      start=xp.linalg.eigh(M.T @ M)[1][:, -1])
     return batched_top_eigenvalue(lambda u, rows: ((u @ A) * (s[rows] * s[rows])) @ A.T, n, b, xp, A.dtype, tol,
-                                  start=U[:, 0])
+                                  start=xp.linalg.eigh(M @ M.T)[1][:, -1])
 
 
 @dataclass

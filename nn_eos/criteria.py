@@ -57,6 +57,13 @@ class CrossEntropy(Criterion):
         e = xp.exp(z - z.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
+    @staticmethod
+    def _marks(z, columns):
+        """(n, O) booleans: True at column ``columns[i]`` of row i (masks, not fancy indexing: on a device each
+        indexed read or write is a gather or scatter of its own)."""
+        xp = array_module(z)
+        return xp.arange(z.shape[-1]) == columns[:, None]
+
     def value(self, z, y):
         """``l = log Σ_q e^{z_q} − z_y = (m − z_y) + log1p(Σ_{q ≠ argmax} e^{z_q − m})``, m = max_q z_q.
 
@@ -65,20 +72,17 @@ class CrossEntropy(Criterion):
         saturates and l is tiny.
         """
         xp = array_module(z)
-        rows, top = xp.arange(z.shape[0]), z.argmax(axis=-1)
-        m = z[rows, top]
-        e = xp.exp(z - m[:, None])
-        e[rows, top] = 0
-        return (m - z[rows, y]) + xp.log1p(e.sum(axis=-1))
+        top = self._marks(z, z.argmax(axis=-1))
+        m = z.max(axis=-1)
+        others = xp.where(top, 0, xp.exp(z - m[:, None])).sum(axis=-1)
+        return (m - xp.where(self._marks(z, y), z, 0).sum(axis=-1)) + xp.log1p(others)
 
     def gradient(self, z, y):
         """``p − e_y``; the entry y is computed as ``−Σ_{q≠y} p_q``, exact when p_y ≈ 1."""
         xp = array_module(z)
-        p = self.softmax(z)
-        rows = xp.arange(len(y))
-        p[rows, y] = 0
-        p[rows, y] = -p.sum(axis=-1)
-        return p
+        label = self._marks(z, y)
+        p = xp.where(label, 0, self.softmax(z))
+        return xp.where(label, -p.sum(axis=-1, keepdims=True), p)
 
     def hessian_product(self, z, y, u):
         """``(diag(p) − p pᵀ) u``, entry r: ``p_r (u_r − pᵀu) = p_r Σ_q p_q (u_r − u_q)``.
@@ -89,9 +93,8 @@ class CrossEntropy(Criterion):
         beside the network's passes.
         """
         p = self.softmax(z)
-        xp = array_module(z)
         spread = u[..., :, None] - u[..., None, :]                   # (k, n, O, O): u_r − u_q
-        return p * xp.einsum("knrq,nq->knr", spread, p)
+        return p * (spread * p[:, None, :]).sum(axis=-1)
 
     def hessian(self, z, y):
         xp = array_module(z)
@@ -111,9 +114,7 @@ class MSE(Criterion):
     @staticmethod
     def one_hot(y, num_outputs, like):
         xp = array_module(like)
-        e = xp.zeros((len(y), num_outputs), dtype=like.dtype)
-        e[xp.arange(len(y)), y] = 1
-        return e
+        return (xp.arange(num_outputs) == y[:, None]).astype(like.dtype)
 
     def value(self, z, y):
         r = z - self.one_hot(y, z.shape[-1], z)

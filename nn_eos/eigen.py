@@ -299,7 +299,7 @@ def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None,
     (power, krylov), 200 (lobpcg) or ARPACK's default (lanczos); ``guard`` adds
     that many extra vectors to the block of power and krylov; ``block``
     (krylov only) is the number of directions each product adds (default 1
-    on NumPy, 4 on a device: :func:`nn_eos.krylov.default_block`); ``stop='eigenvalues'``
+    on NumPy, 8 on a device: :func:`nn_eos.krylov.default_block`); ``stop='eigenvalues'``
     (power only) stops on the change of the Ritz values, as the 2024 paper
     did; ``which`` is 'LM' (largest |λ|: power, and krylov by default) or
     'LA' (largest λ: lobpcg, lanczos, and krylov when asked). Returns an

@@ -19,25 +19,29 @@ def _new_directions(W, Q, xp, drop=1e-10):
     by SVQB (Stathopoulos & Wu 2002): with ``WᵀW = U Λ Uᵀ``, ``W U Λ^{-1/2}``
     is orthonormal — one small eigh (on the host) and tall-skinny products,
     much cheaper than a Householder QR of a (P, c) block. Directions with
-    ``λ < drop²`` lie (numerically) in span(Q) and are dropped. Projection
-    and SVQB repeat until ``WᵀW = I`` to 1e-12: a second pass ("twice is
-    enough") only when the first removed more than 1e-6 of a column or SVQB
+    λ below drop² or below what eigh resolves (10 c ε λ_max: a λ of rounding
+    size may come out positive) lie (numerically) in span(Q) and are
+    dropped. Projection
+    and SVQB repeat until ``WᵀW = I`` to 1e-12 (50 ε in float32): a second pass ("twice is
+    enough") only when the first removed more than 1e-6 of a column (√(50 ε) in float32) or SVQB
     divides by a λ below 1e-4, since either magnifies what rounding left of
     Q. Residuals of Ritz pairs are orthogonal to Q up to rounding and
     usually need one pass — each pass reads the whole (P, m) basis twice,
     the main cost of an iteration besides the product.
     """
     W = W / xp.maximum(column_norms(W, xp), TINY)[None, :]
+    orthonormal = max(1e-12, 50 * np.finfo(W.dtype).eps)     # float32 rounding alone leaves ~1e-7 in WᵀW − I
     for _ in range(5):
         W = W - Q @ (Q.T @ W)                                # columns were unit: 1 − diag(WᵀW) is what left
         gram = backend.to_numpy(W.T @ W)
-        if W.shape[1] == 0 or np.abs(gram - np.eye(W.shape[1])).max() < 1e-12:
+        if W.shape[1] == 0 or np.abs(gram - np.eye(W.shape[1])).max() < orthonormal:
             break                                            # orthonormal and orthogonal to Q
         removed = 1 - gram.diagonal().min()
         lam, U = np.linalg.eigh((gram + gram.T) / 2)
-        keep = np.flatnonzero(lam > drop ** 2)[::-1]         # strongest directions first
+        resolved = 10 * len(lam) * np.finfo(gram.dtype).eps * max(lam.max(), 0)   # eigh's rounding in λ
+        keep = np.flatnonzero(lam > max(drop ** 2, resolved))[::-1]   # strongest directions first
         W = W @ xp.asarray(U[:, keep] / np.sqrt(lam[keep]), dtype=W.dtype)
-        if removed < 1e-12 and len(keep) and lam[keep].min() > 1e-4:
+        if removed < orthonormal and len(keep) and lam[keep].min() > 1e-4:
             break                                            # Q's rounding remnant magnified 100× at most
     return W
 
@@ -119,13 +123,15 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None,
                          iterations=iteration, converged=converged, method="krylov")
 
 
-DEVICE_BLOCK = 4
+DEVICE_BLOCK = 8
 
 
 def default_block(xp):
     """Directions per product when the caller does not say: 1 on NumPy (the fewest products in all, and the
-    fastest there: bench/eigen.py), ``DEVICE_BLOCK`` on a device, where a block of a few products costs about
-    one product, so fewer, wider products finish sooner (bench/gpu_check.py times it)."""
+    fastest there: bench/eigen.py), ``DEVICE_BLOCK`` on a device, where each iteration also pays fixed launch
+    and sync costs, so fewer, wider products finish sooner. A warm exponential-Euler step (k = 5, the paper's
+    MLP, n = 4096, H200, float32 / float64): blocks of 1: 128 / 199 ms, of 4: 156 / 149 ms, of 6: 129 / 126 ms,
+    of 8: 116 / 128 ms (bench/gpu_parts.py); a block of at least k + guard starts from the whole warm block."""
     return 1 if xp is np else DEVICE_BLOCK
 
 
@@ -152,9 +158,9 @@ class _KrylovBasis:
     """Q (orthonormal), A Q in column-major device buffers grown in place; ``T = Qᵀ A Q`` and
     ``G = (A Q)ᵀ (A Q)`` on the host.
 
-    Adding c columns costs the products ``Qᵀ (A W)``, ``(A Q)ᵀ (A W)`` and
-    ``Wᵀ (A W)``, ``(A W)ᵀ (A W)`` for the new borders of T and G, not a
-    recomputation, and no copy of the basis. With G, the residual norm of a
+    Adding c columns W costs two products, ``[Q W]ᵀ (A W)`` and
+    ``[AQ AW]ᵀ (A W)``, for the new borders of T and G, not a recomputation,
+    and no copy of the basis. With G, the residual norm of a
     Ritz pair (θ, x = Q s) needs no (P,)-long vector:
     ``‖A x − θ x‖² = sᵀ G s − θ²`` (as xᵀ A x = θ and ‖x‖ = 1).
     """
@@ -177,13 +183,13 @@ class _KrylovBasis:
         return self._AQ[:, :self.size]
 
     def add(self, W, AW):
-        m = self.size
-        borders = backend.to_numpy(self.xp.concatenate([self.Q.T @ AW, self.AQ.T @ AW, W.T @ AW, AW.T @ AW]))
-        c = W.shape[1]
-        self.T = self._bordered(self.T, borders[:m], borders[2 * m:2 * m + c])
-        self.G = self._bordered(self.G, borders[m:2 * m], borders[2 * m + c:])
+        m, c = self.size, W.shape[1]
         self._Q[:, m:m + c], self._AQ[:, m:m + c] = W, AW
         self.size = m + c
+        AW = self._AQ[:, m:m + c]                            # [Q W]ᵀ (A W) and [AQ AW]ᵀ (A W): two products
+        borders = backend.to_numpy(self.xp.concatenate([self.Q.T @ AW, self.AQ.T @ AW]))
+        self.T = self._bordered(self.T, borders[:m], borders[m:m + c])
+        self.G = self._bordered(self.G, borders[m + c:2 * m + c], borders[2 * m + c:])
 
     @staticmethod
     def _bordered(M, border, corner):

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 from scipy.sparse.linalg import aslinearoperator
 
 import nn_eos as ne
-from checks import build_problem, device_operator
+from checks import build_problem, device_operator, device_xp
 from nn_eos.backend import to_numpy
 from nn_eos.eigen import NonConvergenceWarning, top_eigenpairs
 
@@ -272,3 +272,16 @@ def test_krylov_takes_wider_blocks_by_default_on_a_device():
     res = top_eigenpairs(device_operator(M), 6, method="krylov", tol=1e-9)
     np.testing.assert_allclose(to_numpy(res.values), np.linspace(10, 1, 40)[:6], rtol=1e-9)
     assert res.matvecs > res.iterations if xp is not np else res.matvecs == res.iterations
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_new_directions_drop_what_only_rounding_puts_outside_the_basis(seed):
+    """8 directions against a basis of 32 in R^39 leave at most 7: the 8th is rounding, whose λ in the SVQB
+    Gram may come out a positive ~1e-16 — kept, it would be blown up into a non-orthogonal column."""
+    from nn_eos.krylov import _new_directions
+    rng = np.random.default_rng(seed)
+    Q = device_xp.asarray(np.linalg.qr(rng.standard_normal((39, 32)))[0])
+    R = to_numpy(_new_directions(device_xp.asarray(rng.standard_normal((39, 8))), Q, device_xp))
+    assert R.shape[1] == 7
+    np.testing.assert_allclose(R.T @ R, np.eye(7), atol=1e-12)
+    np.testing.assert_allclose(to_numpy(Q).T @ R, 0, atol=1e-12)
