@@ -215,10 +215,11 @@ def solver(device, n_align, n_big, widths):
         integrator = ne.ExponentialEuler(k=5, lr_max=0.01)
         theta = net.theta.copy()
         if job == "ee":                                      # the cold step fills the warm start
-            integrator.step(loss, theta, loss.value_and_gradient(theta)[1])
-            gradient = loss.value_and_gradient(theta)[1]
+            theta = integrator.step(loss, theta, loss.value_and_gradient(theta)[1])[0]
+            gradient = loss.value_and_gradient(theta)[1]          # the timed step starts where it ended
         operator = loss.operator("residual")
-        operator.matmat(xp.asarray(np.ones((net.num_params, block)), dtype=net.dtype))   # its passes, once
+        if job != "ee":
+            operator.matmat(xp.asarray(np.ones((net.num_params, block)), dtype=net.dtype))   # its passes, once
         originals = [(krylov, "_new_directions", _sync_wrap(krylov, "_new_directions", totals, calls, wait))]
         for name in ("add", "ritz_pairs", "ritz_vectors", "check_residuals", "restart"):
             originals.append((krylov._KrylovBasis, name,
