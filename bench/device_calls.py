@@ -8,7 +8,7 @@ for the device to finish (``float(...)``, ``bool(...)``, ``.get()``). Neither
 depends on the number of examples, so the stand-in counts them exactly on the
 CPU (:func:`nn_eos.strict.counting`), for the 2024 paper's MLP: one gradient,
 one warm product of 1 and of 4 directions, a cold and a warm block-Krylov
-solve (top 6 by value, tol 1e-3, blocks of 8 as on a device), one warm
+solve (top 6 by value, tol 1e-3, blocks of krylov.DEVICE_BLOCK as on a device), one warm
 exponential-Euler step (k = 5, as the gpu_check times it) and one
 ``alignment.analyze``. Compare with a GPU report (bench/gpu_check.sh) to tell
 launch overhead from arithmetic.

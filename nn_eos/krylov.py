@@ -9,7 +9,7 @@ with the other methods.
 import numpy as np
 
 from . import backend
-from .ritz import TINY, column_norms, sorted_result, start_block
+from .ritz import NOT_FINITE, TINY, column_norms, sorted_result, start_block
 
 
 def _new_directions(W, Q, xp, drop=1e-10):
@@ -63,10 +63,10 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None,
     all Ritz pairs lie in the s-dim span of the next Krylov block, so this
     is block Lanczos of block size s, with full re-orthogonalisation, whose
     polynomial degree grows by one every s products. A small s needs the
-    fewest products in all (bench/eigen.py; s = 1, the default on NumPy, is
-    also the fastest on the CPU); wider blocks make fewer, bigger products,
-    which pays where a product's cost hardly grows with its width (a GPU:
-    :func:`default_block`). A
+    fewest products in all (bench/eigen.py; s = 1, the default, is also the
+    fastest on the CPU and, measured, on an H200: :func:`default_block`);
+    wider blocks make fewer, bigger products, which pays only where a
+    product's cost hardly grows with its width. A
     random block of k + guard needs several times more products, and so
     does a warm start from V0's whole block. With s ≥ k + guard and V0,
     the start is V0's block (topped up to k + guard), expanded by the
@@ -123,15 +123,18 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None,
                          iterations=iteration, converged=converged, method="krylov")
 
 
-DEVICE_BLOCK = 8
+DEVICE_BLOCK = 1
 
 
 def default_block(xp):
     """Directions per product when the caller does not say: 1 on NumPy (the fewest products in all, and the
-    fastest there: bench/eigen.py), ``DEVICE_BLOCK`` on a device, where each iteration also pays fixed launch
-    and sync costs, so fewer, wider products finish sooner. A warm exponential-Euler step (k = 5, the paper's
-    MLP, n = 4096, H200, float32 / float64): blocks of 1: 128 / 199 ms, of 4: 156 / 149 ms, of 6: 129 / 126 ms,
-    of 8: 116 / 128 ms (bench/gpu_parts.py); a block of at least k + guard starts from the whole warm block."""
+    fastest there: bench/eigen.py), ``DEVICE_BLOCK`` on a device — also 1, measured: on an H200 with the paper's
+    MLP a block of k directions costs about k products once n is in the thousands (n = 4096: a block of 4 costs
+    2.1 products, of 11 5.3), and a warm exponential-Euler step (k = 5, n = 4096, float32 / float64) took
+    87 / 90 ms with blocks of 1, 92 / 96 ms of 4, 90 / 91 ms of 6 and 90 / 92 ms of 8; each λ_1 solve of
+    ``alignment.analyze`` (n = 1000) was fastest with blocks of 1 (bench/gpu_parts.py). Before the solver's
+    per-iteration costs were cut, blocks of 8 won the step (116 against 128 ms) — a device where products are
+    cheaper next to those costs may want a wider block again."""
     return 1 if xp is np else DEVICE_BLOCK
 
 
@@ -188,6 +191,8 @@ class _KrylovBasis:
         self.size = m + c
         AW = self._AQ[:, m:m + c]                            # [Q W]ᵀ (A W) and [AQ AW]ᵀ (A W): two products
         borders = backend.to_numpy(self.xp.concatenate([self.Q.T @ AW, self.AQ.T @ AW]))
+        if not np.isfinite(borders).all():                   # a NaN or inf in A W reaches its borders
+            raise ValueError(NOT_FINITE)
         self.T = self._bordered(self.T, borders[:m], borders[m:m + c])
         self.G = self._bordered(self.G, borders[m + c:2 * m + c], borders[2 * m + c:])
 

@@ -66,6 +66,8 @@ def column_norms(M, xp):
 
 REDUCTION_PIECES = 256
 
+NOT_FINITE = "the operator returned NaN or infinite values"
+
 
 def residual_norms(values, vectors, A_vectors, xp):
     """``‖A v_j − λ_j v_j‖ / max(|λ_j|, tiny)`` for each column j, as a host array."""

@@ -189,8 +189,9 @@ def test_bad_arguments():
         top_eigenpairs(lambda V: V, 2)
     with pytest.raises(ValueError, match=r"returned shape \(5, 1\) for a block of shape \(5, 2\)"):
         top_eigenpairs(lambda V: V[:, :1], 2, V0=np.eye(5)[:, :2])
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        top_eigenpairs(lambda V: V * np.nan, 2, V0=np.eye(5)[:, :2])
+    for method in METHODS:
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            top_eigenpairs(lambda V: V * np.nan, 2, V0=np.eye(5)[:, :2], method=method)
     with pytest.raises(ValueError, match="guard must be"):
         top_eigenpairs(op, 2, guard=-1)
 
@@ -263,15 +264,19 @@ def test_unavailable_ranking_is_refused(method, which):
         top_eigenpairs(aslinearoperator(np.eye(5)), 2, method=method, which=which)
 
 
-def test_krylov_takes_wider_blocks_by_default_on_a_device():
+def test_krylov_takes_one_direction_per_product_unless_asked_for_a_block():
+    """Blocks of 1 by default on NumPy and on a device (measured on an H200: krylov.default_block); a wider
+    block makes fewer products of more directions and finds the same eigenpairs."""
     from nn_eos import backend, krylov
 
-    xp = backend.module_for(backend.default_device())
     assert krylov.default_block(np) == 1 and krylov.default_block(backend.module_for("strict")) == krylov.DEVICE_BLOCK
     M = matrix_with_spectrum(np.linspace(10, 1, 40), seed=5)
-    res = top_eigenpairs(device_operator(M), 6, method="krylov", tol=1e-9)
-    np.testing.assert_allclose(to_numpy(res.values), np.linspace(10, 1, 40)[:6], rtol=1e-9)
-    assert res.matvecs > res.iterations if xp is not np else res.matvecs == res.iterations
+    default = top_eigenpairs(device_operator(M), 6, method="krylov", tol=1e-9)
+    wide = top_eigenpairs(device_operator(M), 6, method="krylov", tol=1e-9, block=4)
+    for res in (default, wide):
+        np.testing.assert_allclose(to_numpy(res.values), np.linspace(10, 1, 40)[:6], rtol=1e-9)
+    assert default.matvecs == default.iterations * krylov.DEVICE_BLOCK
+    assert wide.matvecs > wide.iterations and wide.iterations < default.iterations
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -285,3 +290,22 @@ def test_new_directions_drop_what_only_rounding_puts_outside_the_basis(seed):
     assert R.shape[1] == 7
     np.testing.assert_allclose(R.T @ R, np.eye(7), atol=1e-12)
     np.testing.assert_allclose(to_numpy(Q).T @ R, 0, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_block_krylov_notices_a_non_finite_product_in_its_small_matrices(bad):
+    """Block Krylov skips the scan of every product (a sync on a GPU): a NaN or inf in A W reaches the borders
+    of T and G, which it reads anyway — also when only a later product goes wrong."""
+    M = matrix_with_spectrum(np.linspace(1, 10, 30), 0)
+    calls = []
+
+    def operator(V):
+        calls.append(1)
+        out = M @ to_numpy(V)
+        if len(calls) == 3:
+            out[7, 0] = bad
+        return device_xp.asarray(out)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        top_eigenpairs(ne.eigen.BlockOperator(operator, like=device_xp.zeros(30)), 3, method="krylov",
+                       tol=1e-12)
+    assert len(calls) == 3
