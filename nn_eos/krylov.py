@@ -131,8 +131,9 @@ def default_block(xp):
     fastest there: bench/eigen.py), ``DEVICE_BLOCK`` on a device — also 1, measured: on an H200 with the paper's
     MLP a block of k directions costs about k products once n is in the thousands (n = 4096: a block of 4 costs
     2.1 products, of 11 5.3), and a warm exponential-Euler step (k = 5, n = 4096, float32 / float64) took
-    87 / 90 ms with blocks of 1, 92 / 96 ms of 4, 90 / 91 ms of 6 and 90 / 92 ms of 8; each λ_1 solve of
-    ``alignment.analyze`` (n = 1000) was fastest with blocks of 1 (bench/gpu_parts.py). Before the solver's
+    87 / 90 ms with blocks of 1, 92 / 96 ms of 4, 90 / 91 ms of 6 and 90 / 92 ms of 8; in ``alignment.analyze``
+    (n = 1000) λ_1 of ∇²L̃ and G took 103 and 77 ms with blocks of 1, 278 and 308 ms with blocks of 8, and the
+    residual's 565, 534 and 624 ms with blocks of 1, 4 and 8 (bench/gpu_parts.py). Before the solver's
     per-iteration costs were cut, blocks of 8 won the step (116 against 128 ms) — a device where products are
     cheaper next to those costs may want a wider block again."""
     return 1 if xp is np else DEVICE_BLOCK

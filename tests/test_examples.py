@@ -1,5 +1,6 @@
 """Every example script runs end to end at a tiny scale (the defaults are laptop-scale and take minutes)."""
 
+import json
 import os
 import re
 import subprocess
@@ -51,3 +52,19 @@ def test_the_gpu_check_dry_runs_on_the_cpu(tmp_path):
     sections = re.findall(r"^## (.*) \((\w+), \d+ s\)$", (tmp_path / "report.md").read_text(), flags=re.M)
     assert len(sections) == 5 and all(status == "ok" for _, status in sections), sections
     assert "λ_1 of residual, blocks of 8" in (tmp_path / "report.md").read_text()
+
+
+def test_the_gpu_breakdown_dry_runs_on_the_cpu(tmp_path):
+    """bench/gpu_parts.py, which says where a device's time goes, also runs only where a GPU is lent: its CPU dry
+    run keeps every part working (the exponential-Euler blocks are left to gpu_check's dry run, for time)."""
+    bench = os.path.join(os.path.dirname(EXAMPLES), "bench", "gpu_parts.py")
+    out = tmp_path / "parts.json"
+    done = subprocess.run([sys.executable, bench, "--device", "cpu", "--small", "--json", str(out),
+                           "--parts", "passes", "analyze", "solver", "ops"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    parts = json.loads(out.read_text())
+    assert set(parts) == {"passes float32", "passes float64", "analyze", "solver", "ops"}
+    hvp = parts["passes float64"]["parts"]["hvp k=1"]["by_pass"]
+    assert set(hvp) == {"r_forward", "hessian_product", "r_backward"}          # warm: no forward, no backward
+    assert parts["solver"]["residual λ_1, blocks of 8"]["calls"]["_product"] > 1
