@@ -15,11 +15,14 @@ In order, each part on its own so that one failure does not hide the rest:
    the authors' 0.284 s (A100, float32, 4096 samples);
 5. ``alignment.analyze`` at n = 1000, in gradients, and its parts: the per-example
    quantities, and each λ_1 solve with blocks of 1 and of 8;
-6. the test suite with ``NN_EOS_DEVICE`` set to the device (CI profile), in the
+6. where the time goes (bench/gpu_parts.py, at most 150 s): every pass of a
+   product per layer, the warm step with blocks of 1, 4, 6 and 8, analyze's
+   parts, the eigensolver function by function, and its small dense algebra;
+7. the test suite with ``NN_EOS_DEVICE`` set to the device (CI profile), in the
    time left of ``--budget``.
 
 Everything goes into REPORT_DIR (default ``$OUT``, else ``gpu_check_report``):
-``report.md``, ``report.json`` and the suite's log. Aims on the GPU (issue 13):
+``report.md``, ``report.json``, ``parts.txt``/``parts.json`` and the suite's log. Aims on the GPU (issue 13):
 warm exponential-Euler step ≤ 5 gradients and ≤ 0.1 s in float32, hvp ≤
 PyTorch's double-backward HVP on the same card, analyze < 30 gradients.
 """
@@ -209,6 +212,23 @@ def alignment_analyze(device, n, small):
     return lines, data
 
 
+def breakdown(device, folder, small, seconds):
+    """bench/gpu_parts.py in a process of its own: where the time of a product, a warm step and analyze goes."""
+    parts = ["passes", "analyze", "solver", "ops"] + ([] if small else ["ee"])
+    command = [sys.executable, os.path.join(REPO, "bench", "gpu_parts.py"), "--device", device,
+               "--json", os.path.join(folder, "parts.json"), "--parts", *parts] + (["--small"] if small else [])
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=max(seconds, 10))
+        text, rc = done.stdout + done.stderr, done.returncode
+    except subprocess.TimeoutExpired as stopped:          # what it printed so far is bytes, whatever text= says
+        text, rc = (stopped.stdout or b"").decode(errors="replace"), "timed out"
+    with open(os.path.join(folder, "parts.txt"), "w") as f:
+        f.write(text)
+    if rc != 0:
+        raise RuntimeError(f"bench/gpu_parts.py: {rc}\n{text[-3000:]}")
+    return ["```", text.strip(), "```"], {"parts": "parts.json"}
+
+
 def suite(device, folder, seconds):
     env = {**os.environ, "NN_EOS_DEVICE": device, "HYPOTHESIS_PROFILE": "ci", "PYTHONUNBUFFERED": "1"}
     log = os.path.join(folder, "suite.log")
@@ -238,7 +258,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("folder", nargs="?", default=os.environ.get("OUT") or "gpu_check_report",
-                        help="where report.md, report.json and suite.log go")
+                        help="where report.md, report.json, parts.txt and suite.log go")
     parser.add_argument("--device", default="gpu", choices=["cpu", "gpu"])
     parser.add_argument("--small", action="store_true", help="seconds-scale sizes (a dry run on the CPU)")
     parser.add_argument("--budget", type=float, default=480, help="seconds for everything; the suite gets the rest")
@@ -253,6 +273,8 @@ def main():
                                                                      args.small))
     report.section("exponential Euler, warm step, k = 5", lambda: exponential_euler(args.device, n_big, args.small))
     report.section("alignment.analyze", lambda: alignment_analyze(args.device, n_align, args.small))
+    report.section("where the time goes (bench/gpu_parts.py)",
+                   lambda: breakdown(args.device, args.folder, args.small, 150))
     if args.run_suite:
         left = args.budget - (time.perf_counter() - start) - 15
         report.section("test suite on the device", lambda: suite(args.device, args.folder, left))
