@@ -29,7 +29,8 @@ import numpy as np
 
 from . import backend
 from .krylov import block_krylov
-from .ritz import NOT_FINITE, TINY, EigenResult, rayleigh_ritz, residual_norms, sorted_result, start_block  # noqa: F401
+from .ritz import (NOT_FINITE, TINY, EigenResult, rayleigh_ritz, residual_norms,  # noqa: F401
+                   sorted_result, start_block)
 from .validation import check_integer
 
 METHODS = ("power", "krylov", "lobpcg", "lanczos")

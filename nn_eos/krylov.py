@@ -21,13 +21,13 @@ def _new_directions(W, Q, xp, drop=1e-10):
     much cheaper than a Householder QR of a (P, c) block. Directions with
     λ below drop² or below what eigh resolves (10 c ε λ_max: a λ of rounding
     size may come out positive) lie (numerically) in span(Q) and are
-    dropped. Projection
-    and SVQB repeat until ``WᵀW = I`` to 1e-12 (50 ε in float32): a second pass ("twice is
-    enough") only when the first removed more than 1e-6 of a column (√(50 ε) in float32) or SVQB
-    divides by a λ below 1e-4, since either magnifies what rounding left of
-    Q. Residuals of Ritz pairs are orthogonal to Q up to rounding and
-    usually need one pass — each pass reads the whole (P, m) basis twice,
-    the main cost of an iteration besides the product.
+    dropped. Projection and SVQB repeat until ``WᵀW = I`` to 1e-12 (50 ε in
+    float32): a second pass ("twice is enough") only when the first removed
+    more than 1e-6 of a column (√(50 ε) in float32) or SVQB divides by a λ
+    below 1e-4, since either magnifies what rounding left of Q. Residuals of
+    Ritz pairs are orthogonal to Q up to rounding and usually need one pass —
+    each pass reads the whole (P, m) basis twice, the main cost of an
+    iteration besides the product.
     """
     W = W / xp.maximum(column_norms(W, xp), TINY)[None, :]
     orthonormal = max(1e-12, 50 * np.finfo(W.dtype).eps)     # float32 rounding alone leaves ~1e-7 in WᵀW − I

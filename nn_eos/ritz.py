@@ -47,9 +47,10 @@ def column_norms(M, xp):
 
     On NumPy one einsum. On a device a sum over the long axis of a row-major
     (P, b) array gives each of the b sums to one thread block (CuPy's
-    reductions: 9 ms for b = 8 at the paper's P on an H200, where a product of
-    the network costs 6 ms); summing pieces of ``REDUCTION_PIECES`` rows
-    first spreads it over the device (0.3 ms, bench/gpu_parts.py).
+    reductions): for b = 8 at the paper's P on an H200 the einsum took 2.0 ms
+    and ``(M * M).sum(axis=0)`` 9 ms, where a whole product of the network
+    takes 4 ms. Summing ``REDUCTION_PIECES`` pieces of rows first, then the
+    pieces, spreads the work over the device: 0.3 ms (bench/gpu_parts.py).
     """
     if xp is np:
         return np.sqrt(np.einsum("ij,ij->j", M, M))
