@@ -129,10 +129,10 @@ def layerwise_jacobian_norm2(A, s, xp, tol=1e-9, dense_below=128):
     M = A * xp.sqrt((s * s).mean(axis=0))
     if a <= 2 * b:                                   # a² ≤ 2ab multiply-adds per example and product
         C = A.T @ A
-        return batched_top_eigenvalue(lambda v, rows: ((v * s[rows]) @ C) * s[rows], n, a, xp, A.dtype, tol,
-                                      start=xp.linalg.eigh(M.T @ M)[1][:, -1])
-    return batched_top_eigenvalue(lambda u, rows: ((u @ A) * (s[rows] * s[rows])) @ A.T, n, b, xp, A.dtype, tol,
-                                  start=xp.linalg.eigh(M @ M.T)[1][:, -1])
+        return batched_top_eigenvalue(lambda v, s_rows: ((v * s_rows) @ C) * s_rows, n, a, xp, A.dtype, tol,
+                                      start=xp.linalg.eigh(M.T @ M)[1][:, -1], per_example=(s,))
+    return batched_top_eigenvalue(lambda u, s2_rows: ((u @ A) * s2_rows) @ A.T, n, b, xp, A.dtype, tol,
+                                  start=xp.linalg.eigh(M @ M.T)[1][:, -1], per_example=(s * s,))
 
 
 @dataclass

@@ -67,28 +67,33 @@ def _is_check_step(m, d):
     return m == d or (m % 4 == 0 and m <= 16) or m % 8 == 0
 
 
-def batched_top_eigenvalue(matvec, n, d, xp, dtype, tol=1e-9, start=None, seed=0):
+def batched_top_eigenvalue(matvec, n, d, xp, dtype, tol=1e-9, start=None, seed=0, per_example=None):
     """Largest eigenvalue of n symmetric PSD d × d operators at once, by a batched Lanczos recurrence.
 
-    ``matvec(V, rows)`` maps (len(rows), d) to (len(rows), d): the products of
-    the operators of examples ``rows`` (an index array). No basis is kept: the
-    three-term recurrence (the new vector re-orthogonalised against the last
-    two) is enough for the top eigenvalue, since a loss of global
-    orthogonality only adds copies of eigenvalues that have already
-    converged. ``start``, a (d,) vector near the operators' common top
-    eigenvector, warm-starts every example (a random 5% is mixed in so no
-    example starts orthogonal to its own). At m = 4, 8, 12, 16, 24, 32, …
-    the top Ritz value θ_1 of each active example is tested: its error estimate
-    ``min(r, r²/(θ_1 − θ_2))`` with ``r = |β_m s_m|`` (the residual bound,
-    sharpened by the Ritz gap) below ``tol · θ_1`` ends that example. At
-    m = d the Krylov space is the whole space and the answer exact.
+    ``matvec(V, *rows_of)`` maps (r, d) to (r, d): the products of the
+    operators of the r examples still iterating, where ``rows_of`` are those
+    examples' rows of the ``per_example`` arrays (default: one array, the
+    examples' indices). The rows are taken again only when examples leave,
+    not at every step. No basis is kept: the three-term recurrence, each
+    new vector made orthogonal to the last two by two passes of classical
+    Gram–Schmidt (the first gives α_m, the second re-orthogonalises), is
+    enough for the top eigenvalue, since a loss of global orthogonality only
+    adds copies of eigenvalues that have already converged. ``start``, a
+    (d,) vector near the operators' common top eigenvector, warm-starts
+    every example (a random 5% is mixed in so no example starts orthogonal
+    to its own). At m = 4, 8, 12, 16, 24, 32, … the top Ritz value θ_1 of
+    each active example is tested: its error estimate ``min(r, r²/(θ_1 −
+    θ_2))`` with ``r = |β_m s_m|`` (the residual bound, sharpened by the Ritz
+    gap) below ``tol · θ_1`` ends that example. At m = d the Krylov space is
+    the whole space and the answer exact.
 
-    The products run in ``xp`` (the device); the tests on the small
-    tridiagonal matrices run on the host, where their loops over m cost
-    nothing (on a GPU each step would be a handful of tiny kernels). Returns
-    an ``xp`` array.
+    The products run in ``xp`` (the device), 17 device operations a step with
+    a product of three; the tests on the small tridiagonal matrices run on
+    the host, where their loops over m cost nothing (on a GPU each step
+    would be a handful of tiny kernels). Returns an ``xp`` array.
     """
     rng = np.random.default_rng(seed)
+    active = list(per_example) if per_example is not None else [xp.arange(n)]
     q = xp.asarray(rng.standard_normal((n, d)), dtype=dtype)
     q /= xp.linalg.norm(q, axis=1, keepdims=True)
     if start is not None:
@@ -96,21 +101,23 @@ def batched_top_eigenvalue(matvec, n, d, xp, dtype, tol=1e-9, start=None, seed=0
         q /= xp.linalg.norm(q, axis=1, keepdims=True)
     top = np.zeros(n)
     rows = np.arange(n)                                         # the examples still iterating (host indices)
-    device_rows = xp.arange(n)
-    q_prev, b = xp.zeros_like(q), xp.zeros(n, dtype=dtype)
+    pair = xp.zeros((n, 2, d), dtype=dtype)                     # q_m and q_{m−1}, in slots that take turns
+    pair[:, 0] = q
     alpha, beta = xp.zeros((n, d), dtype=dtype), xp.zeros((n, d), dtype=dtype)
+    now = 0                                                     # the slot of q_m
     for m in range(1, d + 1):
-        w = matvec(q, device_rows)
-        a = (w * q).sum(axis=1)
-        w -= a[:, None] * q + b[:, None] * q_prev
-        for v in (q, q_prev):                                   # local re-orthogonalisation
-            w -= (w * v).sum(axis=1)[:, None] * v
+        w = matvec(pair[:, now], *active)
+        first = pair @ w[:, :, None]                            # (q_m, q_{m−1})ᵀ A q_m: α_m and β_{m−1}
+        w -= (first.transpose(0, 2, 1) @ pair)[:, 0]
+        second = pair @ w[:, :, None]                           # what rounding left: re-orthogonalise
+        w -= (second.transpose(0, 2, 1) @ pair)[:, 0]
         b = xp.linalg.norm(w, axis=1)
-        alpha[:, m - 1], beta[:, m - 1] = a, b
-        q_prev, q = q, w / xp.where(b > 0, b, 1)[:, None]      # b = 0: an invariant subspace, T is exact
+        alpha[:, m - 1], beta[:, m - 1] = first[:, now, 0] + second[:, now, 0], b
+        now = 1 - now                                           # q_{m−1} is no longer needed: q_{m+1} goes there
+        pair[:, now] = w / xp.where(b > 0, b, 1)[:, None]      # b = 0: an invariant subspace, T is exact
         if not _is_check_step(m, d):
             continue
-        host = to_numpy(xp.concatenate([alpha[:, :m], beta[:, :m - 1], b[:, None]], axis=1)).astype(np.float64)
+        host = to_numpy(xp.concatenate([alpha[:, :m], beta[:, :m]], axis=1)).astype(np.float64)
         theta1, theta2, s_last = top_ritz(host[:, :m], host[:, m:2 * m - 1], np)
         r = np.abs(host[:, -1] * s_last)
         error = np.minimum(r, r * r / np.maximum(theta1 - theta2, 1e-300))
@@ -120,6 +127,6 @@ def batched_top_eigenvalue(matvec, n, d, xp, dtype, tol=1e-9, start=None, seed=0
             break
         keep = np.flatnonzero(~done)
         rows, device_keep = rows[keep], xp.asarray(keep)
-        device_rows, q, q_prev, b, alpha, beta = (array[device_keep] for array in
-                                                  (device_rows, q, q_prev, b, alpha, beta))
+        pair, alpha, beta = pair[device_keep], alpha[device_keep], beta[device_keep]
+        active = [array[device_keep] for array in active]
     return xp.asarray(top, dtype=dtype)

@@ -143,7 +143,7 @@ def test_layerwise_jacobian_norms_stop_early_and_stay_exact(shape):
     original = alignment.batched_top_eigenvalue
 
     def counting(matvec, *args, **kwargs):
-        return original(lambda v, rows: calls.append(1) or matvec(v, rows), *args, **kwargs)
+        return original(lambda v, *rows_of: calls.append(1) or matvec(v, *rows_of), *args, **kwargs)
 
     alignment.batched_top_eigenvalue = counting
     xp = backend.module_for(backend.default_device())
