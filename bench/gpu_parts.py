@@ -48,21 +48,25 @@ class PassTimer:
         for i, layer in enumerate(net.layers):
             for name in self.PASSES:
                 self._wrap(layer, name, f"{i}:{type(layer).__name__}")
-        for name in ("value", "gradient", "hessian_product"):
+        for name in ("value", "gradient", "output_hessian"):
             self._wrap(criterion, name, "criterion")
+        make_product = criterion.output_hessian                 # the products u ↦ H_z l u it hands out, timed too
+        criterion.output_hessian = lambda *a, **k: self._timed(make_product(*a, **k), "hessian_product",
+                                                               "criterion")
 
-    def _wrap(self, owner, name, label):
-        method = getattr(owner, name)
-
-        def timed_method(*args, **kwargs):
+    def _timed(self, function, name, label):
+        def timed_call(*args, **kwargs):
             self.wait()
             start = time.perf_counter()
-            result = method(*args, **kwargs)
+            result = function(*args, **kwargs)
             self.wait()
             self.totals[(name, label)] += time.perf_counter() - start
             self.calls[(name, label)] += 1
             return result
-        setattr(owner, name, timed_method)
+        return timed_call
+
+    def _wrap(self, owner, name, label):
+        setattr(owner, name, self._timed(getattr(owner, name), name, label))
 
     def reset(self):
         self.totals.clear()

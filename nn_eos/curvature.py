@@ -50,6 +50,7 @@ class _Passes:
     z: object            # the outputs f(X, θ)
     backward: bool       # whether δ (from δ^L = (1/N) ∂l/∂z) is in the layers too
     source: object = None  # the frozen θ of an operator (TrainingLoss.operator) they ran at, recognised by identity
+    output_hessian: object = None   # u ↦ (1/N) H_z l u at their z, once a product has asked for it
 
 
 class TrainingLoss:
@@ -219,7 +220,7 @@ class TrainingLoss:
             if kind == "residual":
                 r_delta = xp.zeros_like(r_z)
             else:
-                r_delta = self.criterion.hessian_product(z, yc, r_z) / N
+                r_delta = self._output_hessian(z, yc)(r_z)
             net.r_backward(r_delta, Vk, chunk_out, second_order=(kind != "ggn"))
             if chunk_out is not out:
                 out += chunk_out
@@ -241,6 +242,16 @@ class TrainingLoss:
             net.backward(self.criterion.gradient(z, yc) / self.num_examples)
         self._remember_passes(z, theta, backward, frozen, whole)
         return z
+
+    def _output_hessian(self, z, y):
+        """``u ↦ (1/N) H_z l u`` (the output source of DESIGN.md §2), kept with the passes over all examples so
+        that every product at the same z reuses its softmax."""
+        passes = self._passes
+        if passes is not None and passes.z is z:
+            if passes.output_hessian is None:
+                passes.output_hessian = self.criterion.output_hessian(z, y, scale=1 / self.num_examples)
+            return passes.output_hessian
+        return self.criterion.output_hessian(z, y, scale=1 / self.num_examples)
 
     def _same_theta(self, reuse, theta, frozen):
         if frozen and reuse.source is theta:

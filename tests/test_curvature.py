@@ -240,3 +240,22 @@ def test_shared_passes_are_not_reused_after_anything_changed():
     np.testing.assert_array_equal(to_numpy(p.loss.hvp(V)), fresh())
     p.net.astype("float32")
     assert to_numpy(p.loss.hvp(V)).dtype == np.float32
+
+
+def test_products_at_one_z_share_the_output_hessian_and_not_after_it_changed(monkeypatch):
+    """The softmax behind H_z l is computed once for all the products at one θ (an eigensolve's), and again —
+    giving a fresh TrainingLoss's products bit for bit — once θ has moved."""
+    p = build_problem([4, 5, 3], "tanh", "cross_entropy", n=6, seed=7)
+    V = p.direction(2)
+    softmaxes = []
+    original = ne.CrossEntropy.softmax
+    monkeypatch.setattr(ne.CrossEntropy, "softmax", staticmethod(lambda z: softmaxes.append(1) or original(z)))
+    first = to_numpy(p.loss.hvp(V))                       # ∂l/∂z for the backward pass, then H_z l: two
+    assert len(softmaxes) == 2
+    for kind in ("ggn", "hessian", "ggn"):
+        p.loss.curvature_product(V, kind)
+    assert len(softmaxes) == 2
+    p.net.set_theta(p.theta + 0.1 * p.direction())
+    moved = to_numpy(p.loss.hvp(V))
+    assert len(softmaxes) == 4 and np.abs(moved - first).max() > 0
+    np.testing.assert_array_equal(moved, to_numpy(ne.TrainingLoss(p.net, p.loss.criterion, p.X, p.y).hvp(V)))
