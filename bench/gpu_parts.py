@@ -35,6 +35,30 @@ MLP = [1024, 512, 512, 512, 512, 512, 6]
 SMALL = [1024, 32, 32, 6]
 
 
+def device_wait(xp):
+    """A function that waits for the device's queued work (nothing to wait for on the CPU)."""
+    return (lambda: xp.cuda.Device().synchronize()) if xp.__name__ == "cupy" else (lambda: None)
+
+
+def synchronised(function, wait, record, depth=None):
+    """``function``, timed with the device synchronised before and after each call; ``record(seconds, outermost)``
+    gets each call's time, and whether it ran inside no other call sharing ``depth`` (a one-item list)."""
+    depth = [0] if depth is None else depth
+
+    def timed_call(*args, **kwargs):
+        wait()
+        start = time.perf_counter()
+        depth[0] += 1
+        try:
+            result = function(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+        wait()
+        record(time.perf_counter() - start, depth[0] == 0)
+        return result
+    return timed_call
+
+
 class PassTimer:
     """Wraps the passes of a network's layers (and its criterion) so that each call is timed with the device
     synchronised before and after; ``totals`` maps ``(pass, layer)`` to seconds summed over calls."""
@@ -43,30 +67,24 @@ class PassTimer:
 
     def __init__(self, net, criterion):
         self.totals, self.calls = collections.defaultdict(float), collections.Counter()
-        xp = net.xp
-        self.wait = (lambda: xp.cuda.Device().synchronize()) if xp.__name__ == "cupy" else (lambda: None)
+        self.wait = device_wait(net.xp)
         for i, layer in enumerate(net.layers):
             for name in self.PASSES:
                 self._wrap(layer, name, f"{i}:{type(layer).__name__}")
         for name in ("value", "gradient", "output_hessian"):
             self._wrap(criterion, name, "criterion")
         make_product = criterion.output_hessian                 # the products u ↦ H_z l u it hands out, timed too
-        criterion.output_hessian = lambda *a, **k: self._timed(make_product(*a, **k), "hessian_product",
-                                                               "criterion")
+        criterion.output_hessian = lambda *a, **k: self._timed(make_product(*a, **k), ("hessian_product",
+                                                                                       "criterion"))
 
-    def _timed(self, function, name, label):
-        def timed_call(*args, **kwargs):
-            self.wait()
-            start = time.perf_counter()
-            result = function(*args, **kwargs)
-            self.wait()
-            self.totals[(name, label)] += time.perf_counter() - start
-            self.calls[(name, label)] += 1
-            return result
-        return timed_call
+    def _timed(self, function, key):
+        def record(seconds, outermost):
+            self.totals[key] += seconds
+            self.calls[key] += 1
+        return synchronised(function, self.wait, record)
 
     def _wrap(self, owner, name, label):
-        setattr(owner, name, self._timed(getattr(owner, name), name, label))
+        setattr(owner, name, self._timed(getattr(owner, name), (name, label)))
 
     def reset(self):
         self.totals.clear()
@@ -190,26 +208,15 @@ TOP_LEVEL = "(all timed parts, each counted once)"
 
 def _sync_wrap(owner, name, totals, calls, wait, depth):
     """Replace ``owner.name`` by a version timed with the device synchronised around it; returns the original.
-    ``depth`` (a shared one-item list) tells calls made inside another timed part, which are summed under
-    ``TOP_LEVEL`` only once."""
+    Calls made inside another timed part (``depth``, shared) are summed under ``TOP_LEVEL`` only once."""
     original = getattr(owner, name)
 
-    def timed_call(*args, **kwargs):
-        wait()
-        start = time.perf_counter()
-        depth[0] += 1
-        try:
-            result = original(*args, **kwargs)
-        finally:
-            depth[0] -= 1
-        wait()
-        seconds = time.perf_counter() - start
+    def record(seconds, outermost):
         totals[name] += seconds
         calls[name] += 1
-        if depth[0] == 0:
+        if outermost:
             totals[TOP_LEVEL] += seconds
-        return result
-    setattr(owner, name, timed_call)
+    setattr(owner, name, synchronised(original, wait, record, depth))
     return original
 
 
@@ -224,7 +231,7 @@ def solver(device, n_align, n_big, widths):
         net = ne.mlp(widths, activation="elu", seed=0, dtype=dtype, device=device)
         loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, y)
         xp = net.xp
-        wait = (lambda: xp.cuda.Device().synchronize()) if xp.__name__ == "cupy" else (lambda: None)
+        wait = device_wait(xp)
         totals, calls = collections.defaultdict(float), collections.Counter()
         saved = krylov.DEVICE_BLOCK, krylov.default_block
         krylov.default_block = lambda xp, b=block: b

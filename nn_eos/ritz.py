@@ -57,8 +57,6 @@ def column_norms(M, xp):
     squares = M * M
     if squares.shape[1] == 0:
         return xp.zeros(0, dtype=M.dtype)
-    if squares.flags.f_contiguous and not squares.flags.c_contiguous:
-        return xp.sqrt(squares.T.sum(axis=1))          # each column is contiguous: one sum per row of squares.T
     pieces = min(REDUCTION_PIECES, len(squares))
     head = pieces * (len(squares) // pieces)
     sums = squares[:head].reshape(pieces, -1, squares.shape[1]).sum(axis=1).sum(axis=0)
