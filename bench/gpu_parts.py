@@ -191,8 +191,9 @@ def analyze_parts(device, n, widths, blocks):
     for kind in ("hessian", "ggn", "residual"):
         operator = loss.operator(kind)
         for block in blocks:
-            result, seconds = timed(lambda: ne.top_eigenpairs(operator, 1, method="krylov", which="LA", tol=1e-6,
-                                                              guard=max(block - 1, 0), block=block))
+            result, seconds = timed(lambda: ne.top_eigenpairs(operator, 1, method="krylov", which="LA",
+                                                              tol=alignment.SHARPNESS_TOL, guard=max(block - 1, 0),
+                                                              block=block))
             Vb = xp.asarray(np.random.default_rng(0).standard_normal((net.num_params, block)), dtype=net.dtype)
             product = median_times({"p": lambda: operator.matmat(Vb)}, rounds=3)["p"]
             bare = result.iterations * product
@@ -258,8 +259,8 @@ def solver(device, n_align, n_big, widths):
                 if job == "ee":
                     sync(integrator.step(loss, theta, gradient))
                 else:
-                    ne.top_eigenpairs(operator, 1, method="krylov", which="LA", tol=1e-6, guard=block - 1,
-                                      block=block)
+                    ne.top_eigenpairs(operator, 1, method="krylov", which="LA", tol=alignment.SHARPNESS_TOL,
+                                      guard=block - 1, block=block)
                 wait()
                 whole = time.perf_counter() - start
         finally:

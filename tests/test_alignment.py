@@ -1,5 +1,7 @@
 """The 2024 paper's decomposition: identities that must hold to rounding, on random nets and data."""
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -206,6 +208,56 @@ def test_analyze_run_caches_beside_the_run(tmp_path):
     assert (tmp_path / "r" / "alignment.jsonl").read_text() == first
     np.testing.assert_array_equal(again["K_norm2"], series["K_norm2"])
     assert list(analysis.analyze_run(tmp_path / "r", skip=2, every=4, progress=False)["step"]) == [4]
+
+
+def test_analyze_run_solves_again_only_what_was_cached_at_a_looser_tol(tmp_path):
+    """Rows record the tol of their λ_1 solves: asking for a tighter one computes them again (appended, so the
+    last row of a step is the tightest), a looser one reuses them; rows from before tol was recorded count as
+    1e-6, and rows without sharpness are computed again when it is asked for."""
+    X, y = ne.datasets.dice("train", n=24)
+    net = ne.mlp([1024, 6, 6, 6], activation="elu", seed=0)
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    run = tmp_path / "r"
+    ne.train(loss, ne.GradientDescent(0.5), until_loss=0.0, max_steps=4, snapshot_every=2, run_dir=run,
+             progress=False, data={"dataset": "dice", "n": 24, "seed": 0})
+    cache = run / "alignment.jsonl"
+    analysis.analyze_run(run, skip=2, progress=False, sharpness=False)
+    assert [r["sharpness"] for r in analysis.read_rows(cache)] == [None, None]
+    loose = analysis.analyze_run(run, skip=2, progress=False, tol=1e-2)
+    assert [r["tol"] for r in analysis.read_rows(cache)] == [None, None, 1e-2, 1e-2]
+    tight = analysis.analyze_run(run, skip=2, progress=False, tol=1e-10)
+    assert [r["tol"] for r in analysis.read_rows(cache)][-2:] == [1e-10, 1e-10]
+    again = analysis.analyze_run(run, skip=2, progress=False, tol=1e-3)
+    assert len(analysis.read_rows(cache)) == 6
+    for kind in ("hessian", "ggn", "residual"):
+        assert [s[kind] for s in again["sharpness"]] == [s[kind] for s in tight["sharpness"]]
+        np.testing.assert_allclose([s[kind] for s in loose["sharpness"]], [s[kind] for s in tight["sharpness"]],
+                                   rtol=1e-2)
+    legacy = [dict(row) for row in analysis.read_rows(cache)[-2:]]
+    for row in legacy:
+        del row["tol"]
+    cache.write_text("".join(json.dumps(row) + "\n" for row in legacy))
+    analysis.analyze_run(run, skip=2, progress=False, tol=1e-6)        # solved to 1e-6 then: reused
+    assert len(analysis.read_rows(cache)) == 2
+    analysis.analyze_run(run, skip=2, progress=False, tol=1e-7)
+    assert len(analysis.read_rows(cache)) == 4
+    with pytest.raises(ValueError, match="tol must be positive, got 0"):
+        alignment.analyze(net, "cross_entropy", X, y, tol=0)
+
+
+def test_default_tolerance_gives_the_eigenvalues_far_more_accurately_than_itself():
+    """λ_1 of ∇²L̃, G and H at the default tol (a relative residual of 1e-4) against dense eigenvalues: the error
+    is at most the residual (Weyl) and goes like its square, so it comes out far below 1e-4."""
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((40, 10)), rng.integers(0, 3, 40)
+    net = ne.mlp([10, 24, 24, 3], activation="elu", seed=3)
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    eye = np.eye(net.num_params)
+    dense = {kind: np.linalg.eigvalsh(to_numpy(getattr(loss, name)(net.xp.asarray(eye))))[-1]
+             for kind, name in (("hessian", "hvp"), ("ggn", "ggn"), ("residual", "residual"))}
+    report = alignment.analyze(net, loss.criterion, X, y)
+    for kind, value in dense.items():
+        assert report.sharpness[kind] == pytest.approx(value, rel=alignment.SHARPNESS_TOL ** 1.5)
 
 
 @given(problem=problems(max_depth=4, max_width=4, max_examples=4))

@@ -59,6 +59,13 @@ def test_train_analyze_plot_end_to_end(tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "alignment.jsonl").read_text().splitlines()]
     result = json.loads((out / "result.json").read_text())
     assert rows[-1]["step"] == result["steps"] and rows[-1]["t"] == result["t"]   # the final θ has its t
+    assert {row["tol"] for row in rows} == {1e-4}                              # the default λ_1 tolerance
+    cli.main(["analyze", str(out), "--alignment", "--skip", "2", "--tol", "1e-8"])
+    rows = [json.loads(line) for line in (out / "alignment.jsonl").read_text().splitlines()]
+    assert [row["tol"] for row in rows] == [1e-4] * 6 + [1e-8] * 6             # solved again, tighter
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["analyze", str(out), "--alignment", "--tol", "0"])
+    assert exit_.value.code == 2 and "--tol: must be positive, got 0" in capsys.readouterr().err
     cli.main(["plot", str(out)])
     for name in ("loss", "sharpness", "rho", "projections", "entering", "sharpness_G_H", "overlap", "K_layers",
                  "components", "chi2", "r_chi", "jacobian_norms", "r_jacobian"):

@@ -29,15 +29,25 @@ def report_row(report, step, t):
     return row
 
 
+def _solved_to(row, sharpness):
+    """The tol a cached row's sharpness was solved to: 1e-6 for rows written before rows recorded it (the
+    default then), infinite for a row without sharpness when sharpness is asked for."""
+    if row.get("sharpness") is None:
+        return np.inf if sharpness else 0.0
+    return row.get("tol") or 1e-6
+
+
 def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpness=True, chunk_size=None,
-                device=None):
+                device=None, tol=alignment.SHARPNESS_TOL):
     """The decomposition at the run's θ snapshots, as columns (2024 paper, sections 3–5).
 
     Snapshots before step ``skip`` are left out (the paper ignores the first
     ten iterations, an initial transient); of the rest, those at steps that
     are multiples of ``every`` are analysed (the paper: every 100). Results
     are cached in ``alignment.jsonl`` beside the run, so a second call only
-    computes snapshots it has not seen. The data default to
+    computes snapshots it has not seen, or saw with sharpness solved to a
+    looser ``tol`` than it asks for (rows record theirs; rows without
+    one were solved to 1e-6). The data default to
     the run's own (``config.json``'s data spec, dice only); pass X, y otherwise.
     The analysis runs on ``device`` if given, else on the device the run
     recorded (backend.resolve_device).
@@ -60,16 +70,17 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
     if result is not None:
         times[result["steps"]] = result["t"]          # the final θ has no metrics row of its own
     cache = os.path.join(run_dir, "alignment.jsonl")
-    rows = {row["step"]: row for row in read_rows(cache)}
+    rows = {row["step"]: row for row in read_rows(cache) if _solved_to(row, sharpness) <= tol}
     steps = [s for s in snapshot_steps(run_dir) if s >= skip and s % every == 0]
     todo = [s for s in steps if s not in rows]
     previous = None                       # the last snapshot's eigenvectors warm-start the next solves
     with open(cache, "a") as f:
         for step in tqdm(todo, disable=not progress, desc=f"alignment of {os.path.basename(os.fspath(run_dir))}"):
             report = alignment.analyze(net, config["criterion"], X, y, theta=load_snapshot(run_dir, step),
-                                       sharpness=sharpness, chunk_size=chunk_size, eigenvectors=True, start=previous)
+                                       sharpness=sharpness, chunk_size=chunk_size, tol=tol, eigenvectors=True,
+                                       start=previous)
             previous = report.eigenvectors
-            rows[step] = report_row(report, step, times.get(step, np.nan))
+            rows[step] = dict(report_row(report, step, times.get(step, np.nan)), tol=tol if sharpness else None)
             f.write(json.dumps(rows[step]) + "\n")
             f.flush()
     return columns([rows[s] for s in steps])

@@ -11,6 +11,7 @@ import os
 import sys
 import warnings
 
+from ..alignment import SHARPNESS_TOL
 from ..backend import DEVICES
 
 FIGURE_NAMES = ("loss", "sharpness", "rho", "projections", "entering", "peak_curvature", "cusp", "sharpness_G_H",
@@ -124,7 +125,7 @@ def _analyze_run(run_dir, args):
                   + ("" if fixed_step else " (a flow: ρ_i = Δt λ_i / 2 with its own changing step Δt, not a fixed η)"))
             print("  " + eos.describe_bulk_claim(eos.bulk_claim(telemetry, n_top + 1), n_top + 1))
     if args.alignment:
-        series = analyze_run(run_dir, every=args.every, skip=args.skip, device=args.device)
+        series = analyze_run(run_dir, every=args.every, skip=args.skip, device=args.device, tol=args.tol)
         if len(series.get("step", [])) == 0:
             print("  no snapshots to analyse (train with train.snapshot_every)")
             return
@@ -242,6 +243,10 @@ def build_parser():
     analyze.add_argument("--alignment", action="store_true", help="the 2024 decomposition at the run's snapshots")
     analyze.add_argument("--every", type=int, default=1, help="analyse snapshots at multiples of this step")
     analyze.add_argument("--skip", type=int, default=10, help="skip the first steps (the paper: 10)")
+    analyze.add_argument("--tol", type=_positive, default=SHARPNESS_TOL,
+                         help="--alignment: relative residual of the λ_1 solves of ∇²L̃, G and H (default "
+                              "%(default)g, where λ_1 comes out to ~1e-7: its error goes like the square); rows "
+                              "cached at a looser tol are computed again")
     analyze.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="the device the run used"))
 
     plot = command("plot", "the papers' figures of a run or a sweep, as PNG and PDF",
@@ -282,6 +287,17 @@ def build_parser():
     data.add_argument("--n", type=int, default=None, help="images per split (default: all 60,000)")
     data.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _positive(text):
+    """An argparse type: a positive float."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def _user_errors():
