@@ -7,8 +7,8 @@ this says why, for the next change: every pass of the network (forward,
 backward, R-forward, R-backward, per layer) timed with the device synchronised
 around it, beside one bare matrix product of the same shape; the warm
 exponential-Euler step with blocks of 1, 4, 6 and 8 directions per product;
-and ``analyze``'s parts (Jacobians, Grams, layerwise Jacobian norms per layer,
-each λ_1 solve with blocks of 1, 4 and 8) beside the cost of the bare products
+and ``analyze``'s parts (Jacobians, Grams, layerwise Jacobian norms per layer
+and how much of them their tests on the host take, each λ_1 solve with blocks of 1, 4 and 8) beside the cost of the bare products
 those solves made, so that what the eigensolver adds is visible. Synchronising
 around every pass costs a little; the sum of the parts is printed beside the
 whole.
@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 
 import nn_eos as ne  # noqa: E402
-from nn_eos import alignment, krylov  # noqa: E402
+from nn_eos import alignment, batched_lanczos, krylov  # noqa: E402
 import dynamics as dynamics_bench  # noqa: E402
 from timing import median_times, sync, timed  # noqa: E402
 
@@ -188,6 +188,7 @@ def analyze_parts(device, n, widths, blocks):
         _, seconds = timed(fn)
         out[name] = seconds
         print(f"{name}: {seconds * 1e3:.1f} ms = {seconds / gradient:.1f} gradients")
+    out["layerwise host tests"] = layerwise_host_tests(parts, len(dense) - 1)
     for kind in ("hessian", "ggn", "residual"):
         operator = loss.operator(kind)
         for block in blocks:
@@ -201,6 +202,32 @@ def analyze_parts(device, n, widths, blocks):
             print(f"λ_1 {kind}, blocks of {block}: {seconds * 1e3:.1f} ms, {result.iterations} products of "
                   f"{product * 1e3:.2f} ms = {bare * 1e3:.1f} ms bare; the solver adds "
                   f"{(seconds - bare) * 1e3:.1f} ms ({(seconds - bare) / result.iterations * 1e3:.2f} ms a product)")
+    return out
+
+
+def layerwise_host_tests(parts, layers):
+    """How much of each layer's batched Lanczos goes to its convergence tests on the host (``top_ritz``: a batched
+    eigvalsh of the examples' tridiagonal matrices), the rest being the device's steps and the reads that wait
+    for them."""
+    spent, top_ritz = [], batched_lanczos.top_ritz
+
+    def timed_top_ritz(*args):
+        start = time.perf_counter()
+        result = top_ritz(*args)
+        spent.append(time.perf_counter() - start)
+        return result
+
+    out = {}
+    batched_lanczos.top_ritz = timed_top_ritz
+    try:
+        for i in range(layers):
+            spent.clear()
+            _, seconds = timed(parts[f"‖∂x̂/∂x̂‖², layer {i + 1}"])
+            out[i + 1] = {"seconds": seconds, "host_tests_s": sum(spent), "tests": len(spent)}
+            print(f"‖∂x̂/∂x̂‖², layer {i + 1}: {len(spent)} tests on the host took {sum(spent) * 1e3:.1f} ms "
+                  f"of {seconds * 1e3:.1f} ms")
+    finally:
+        batched_lanczos.top_ritz = top_ritz
     return out
 
 
