@@ -229,6 +229,8 @@ def test_analyze_run_solves_again_only_what_was_cached_at_a_looser_tol(tmp_path)
     assert [r["tol"] for r in analysis.read_rows(cache)][-2:] == [1e-10, 1e-10]
     again = analysis.analyze_run(run, skip=2, progress=False, tol=1e-3)
     assert len(analysis.read_rows(cache)) == 6
+    analysis.analyze_run(run, skip=2, progress=False, tol=1e-12, sharpness=False)   # any row will do
+    assert len(analysis.read_rows(cache)) == 6
     for kind in ("hessian", "ggn", "residual"):
         assert [s[kind] for s in again["sharpness"]] == [s[kind] for s in tight["sharpness"]]
         np.testing.assert_allclose([s[kind] for s in loose["sharpness"]], [s[kind] for s in tight["sharpness"]],

@@ -30,10 +30,13 @@ def report_row(report, step, t):
 
 
 def _solved_to(row, sharpness):
-    """The tol a cached row's sharpness was solved to: 1e-6 for rows written before rows recorded it (the
-    default then), infinite for a row without sharpness when sharpness is asked for."""
+    """The tol a cached row's sharpness was solved to, as far as a call asking for ``sharpness`` cares: 1e-6
+    for rows written before rows recorded it (the default then), infinite for a row without sharpness when
+    sharpness is asked for, and 0 (any row will do) when it is not."""
+    if not sharpness:
+        return 0.0
     if row.get("sharpness") is None:
-        return np.inf if sharpness else 0.0
+        return np.inf
     return row.get("tol") or 1e-6
 
 
