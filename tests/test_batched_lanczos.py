@@ -63,7 +63,7 @@ def test_converged_examples_leave_the_active_set():
 def test_tight_tolerance_keeps_clustered_tops_exact():
     """The stopping test estimates θ_1's error as r²/(θ_1 − θ_2), which trusts the Ritz gap; while Lanczos has
     not yet found every eigenvalue of a tight top cluster, that gap is too wide and a loose tol stops on a lower
-    member (tol 1e-6: errors up to 1.6e-3 on these operators). The default tol 1e-9 asks for a residual small
+    member (tol 1e-6: one of these 30 stops 2.5e-4 low). The default tol 1e-9 asks for a residual small
     enough that the cluster is resolved: every answer to 1e-9."""
     rng = np.random.default_rng(0)
     n, d = 30, 200
