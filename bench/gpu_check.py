@@ -204,7 +204,8 @@ def alignment_analyze(device, n, small):
     for kind in ("hessian", "ggn", "residual"):
         for guard, block in ((0, 1), (7, 8)):
             result, part = timed(lambda: ne.top_eigenpairs(loss.operator(kind), 1, method="krylov", which="LA",
-                                                           tol=1e-6, guard=guard, block=block))
+                                                           tol=ne.alignment.SHARPNESS_TOL, guard=guard,
+                                                           block=block))
             data[f"{kind}_block{block}"] = {"seconds": part, "products": result.iterations,
                                             "matvecs": result.matvecs}
             lines.append(f"  - λ_1 of {kind}, blocks of {block}: {part:.3f} s = {part / gradient:.1f} gradients, "
