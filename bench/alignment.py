@@ -5,8 +5,8 @@
 Parts: the pre-activation Jacobians and the O×O Grams of Δ^i and K (all
 examples at once); the layerwise Jacobians' squared operator norms (batched
 Lanczos over examples); and the three sharpness eigensolves (λ_1 of ∇²L̃, G
-and H by block Krylov, to the relative residual ``--tol``), which ρ(K) needs. Aim: under 30 gradients in all, the
-layerwise Jacobian norms under 5.
+and H by block Krylov, to the relative residual ``--tol``), which ρ(K) needs.
+Aim: under 30 gradients in all, the layerwise Jacobian norms under 5.
 """
 
 import os

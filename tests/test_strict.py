@@ -86,8 +86,6 @@ def test_loss_along_takes_a_host_direction():
 
 
 def test_the_stand_in_counts_device_operations_host_reads_and_uploads():
-    from nn_eos.strict import counting
-
     a = strict.ones((3, 3))
     with counting() as counts:
         b = a @ a + 1                      # two operations
@@ -101,8 +99,6 @@ def test_a_warm_product_reads_nothing_back_and_block_krylov_a_few_numbers_per_it
     """On a GPU every host read waits for the device: a warm operator product needs none, and block Krylov keeps
     its small algebra on the host with a few reads per iteration (the basis borders, SVQB's Gram, the product's
     finiteness), not one per direction or per Ritz pair."""
-    from nn_eos.strict import counting
-
     net = ne.mlp([12, 16, 16, 3], activation="elu", seed=0, device="strict")
     rng = np.random.default_rng(0)
     loss = ne.TrainingLoss(net, "cross_entropy", rng.standard_normal((40, 12)), np.arange(40) % 3)
