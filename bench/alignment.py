@@ -36,8 +36,10 @@ def main():
     xp, criterion = net.xp, loss.criterion
     Xd, yd = loss._data()
     dense, acts = alignment.dense_layers(net)
-    _, t_jac = timed(lambda: alignment.output_jacobians(net, Xd))
-    _, t_layerwise = timed(lambda: [alignment.layerwise_jacobian_norm2(dense[i + 1].A, acts[i].last_slope(), xp)
+    caches = net.new_caches()
+    _, t_jac = timed(lambda: alignment.output_jacobians(net, Xd, caches))
+    slopes = [c.slope for layer, c in zip(net.layers, caches) if layer in acts]
+    _, t_layerwise = timed(lambda: [alignment.layerwise_jacobian_norm2(dense[i + 1].A, slopes[i], xp)
                                     for i in range(len(dense) - 1)])
     _, t_all_per_example = timed(lambda: alignment.per_example_quantities(net, criterion, Xd, yd))
     cold, t_full = timed(lambda: alignment.analyze(net, criterion, X, y, tol=args.tol, eigenvectors=True))

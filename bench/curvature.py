@@ -356,7 +356,7 @@ def peak_bytes(fn, xp):
 
 def minimum_bytes(net, n, k, total=None):
     """The least a product of k directions (of ``total`` in the call) over n examples of an MLP can hold at its
-    peak (the start of the R-backward pass), counting only what the equations of DESIGN.md §2 read after they
+    peak (the start of the R-backward pass), counting only what the equations of docs/passes.md read after they
     are computed: the (total, P) results; the forward caches (each dense layer's input x and δ, each
     activation's σ'(x̂) and, where σ'' is used, x̂); R{x̂} and R{x} of every layer (the second-order terms read
     them); and two R{δ}-wide quantities in flight (one step's input and output). Directions are the caller's."""
@@ -416,7 +416,7 @@ def chunk_cost(n, k, chunks, device, rounds=3):
     for name, chunk in (("one chunk", None), (f"{chunks} chunks", -(-n // chunks))):
         loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, np.arange(n) % 6, chunk_size=chunk)
         A = loss.operator("hessian")
-        # not interleaved: any pass through any network ends the sharing (Sequential.passes)
+        # one after the other: each operator keeps its own passes
         times.update(median_times({name: lambda: A.matmat(V)}, rounds=rounds))    # warm-up call runs the passes
     whole, split = times["one chunk"], times[f"{chunks} chunks"]
     print(f"\nwarm block of {k} hvp over n = {n}: one chunk {whole:.2f} s, {chunks} chunks {split:.2f} s "

@@ -179,10 +179,12 @@ def analyze_parts(device, n, widths, blocks):
              "layer Grams (with the Jacobians)": lambda: alignment.layer_grams(net, criterion, Xd, y),
              "per-example quantities (all)": lambda: alignment.per_example_quantities(net, criterion, Xd, y)}
     dense, acts = alignment.dense_layers(net)
-    net.forward(Xd)
+    caches = net.new_caches()
+    net.forward(Xd, caches)
+    slopes = [c.slope for layer, c in zip(net.layers, caches) if layer in acts]
     for i in range(len(dense) - 1):
         parts[f"‖∂x̂/∂x̂‖², layer {i + 1}"] = (lambda i=i: alignment.layerwise_jacobian_norm2(
-            dense[i + 1].A, acts[i].last_slope(), xp))
+            dense[i + 1].A, slopes[i], xp))
     for name, fn in parts.items():
         sync(fn())
         _, seconds = timed(fn)

@@ -13,7 +13,7 @@ figures, the demo, the ``nn-eos`` command) and may use matplotlib, tqdm, dask.
 
 from ._version import __version__
 from . import alignment, datasets, eos
-from .activations import ELU, ReLU, Tanh
+from .activations import ELU, Activation, ReLU, Tanh, register_activation
 from .backend import gpu_available
 from .conv import AvgPool2d, Conv2d, MaxPool2d
 from .criteria import MSE, CrossEntropy
@@ -21,13 +21,14 @@ from .curvature import TrainingLoss
 from .eigen import EigenResult, NonConvergenceWarning, top_eigenpairs
 from .integrators import AdaptiveGradientFlow, ExponentialEuler, GradientDescent
 from .loop import Run, TrainingInterrupted, train
-from .layers import Dense, Flatten
+from .layers import Dense, Flatten, Layer
 from .network import Sequential, alexnet_like, mlp, vgg_like
 from .rundir import load_run
 
 __all__ = [
     # layers, criteria, networks
-    "AvgPool2d", "Conv2d", "Dense", "ELU", "Flatten", "MaxPool2d", "ReLU", "Sequential", "Tanh",
+    "Activation", "AvgPool2d", "Conv2d", "Dense", "ELU", "Flatten", "Layer", "MaxPool2d", "ReLU", "Sequential",
+    "Tanh", "register_activation",
     "CrossEntropy", "MSE", "alexnet_like", "mlp", "vgg_like",
     # curvature and eigenpairs
     "EigenResult", "NonConvergenceWarning", "TrainingLoss", "top_eigenpairs",

@@ -1,4 +1,4 @@
-"""Elementwise activations ``x⁺ = σ(x̂)`` and their passes (DESIGN.md §2).
+"""Elementwise activations ``x⁺ = σ(x̂)`` and their passes (docs/passes.md, "Activation").
 
 Each activation states σ, σ' and σ''. Kinks are decided once, here, for every
 activation: at ``x̂ = 0`` the left branch is used (``x̂ > 0`` selects the right
@@ -18,76 +18,67 @@ Gauss-Newton product.
 
 import math
 
-import numpy as np
-
 from .backend import array_module
-from .layers import Layer, RValues
+from .layers import Layer
 
 
 class Activation(Layer):
-    """Base class: subclasses give ``sigma``, ``slope`` (σ') and ``curvature`` (σ'')."""
+    """Base class: subclasses give ``sigma`` (σ), ``slope`` (σ') and ``curvature`` (σ'')."""
 
     name = None
     gain = 1.0  # the Kaiming gain used by the initialisations (network.py)
-    has_curvature = True  # False when σ'' = 0 wherever it is defined
+    has_curvature = True  # False when σ'' = 0 wherever it is defined: the second-order term is skipped
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass states σ and σ', and σ'' unless ``has_curvature = False`` (docs/layers.md)."""
+        super().__init_subclass__(**kwargs)
+        needed = ("sigma", "slope") + (("curvature",) if cls.has_curvature else ())
+        missing = [name for name in needed if getattr(cls, name) is getattr(Activation, name)]
+        if missing:
+            raise TypeError(f"{cls.__name__} must define {', '.join(missing)} (σ, σ', σ'' as functions of x; "
+                            f"has_curvature = False where σ'' = 0): docs/layers.md")
 
     def __repr__(self):
         return f"{type(self).__name__}()"
 
     @staticmethod
     def sigma(x):
-        raise NotImplementedError
+        raise NotImplementedError("an activation defines sigma(x), σ")
 
     @staticmethod
     def slope(x):
-        raise NotImplementedError
+        raise NotImplementedError("an activation defines slope(x), σ'")
 
     @staticmethod
     def curvature(x):
-        raise NotImplementedError
+        raise NotImplementedError("an activation defines curvature(x), σ''")
 
-    def slope_from_output(self, y):
-        """σ'(x̂) given σ(x̂) as well; subclasses override it when that is cheaper."""
-        return self.slope(self.x_hat)
+    def derivatives(self, x_hat, x_plus):
+        """``(σ'(x̂), σ''(x̂))``, given ``x⁺ = σ(x̂)`` as well: an activation whose derivatives are cheaper in
+        terms of x⁺ (tanh: σ' = 1 − x⁺²) writes them so (docs/passes.md, "Activation")."""
+        return self.slope(x_hat), self.curvature(x_hat) if self.has_curvature else None
 
-    def r_values_per_example(self, input_shape, first=False):
-        """Keeps R{x⁺}, its output; R{δ} and the σ'' term come from the ScratchPool."""
-        width = int(np.prod(input_shape))
-        return RValues(kept=width, scratch=width)
+    def forward(self, x_hat, cache):
+        """``x⁺ = σ(x̂)``; keeps σ'(x̂) and σ''(x̂), which the three other passes read."""
+        x_plus = self.sigma(x_hat)
+        cache.slope, cache.curvature = self.derivatives(x_hat, x_plus)
+        return x_plus
 
-    def last_slope(self):
-        """``σ'(x̂)`` at the input of the last forward pass, for measurements (alignment): read-only, valid until
-        the next forward pass."""
-        return self.s
+    def backward(self, g, cache, grad=None, need_input=True):
+        """``∂L̃/∂x̂ = g ⊙ σ'(x̂)``."""
+        cache.g = g
+        return g * cache.slope
 
-    g_curvature = None   # g ⊙ σ''(x̂), formed by the first second-order R-backward pass after each backward pass
+    def r_forward(self, r_x_hat, v, cache):
+        """``R{x⁺} = σ'(x̂) ⊙ R{x̂}``."""
+        cache.r_x_hat = r_x_hat
+        return None if r_x_hat is None else cache.slope * r_x_hat
 
-    def forward(self, x_hat):
-        self.x_hat = x_hat
-        y = self.sigma(x_hat)
-        self.s = self.slope_from_output(y)  # σ'(x̂), used by the three other passes
-        return y
-
-    def backward(self, g, grad=None, need_input=True):
-        self.g = g
-        self.g_curvature = None
-        return g * self.s
-
-    def r_forward(self, r_x_hat, v):
-        self.r_x_hat = r_x_hat          # R{x̂}: read by r_backward (σ'' term)
-        if r_x_hat is None:
-            return None
-        return array_module(r_x_hat).multiply(self.s, r_x_hat, out=self.buffer("r_out", r_x_hat.shape, r_x_hat))
-
-    def r_backward(self, r_g, v, r_grad, second_order=True, need_input=True):
-        xp = array_module(r_g)
-        r_delta = xp.multiply(r_g, self.s, out=self.scratch(r_g.shape, r_g, avoid=(r_g,)))
-        if second_order and self.has_curvature and self.r_x_hat is not None:
-            if self.g_curvature is None:        # (n, o), shared by the k directions and every product at this θ
-                self.g_curvature = self.g * self.curvature(self.x_hat)
-            second = self.scratch(r_g.shape, r_g, avoid=(r_delta, self.r_x_hat))
-            r_delta += xp.multiply(self.g_curvature, self.r_x_hat, out=second)
-        return r_delta
+    def r_backward(self, r_g, v, cache, r_grad, second_order=True, need_input=True):
+        """``R{∂L̃/∂x̂} = R{g} ⊙ σ'(x̂) + g ⊙ σ''(x̂) ⊙ R{x̂}``; the last term is second order."""
+        if second_order and self.has_curvature and cache.r_x_hat is not None:
+            return r_g * cache.slope + cache.g * cache.curvature * cache.r_x_hat
+        return r_g * cache.slope
 
 
 class ReLU(Activation):
@@ -104,10 +95,6 @@ class ReLU(Activation):
     @staticmethod
     def slope(x):
         return (x > 0).astype(x.dtype)
-
-    @staticmethod
-    def slope_from_output(y):
-        return (y > 0).astype(y.dtype)
 
     @staticmethod
     def curvature(x):
@@ -132,30 +119,25 @@ class ELU(Activation):
     def sigma(x):
         # eˣ − 1 ≥ x for every x, so max(x, eˣ − 1 of min(x, 0)) picks the right branch
         xp = array_module(x)
-        y = xp.expm1(xp.minimum(x, 0))
-        return xp.maximum(x, y, out=y)
+        return xp.maximum(x, xp.expm1(xp.minimum(x, 0)))
 
     @staticmethod
     def slope(x):
         xp = array_module(x)
-        return xp.where(x > 0, 1, xp.exp(xp.minimum(x, 0))).astype(x.dtype, copy=False)
-
-    @staticmethod
-    def slope_from_output(y):
-        """σ'(x̂) = min(σ(x̂), 0) + 1: 1 where x̂ > 0, eˣ̂ = σ(x̂) + 1 elsewhere (no second exp).
-
-        Exact up to an absolute rounding error of ~1e-16, which is all that σ'
-        needs: the relative accuracy of eˣ̂ for very negative x̂ is lost, but
-        such slopes multiply δ's of order one and vanish in the sum anyway.
-        """
-        s = array_module(y).minimum(y, 0)
-        s += 1
-        return s
+        return xp.exp(xp.minimum(x, 0))                 # e⁰ = 1 where x > 0
 
     @staticmethod
     def curvature(x):
         xp = array_module(x)
-        return xp.where(x > 0, 0, xp.exp(xp.minimum(x, 0))).astype(x.dtype, copy=False)
+        return xp.exp(xp.minimum(x, 0)) * (x <= 0)
+
+    def derivatives(self, x_hat, x_plus):
+        """``σ' = 1 + min(x⁺, 0)``, ``σ'' = σ' − [x̂ > 0]``: where x̂ ≤ 0, ``eˣ̂ = x⁺ + 1``, so no second
+        exponential is taken (it would cost more than the layer's other elementwise work together). For very
+        negative x̂ this keeps eˣ̂ to an absolute 1e-16 rather than a relative one, which is all a slope that
+        multiplies δ needs."""
+        slope = 1 + array_module(x_plus).minimum(x_plus, 0)
+        return slope, slope - (x_hat > 0)
 
 
 class Tanh(Activation):
@@ -174,22 +156,33 @@ class Tanh(Activation):
         return 1 - t * t
 
     @staticmethod
-    def slope_from_output(y):
-        return 1 - y * y
-
-    @staticmethod
     def curvature(x):
         t = array_module(x).tanh(x)
         return -2 * t * (1 - t * t)
+
+    def derivatives(self, x_hat, x_plus):
+        """``σ' = 1 − x⁺²``, ``σ'' = −2 x⁺ σ'``: no second tanh."""
+        slope = 1 - x_plus * x_plus
+        return slope, -2 * x_plus * slope
 
 
 ACTIVATIONS = {cls.name: cls for cls in (ReLU, ELU, Tanh)}
 
 
+def register_activation(cls):
+    """Add an Activation subclass to the registry under ``cls.name``, so that ``activation(name)``, ``mlp``,
+    configs and the project's tests (which iterate over the registry) know it; returns the class (a class
+    decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Activation)) or not isinstance(cls.name, str):
+        raise TypeError(f"register_activation takes an Activation subclass with a name, got {cls!r}")
+    ACTIVATIONS[cls.name.lower()] = cls
+    return cls
+
+
 def activation(name):
-    """A new activation layer from its name ('elu', 'relu' or 'tanh')."""
+    """An activation layer from its name ('elu', 'relu' or 'tanh'), or the instance given, parameters and all."""
     if isinstance(name, Activation):
-        return type(name)()  # a fresh layer: layers cache their inputs
+        return name
     if not isinstance(name, str):
         raise TypeError(f"activation must be a name, one of {sorted(ACTIVATIONS)}, got {type(name).__name__}")
     try:

@@ -52,15 +52,19 @@ def dense_layers(net):
     return dense, acts
 
 
-def output_jacobians(net, X):
+def output_jacobians(net, X, caches=None):
     """``∂f/∂y`` at the output y of every layer with parameters, each (n, O, *y.shape[1:]), for any Sequential.
 
     The O unit vectors of the output are back-propagated, as a block of O
     "directions", through the layers' first-order R-backward pass (the plain
-    backward pass with a leading axis), one pass for all examples.
+    backward pass with a leading axis), one pass for all examples. ``caches``
+    (from ``net.new_caches()``) receives the forward pass's record, for the
+    layers' inputs and slopes that :func:`layer_grams` and
+    :func:`per_example_quantities` read.
     """
     xp = net.xp
-    z = net.forward(to_device(X, net.device).astype(net.dtype, copy=False))
+    caches = net.new_caches() if caches is None else caches
+    z = net.forward(to_device(X, net.device).astype(net.dtype, copy=False), caches)
     n, O = z.shape
     cotangent = xp.broadcast_to(xp.eye(O, dtype=z.dtype)[:, None, :], (O, n, O)).copy()   # (o, n, O)
     jacobians = {}
@@ -68,34 +72,36 @@ def output_jacobians(net, X):
     for i in reversed(range(first, len(net.layers))):
         layer = net.layers[i]
         if layer.num_params:
-            jacobians[i] = xp.moveaxis(cotangent, 0, 1).copy()    # (n, O, …); the pass reuses its buffers
+            jacobians[i] = xp.moveaxis(cotangent, 0, 1).copy()    # (n, O, …)
         if i > first:
-            scratch = xp.empty((O, layer.num_params), dtype=z.dtype)   # Σ_n of the parameter part: unused
-            cotangent = layer.r_backward(cotangent, None, scratch, second_order=False)
+            unused = xp.empty((O, layer.num_params), dtype=z.dtype)     # Σ_n of the parameter part
+            cotangent = layer.r_backward(cotangent, None, caches[i], unused, second_order=False)
     return z, [jacobians[i] for i in sorted(jacobians)]
 
 
-def layer_grams(net, criterion, X, y):
+def layer_grams(net, criterion, X, y, caches=None):
     """``K^i (K^i)ᵀ`` (n, O, O) for every layer with parameters, and ``R`` (2024 paper, section 2.2).
 
     Dense layer: ``(1 + ‖x‖²) R J Jᵀ R`` with J = ∂f/∂x̂ (O × n_out). Conv layer
     (weight sharing breaks that shortcut): with J_f the (O × positions) Jacobian
     of filter f's output map and ``Γ_pq = cols(x)_p · cols(x)_q + 1`` the Gram of
     the input patches over positions (the 1 for the bias),
-    ``K^i (K^i)ᵀ = R (Σ_f J_f Γ J_fᵀ) R``.
+    ``K^i (K^i)ᵀ = R (Σ_f J_f Γ J_fᵀ) R``. ``caches`` receives the forward
+    pass's record (:func:`output_jacobians`).
     """
-    z, jacobians = output_jacobians(net, X)
+    caches = net.new_caches() if caches is None else caches
+    z, jacobians = output_jacobians(net, X, caches)
     R = criterion.sqrt_hessian(z, to_device(y, net.device))
     grams = []
-    for layer, J in zip([l for l in net.layers if l.num_params], jacobians):
+    with_params = [(layer, cache) for layer, cache in zip(net.layers, caches) if layer.num_params]
+    for (layer, cache), J in zip(with_params, jacobians):
         if isinstance(layer, Dense):
-            x = layer.last_input()
+            x = cache.x
             inner = (1 + (x * x).sum(axis=1))[:, None, None] * (J @ J.transpose(0, 2, 1))
         elif isinstance(layer, Conv2d):
             n, O = J.shape[:2]
             Jf = J.reshape(n, O, layer.F, -1).transpose(0, 2, 1, 3)                 # (n, f, O, p)
-            patches = layer.last_patches()
-            gamma = patches @ patches.transpose(0, 2, 1) + 1            # (n, p, p)
+            gamma = cache.x_cols @ cache.x_cols.transpose(0, 2, 1) + 1             # (n, p, p)
             inner = (Jf @ gamma[:, None] @ Jf.transpose(0, 1, 3, 2)).sum(axis=1)    # (n, O, O)
         else:
             raise ValueError(f"no K^i for {layer!r}")
@@ -177,16 +183,18 @@ def per_example_quantities(net, criterion, X, y):
     """Per-example squared norms for one batch (host arrays): ‖K‖², ‖K^i‖² for every layer, and for MLPs
     ‖Δ^i‖² = ‖K^i‖², (χ^i)², ‖∂x̂^{i+1}/∂x̂^i‖² (eq. 5 needs the MLP structure)."""
     xp = net.xp
-    grams = layer_grams(net, criterion, X, y)                               # K^i (K^i)ᵀ, eq. 4
+    caches = net.new_caches()
+    grams = layer_grams(net, criterion, X, y, caches)                       # K^i (K^i)ᵀ, eq. 4
     delta2 = [_top_eigenvalue_small(g, xp) for g in grams]                  # ‖K^i‖² (= ‖Δ^i‖² for an MLP)
     K2 = _top_eigenvalue_small(sum(grams), xp)                              # ‖K‖²
     chi2, J2 = [], []
     if _is_mlp(net):
-        dense, acts = dense_layers(net)
-        inputs = [d.last_input() for d in dense]
+        dense, _ = dense_layers(net)
+        inputs = [c.x for l, c in zip(net.layers, caches) if isinstance(l, Dense)]         # x^{i−1}, i = 1..L
+        slopes = [c.slope for l, c in zip(net.layers, caches) if isinstance(l, Activation)]  # σ'(x̂^i)
         one_plus = [1 + (x * x).sum(axis=1) for x in inputs]                # 1 + ‖x^{i−1}‖², i = 1..L
         chi2 = [one_plus[i] / one_plus[i + 1] for i in range(len(dense) - 1)]
-        J2 = [layerwise_jacobian_norm2(dense[i + 1].A, acts[i].last_slope(), xp) for i in range(len(dense) - 1)]
+        J2 = [layerwise_jacobian_norm2(dense[i + 1].A, slopes[i], xp) for i in range(len(dense) - 1)]
     return {"K2": to_numpy(K2), "delta2": [to_numpy(d) for d in delta2], "chi2": [to_numpy(c) for c in chi2],
             "J2": [to_numpy(j) for j in J2]}
 

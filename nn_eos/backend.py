@@ -8,6 +8,8 @@ the CPU but refuses host/device mixing as CuPy does, so that CI catches GPU
 bugs without a GPU.
 """
 
+import ctypes
+import ctypes.util
 import os
 
 import numpy as np
@@ -158,74 +160,42 @@ def scipy_linalg_module(xp):
     return cupyx.scipy.sparse.linalg
 
 
-class Workspace:
-    """Arrays one layer keeps from call to call, one per name.
+def special_module(xp):
+    """scipy.special, or cupyx.scipy.special for CuPy arrays: special functions (erf, …) on any device."""
+    if xp is np:
+        import scipy.special
 
-    Blocks of k directions make R-quantities of k × n × width floats, tens of
-    MB each; allocating them afresh costs page faults on every call. A layer
-    asks its workspace for a named buffer instead and writes into it with
-    ``out=``: the R-quantities it keeps between its R-forward and R-backward
-    passes (R{x}, R{x̂}). A buffer is overwritten the next time the same name is
-    asked for, so only quantities that live within one pass may use one;
-    nothing handed back to a user ever does. (What lives for one step of a pass
-    only goes to the network's :class:`ScratchPool`.) Asked for in another shape (another
-    block size, the last chunk), the name gets a new buffer and the old one is
-    let go: a workspace holds one set of buffers, so a product split to fit a
-    memory budget (nn_eos.memory) never holds two blocks' worth.
+        return scipy.special
+    if xp.__name__.startswith("nn_eos.strict"):
+        from .strict import special
+        return special()
+    import cupyx.scipy.special
+
+    return cupyx.scipy.special
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4       # mallopt parameters (malloc.h)
+
+
+def keep_freed_memory():
+    """Ask the C allocator (glibc's malloc) to keep freed memory for reuse; returns whether it took effect.
+
+    A product of a block of directions allocates and frees dozens of R-quantities of k × n × width numbers
+    per call, tens of MB each: the passes are plain array expressions (docs/curvature.md) and leave memory to
+    the allocator. glibc serves every allocation above 32 MB with a fresh mapping and returns it to the
+    kernel when freed, so the kernel zeroes every page again on the next call; a block of 11 products on
+    the 2024 paper's MLP at n = 1000 spent about 15 % of its time there on a 2-core CPU (docs/benchmarks.md).
+    With mmap off and no trimming, freed blocks are reused at once.
+
+    This changes the whole process (its peak memory is kept for reuse, not returned), so the library never
+    calls it: the applications do (the ``nn-eos`` command, the examples and the benchmarks, through
+    ``nn_eos.experiments.arguments``), and a script of yours may. CuPy has its own memory pool; on a C
+    library other than glibc nothing happens and it returns False.
     """
-
-    def __init__(self):
-        self._arrays = {}
-
-    def held(self):
-        """The arrays held now (for memory accounting and tests)."""
-        return [array for _, array in self._arrays.values()]
-
-    def get(self, name, shape, dtype, xp):
-        key = (tuple(shape), dtype, xp.__name__)
-        held = self._arrays.get(name)
-        if held is None or held[0] != key:
-            self._arrays.pop(name, None)                   # let the old buffer go before making the new one
-            held = self._arrays[name] = (key, xp.empty(shape, dtype=dtype))
-        return held[1]
-
-
-class ScratchPool:
-    """Temporaries shared by all the layers of one network, each valid for one step of a pass.
-
-    The R-backward pass hands ``R{∂L̃/∂x}`` from layer to layer: each step reads
-    what the step above wrote and writes something new, and nothing is read
-    twice. Two buffers used in turn therefore carry the whole pass, where a
-    buffer per layer and name would hold several per layer (on the 2024
-    paper's MLP, 36 blocks of k × n × width in all against 13 with the R{x}
-    and R{x̂} that the layers keep). ``get`` hands out
-    a buffer that overlaps none of ``avoid``, the arrays the caller still
-    reads; any buffer it handed out before and is not told to avoid may be
-    overwritten. All requests of one pass share their leading (k, n) axes; a
-    request with other leading axes, dtype or array module lets the held
-    buffers go (as :class:`Workspace` does), so a product split into smaller
-    blocks to fit its memory budget never holds the larger blocks' buffers.
-    """
-
-    def __init__(self):
-        self._key = None
-        self._flat = []              # 1-D arrays; a buffer is a reshaped prefix of one
-
-    def held(self):
-        """The arrays held now (for memory accounting and tests)."""
-        return list(self._flat)
-
-    def get(self, shape, dtype, xp, avoid=()):
-        shape = tuple(int(d) for d in shape)
-        key = (shape[:2], dtype, xp.__name__)
-        if key != self._key:
-            self._key, self._flat = key, []
-        size = int(np.prod(shape))
-        for i, flat in enumerate(self._flat):
-            if any(xp.may_share_memory(flat, a) for a in avoid):
-                continue
-            if flat.size < size:
-                flat = self._flat[i] = xp.empty(size, dtype=dtype)
-            return flat[:size].reshape(shape)
-        self._flat.append(xp.empty(size, dtype=dtype))
-        return self._flat[-1].reshape(shape)
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))      # -1: never trim

@@ -1,4 +1,4 @@
-"""Convolution and pooling layers (NCHW) with the same four passes as the dense layers.
+"""Convolution and pooling layers (NCHW) with the same four passes as the dense layers (docs/passes.md, "Conv2d").
 
 A convolution is a dense layer applied to every patch of its input: with
 ``cols(x)`` the (n, positions, C·kh·kw) matrix of patches ("im2col") and
@@ -21,7 +21,7 @@ Index letters: k direction, n example, p position (Ho·Wo), f filter, c patch en
 import numpy as np
 
 from .backend import array_module
-from .layers import Layer, RValues, weight_and_bias
+from .layers import Layer, weight_and_bias
 
 
 def _pair(value, name):
@@ -107,101 +107,70 @@ class Conv2d(Layer):
         w = w.transpose(*range(len(lead)), -4, -3, -5, -2, -1)      # (…, Ho, Wo, C, kh, kw)
         return w.reshape(*lead, w.shape[-5] * w.shape[-4], self.K)
 
-    def uncols(self, c):
-        """Adjoint of ``cols``: (…, Ho·Wo, C·kh·kw) → (…, C, H, W)."""
+    def fold(self, c, hw):
+        """Adjoint of ``cols``: (…, Ho·Wo, C·kh·kw) → (…, C, H, W), for inputs of height and width ``hw``."""
         lead = c.shape[:-2]
-        w = c.reshape(*lead, self.Ho, self.Wo, self.C, self.win.kh, self.win.kw)
+        Ho, Wo = self.win.out_hw(*hw)
+        w = c.reshape(*lead, Ho, Wo, self.C, self.win.kh, self.win.kw)
         w = w.transpose(*range(len(lead)), -3, -5, -4, -2, -1)      # (…, C, Ho, Wo, kh, kw)
-        return self.win.fold(w, self.H, self.W_in)
+        return self.win.fold(w, *hw)
 
-    def _to_image(self, y):
+    @staticmethod
+    def to_image(y, hw_out):
         """(…, Ho·Wo, F) → (…, F, Ho, Wo)."""
         lead = y.shape[:-2]
-        return y.reshape(*lead, self.Ho, self.Wo, self.F).transpose(*range(len(lead)), -1, -3, -2)
+        return y.reshape(*lead, *hw_out, y.shape[-1]).transpose(*range(len(lead)), -1, -3, -2)
 
-    def _to_rows(self, d):
-        """(…, F, Ho, Wo) → (…, Ho·Wo, F), the inverse of ``_to_image``."""
+    @staticmethod
+    def to_rows(d):
+        """(…, F, Ho, Wo) → (…, Ho·Wo, F), the inverse of ``to_image``."""
         lead = d.shape[:-3]
-        return d.transpose(*range(len(lead)), -2, -1, -3).reshape(*lead, self.Ho * self.Wo, self.F)
+        return d.transpose(*range(len(lead)), -2, -1, -3).reshape(*lead, d.shape[-2] * d.shape[-1], d.shape[-3])
 
-    def values_per_example(self, input_shape):
-        """Input, output and the patches ``cols(x)`` (positions × C·kh·kw), which the passes hold too."""
-        out = self.output_shape(input_shape)
-        return super().values_per_example(input_shape) + int(np.prod(out[1:])) * self.K
+    def forward(self, x, cache):
+        """``y = cols(x) Wᵀ + b``; keeps the patches cols(x)."""
+        cache.hw = x.shape[-2:]
+        cache.x_cols = self.cols(x)                                   # (n, p, c)
+        return self.to_image(cache.x_cols @ self.W.T + self.b, self.win.out_hw(*cache.hw))
 
-    def r_values_per_example(self, input_shape, first=False):
-        """Keeps R{y} (its output, read by the layer above), and cols(R{x}) for a single direction; a step
-        allocates cols(R{x}), R{y} or R{δ} as rows and, unless first, R{δ} W and δ V_W (patch-sized) and the
-        folded R{∂L̃/∂x} (the padded input)."""
-        C, H, W = input_shape
-        out = self.output_shape(input_shape)
-        output, patches = int(np.prod(out)), int(np.prod(out[1:])) * self.K
-        if first:
-            return RValues(kept=output, step=output)
-        padded = C * (H + 2 * self.win.ph) * (W + 2 * self.win.pw)
-        return RValues(kept=output, step=output + 2 * patches + padded, single=patches)
-
-    def last_patches(self):
-        """``cols(x)`` (n, positions, patch) of the last forward pass's input, for measurements (alignment):
-        read-only, valid until the next forward pass."""
-        return self.x_cols
-
-    def forward(self, x):
-        """``y = cols(x) Wᵀ + b``."""
-        self.H, self.W_in = x.shape[-2:]
-        self.Ho, self.Wo = self.win.out_hw(self.H, self.W_in)
-        self.x_cols = self.cols(x)                                    # (n, p, c)
-        y = self.x_cols @ self.W.T
-        y += self.b
-        return self._to_image(y)
-
-    def backward(self, delta, grad=None, need_input=True):
+    def backward(self, delta, cache, grad=None, need_input=True):
         """``∂L̃/∂W = Σ δᵀ cols(x)``, ``∂L̃/∂b = Σ δ``, returns ``∂L̃/∂x = fold(δ W)``."""
-        d = self._to_rows(delta)                                      # (n, p, f)
-        self.delta_rows = d
+        cache.delta_rows = d = self.to_rows(delta)                    # (n, p, f)
         if grad is not None:
             grad_W, grad_b = self.split(grad)
-            grad_W[...] = d.reshape(-1, self.F).T @ self.x_cols.reshape(-1, self.K)
+            grad_W[...] = d.reshape(-1, self.F).T @ cache.x_cols.reshape(-1, self.K)
             grad_b[...] = d.sum(axis=(0, 1))
-        return self.uncols(d @ self.W) if need_input else None
+        return self.fold(d @ self.W, cache.hw) if need_input else None
 
-    def r_forward(self, r_x, v):
-        """``R{y} = cols(R{x}) Wᵀ + cols(x) V_Wᵀ + V_b``; ``r_x=None`` stands for ``R{x} = 0``.
-
-        r_backward needs cols(R{x}) again. For a block of directions it forms them again from R{x}: they are
-        kh·kw times larger, and keeping them held a quarter to a third of a conv net's peak (bench/curvature.py
-        --memory); for one direction they are kept, which saves a single product 4–8 %.
-        """
+    def r_forward(self, r_x, v, cache):
+        """``R{y} = cols(R{x}) Wᵀ + cols(x) V_Wᵀ + V_b``; ``r_x=None`` stands for ``R{x} = 0``."""
+        cache.r_x = r_x
         V_W, V_b = self.split(v)                                      # (k, f, c), (k, f)
-        r = self.x_cols @ V_W.transpose(0, 2, 1)[:, None]             # (k, n, p, f)
-        self.r_x, self.r_cols = r_x, None
+        r_y = cache.x_cols @ V_W.transpose(0, 2, 1)[:, None] + V_b[:, None, None, :]    # (k, n, p, f)
         if r_x is not None:
-            r_cols = self.cols(r_x)                                   # (k, n, p, c)
-            r += r_cols @ self.W.T
-            self.r_cols = r_cols if len(r_cols) == 1 else None
-        r += V_b[:, None, None, :]
-        return self._to_image(r)
+            r_y = self.cols(r_x) @ self.W.T + r_y
+        return self.to_image(r_y, self.win.out_hw(*cache.hw))
 
-    def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
+    def r_backward(self, r_delta, v, cache, r_grad, second_order=True, need_input=True):
         """``R{∂L̃/∂W} = Σ R{δ}ᵀ cols(x) + δᵀ cols(R{x})``, ``R{∂L̃/∂b} = Σ R{δ}``,
-        ``R{∂L̃/∂x} = fold(R{δ} W + δ V_W)``; the δ terms are second order."""
-        xp = array_module(r_delta)
-        rd = self._to_rows(r_delta)                                   # (k, n, p, f)
+        ``R{∂L̃/∂x} = fold(R{δ} W + δ V_W)``; the δ terms are second order.
+
+        cols(R{x}) is formed again here rather than kept from r_forward: it is kh·kw times larger than R{x},
+        and keeping it for a block of directions held a quarter to a third of a conv net's peak memory.
+        """
+        rd = self.to_rows(r_delta)                                    # (k, n, p, f)
         k = rd.shape[0]
         r_grad_W, r_grad_b = self.split(r_grad)
-        r_grad_W[...] = rd.reshape(k, -1, self.F).transpose(0, 2, 1) @ self.x_cols.reshape(-1, self.K)
-        if second_order and self.r_x is not None:
-            r_cols = self.r_cols if self.r_cols is not None else self.cols(self.r_x)     # (k, n, p, c)
-            r_grad_W += self.delta_rows.reshape(-1, self.F).T @ r_cols.reshape(k, -1, self.K)
-            del r_cols                                   # formed again for a block: let it go before the next step
+        r_grad_W[...] = rd.reshape(k, -1, self.F).transpose(0, 2, 1) @ cache.x_cols.reshape(-1, self.K)
+        if second_order and cache.r_x is not None:
+            r_grad_W += cache.delta_rows.reshape(-1, self.F).T @ self.cols(cache.r_x).reshape(k, -1, self.K)
         r_grad_b[...] = rd.sum(axis=(1, 2))
         if not need_input:
             return None
-        back = rd @ self.W                                            # (k, n, p, c)
-        if second_order:
-            V_W, _ = self.split(v)
-            back += xp.matmul(self.delta_rows[None], V_W[:, None])
-        return self.uncols(back)
+        if not second_order:
+            return self.fold(rd @ self.W, cache.hw)
+        V_W, _ = self.split(v)
+        return self.fold(rd @ self.W + cache.delta_rows @ V_W[:, None], cache.hw)
 
 
 class _Pool(Layer):
@@ -222,38 +191,30 @@ class _Pool(Layer):
     def output_shape(self, input_shape):
         return (input_shape[0], *self.win.out_hw(*input_shape[1:]))
 
-    def r_values_per_example(self, input_shape, first=False):
-        """Keeps R{y} (its output, read by the layer above); the backward step spreads R{δ} over each window
-        (output × window) and folds it into the padded input."""
-        C, H, W = input_shape
-        output = int(np.prod(self.output_shape(input_shape)))
-        padded = C * (H + 2 * self.win.ph) * (W + 2 * self.win.pw)
-        return RValues(kept=output, step=output * self.win.kh * self.win.kw + padded)
+    def backward(self, delta, cache, grad=None, need_input=True):
+        return self.unpool(delta, cache) if need_input else None
 
-    def backward(self, delta, grad=None, need_input=True):
-        return self.unpool(delta) if need_input else None
+    def r_forward(self, r_x, v, cache):
+        return None if r_x is None else self.pool(r_x, cache)
 
-    def r_forward(self, r_x, v):
-        return None if r_x is None else self.pool(r_x)
-
-    def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
-        return self.unpool(r_delta) if need_input else None
+    def r_backward(self, r_delta, v, cache, r_grad, second_order=True, need_input=True):
+        return self.unpool(r_delta, cache) if need_input else None
 
 
 class AvgPool2d(_Pool):
     """Mean over kh×kw windows: ``y = (1/(kh·kw)) Σ_window x``; the adjoint spreads δ evenly."""
 
-    def pool(self, x):
+    def forward(self, x, cache):
+        cache.hw = x.shape[-2:]
+        return self.pool(x, cache)
+
+    def pool(self, x, cache):
         return self.win.windows(x).mean(axis=(-2, -1))
 
-    def unpool(self, d):
+    def unpool(self, d, cache):
         xp = array_module(d)
         w = xp.broadcast_to(d[..., None, None] / (self.win.kh * self.win.kw), d.shape + (self.win.kh, self.win.kw))
-        return self.win.fold(w, *self.hw)
-
-    def forward(self, x):
-        self.hw = x.shape[-2:]
-        return self.pool(x)
+        return self.win.fold(w, *cache.hw)
 
 
 class MaxPool2d(_Pool):
@@ -263,27 +224,28 @@ class MaxPool2d(_Pool):
     argmax and the backward passes scatter to it. Padding pads with −∞.
     """
 
-    def pool(self, x):
-        """The entries of x at each window's argmax (recorded by forward)."""
-        w = self.win.windows(x)
-        flat = w.reshape(w.shape[:-2] + (-1,))
-        xp = array_module(x)
-        return xp.take_along_axis(flat, xp.broadcast_to(self.argmax, flat.shape[:-1] + (1,)), axis=-1)[..., 0]
-
-    def unpool(self, d):
-        xp = array_module(d)
-        size = self.win.kh * self.win.kw
-        onehot = (xp.arange(size) == self.argmax).astype(d.dtype)     # (n, C, Ho, Wo, kh·kw)
-        w = (d[..., None] * onehot).reshape(d.shape + (self.win.kh, self.win.kw))
-        return self.win.fold(w, *self.hw)
-
-    def forward(self, x):
-        self.hw = x.shape[-2:]
+    def forward(self, x, cache):
+        """``y`` = each window's maximum; keeps where it was (the argmax)."""
+        cache.hw = x.shape[-2:]
         xp = array_module(x)
         if self.win.ph or self.win.pw:
             x = xp.pad(x, [(0, 0)] * (x.ndim - 2) + [(self.win.ph,) * 2, (self.win.pw,) * 2],
                        constant_values=-np.inf)
         w = _Windows((self.win.kh, self.win.kw), (self.win.sh, self.win.sw), 0).windows(x)
         flat = w.reshape(w.shape[:-2] + (-1,))
-        self.argmax = flat.argmax(axis=-1)[..., None]
-        return xp.take_along_axis(flat, self.argmax, axis=-1)[..., 0]
+        cache.argmax = flat.argmax(axis=-1)[..., None]
+        return xp.take_along_axis(flat, cache.argmax, axis=-1)[..., 0]
+
+    def pool(self, x, cache):
+        """The entries of x at each window's argmax (recorded by forward)."""
+        w = self.win.windows(x)
+        flat = w.reshape(w.shape[:-2] + (-1,))
+        xp = array_module(x)
+        return xp.take_along_axis(flat, xp.broadcast_to(cache.argmax, flat.shape[:-1] + (1,)), axis=-1)[..., 0]
+
+    def unpool(self, d, cache):
+        xp = array_module(d)
+        size = self.win.kh * self.win.kw
+        onehot = (xp.arange(size) == cache.argmax).astype(d.dtype)    # (n, C, Ho, Wo, kh·kw)
+        w = (d[..., None] * onehot).reshape(d.shape + (self.win.kh, self.win.kw))
+        return self.win.fold(w, *cache.hw)

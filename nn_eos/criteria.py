@@ -1,4 +1,4 @@
-"""Criteria ``l(z, y)``: value, ``∂l/∂z``, ``H_z l · u`` and ``R = sqrt(H_z l)`` (DESIGN.md §2).
+"""Criteria ``l(z, y)``: value, ``∂l/∂z``, ``H_z l · u`` and ``R = sqrt(H_z l)`` (docs/passes.md, "Criteria").
 
 All functions work per example on a batch: ``z`` has shape (n, O), ``y`` holds
 integer labels (n,). Directions ``u`` carry a leading axis: (k, n, O).
@@ -90,24 +90,23 @@ class CrossEntropy(Criterion):
         return xp.where(label, -p.sum(axis=-1, keepdims=True), p)
 
     def hessian_product(self, z, y, u):
-        """``(diag(p) − p pᵀ) u``, entry r: ``p_r (u_r − pᵀu) = p_r Σ_q p_q (u_r − u_q)``.
-
-        The last form has no cancellation when the softmax saturates (p_y ≈ 1,
-        where ``u_r − pᵀu`` would subtract two nearly equal numbers), which keeps
-        float32 products accurate; it costs O² per example and direction, small
-        beside the network's passes.
-        """
+        """``H_z l u = p ⊙ u − p (pᵀu)`` (:meth:`output_hessian`)."""
         return self.output_hessian(z, y)(u)
 
     def output_hessian(self, z, y, scale=1.0):
-        """``u ↦ scale · (diag(p) − p pᵀ) u`` as in :meth:`hessian_product`, with p = softmax(z) and
-        ``scale · p`` computed once: four device operations a product instead of ten."""
+        """``u ↦ scale · (p ⊙ u − p (pᵀu))``, p = softmax(z) computed once for every u.
+
+        ``H_z l 1 = 0``, so u is first shifted by its entry at the argmax of p:
+        then pᵀu is a sum of small terms when the softmax saturates (p_max ≈ 1)
+        rather than a number close to u_max that ``u − pᵀu`` cancels, which
+        keeps float32 products accurate late in training.
+        """
         p = self.softmax(z)
-        outer = p if scale == 1 else scale * p
+        top = self._marks(z, z.argmax(axis=-1)).astype(z.dtype)
 
         def product(u):
-            spread = u[..., :, None] - u[..., None, :]               # (k, n, O, O): u_r − u_q
-            return outer * (spread * p[:, None, :]).sum(axis=-1)
+            u = u - (u * top).sum(axis=-1, keepdims=True)
+            return scale * (p * u - p * (p * u).sum(axis=-1, keepdims=True))
         return product
 
     def hessian(self, z, y):

@@ -8,7 +8,7 @@
 
 All three come out of one forward pass, (for ``hvp`` and ``residual``) one
 backward pass that records δ at every layer, one R-forward pass and one
-R-backward pass, shared by a whole block of k directions (DESIGN.md §2).
+R-backward pass, shared by a whole block of k directions (docs/curvature.md).
 The R-backward pass is linear in its sources, which are
 
     R{δ^L} = (1/N) H_z l · R{z}         at the output (the Gauss-Newton source)
@@ -24,8 +24,10 @@ the chunking beyond rounding.
 With one chunk, the forward and backward passes are shared between calls at
 the same θ: an eigensolver's products all run at one θ (and an integrator's
 eigensolve at the θ of its gradient), so every call after the first starts
-from the R-forward pass. The layers' caches are reused only while nothing else
-has run through any network (``Sequential.passes``) and θ is equal value for value.
+from the R-forward pass. The loss owns the record of those passes (the layers'
+caches, which it never hands out), and reuses it only at the same θ (equal
+value for value), device, dtype and layers: nothing outside the loss can make
+it stale.
 """
 
 from dataclasses import dataclass
@@ -41,16 +43,16 @@ KINDS = ("hessian", "ggn", "residual")
 
 
 @dataclass
-class _Passes:
-    """What a forward (and backward) pass over the whole dataset left in the network's layers."""
+class _Evaluation:
+    """The forward (and backward) pass over the whole dataset at one θ, which every product at that θ reuses."""
 
-    passes: int          # Sequential.passes right after them
-    placement: tuple     # (device, dtype) of the data
-    theta: object        # a copy of the θ they ran at
+    caches: list         # each layer's record of the passes (layers.Cache), never handed out
     z: object            # the outputs f(X, θ)
-    backward: bool       # whether δ (from δ^L = (1/N) ∂l/∂z) is in the layers too
-    source: object = None  # the frozen θ of an operator (TrainingLoss.operator) they ran at, recognised by identity
-    output_hessian: object = None   # u ↦ (1/N) H_z l u at their z, once a product has asked for it
+    backward: bool       # whether δ (from δ^L = (1/N) ∂l/∂z) is in the caches too
+    theta: object        # a copy of the θ they ran at, or an operator's frozen θ (TrainingLoss.operator)
+    frozen: bool         # θ is an operator's private copy, recognised by identity
+    placement: tuple     # (device, dtype, layers) of the network they ran through
+    output_hessian: object = None   # u ↦ (1/N) H_z l u at z, once a product has asked for it
 
 
 class TrainingLoss:
@@ -70,7 +72,7 @@ class TrainingLoss:
         self._max_memory = check_integer(max_memory, "max_memory (bytes)", optional=True)
         self._default_budget = None
         self._placed = None
-        self._passes = None
+        self._evaluation = None
 
     def __repr__(self):
         return (f"TrainingLoss({self.net!r}, {self.criterion!r}, N={self.num_examples}, "
@@ -145,7 +147,7 @@ class TrainingLoss:
     def value_and_gradient(self, theta=None):
         """``(L̃(θ), ∇L̃(θ))``: one forward and one backward pass per chunk.
 
-        The backward pass starts from ``δ^L = (1/N) ∂l/∂z`` (DESIGN.md §2).
+        The backward pass starts from ``δ^L = (1/N) ∂l/∂z`` (docs/curvature.md).
         """
         net, N = self.net, self.num_examples
         examples = self.plan(0).examples
@@ -154,12 +156,13 @@ class TrainingLoss:
         total = 0.0
         with net.using(theta):
             for Xc, yc in self.chunks(examples):
-                z = net.forward(Xc)
+                caches = net.new_caches()
+                z = net.forward(Xc, caches)
                 total += float(self.criterion.value(z, yc).sum())
-                net.backward(self.criterion.gradient(z, yc) / N, chunk_grad)
+                net.backward(self.criterion.gradient(z, yc) / N, caches, chunk_grad)
                 if chunk_grad is not grad:
                     grad += chunk_grad
-            self._remember_passes(z, theta, backward=True, whole=examples >= N)
+            self._keep(caches, z, theta, backward=True, whole=examples >= N)
         return total / N, grad
 
     def gradient(self, theta=None):
@@ -201,7 +204,7 @@ class TrainingLoss:
         Vk = V[None, :] if was_vector else xp.ascontiguousarray(V.T)  # (k, P): row j is direction j
         out = xp.empty_like(Vk)
         split = self.plan(len(Vk))
-        with net.using(theta):
+        with net.using(theta, checked=frozen):
             for j in range(0, len(Vk), split.directions):            # blocks of directions, to fit max_memory
                 block = slice(j, j + split.directions)
                 self._block_product(Vk[block], out[block], kind, theta, split.examples, frozen)
@@ -214,64 +217,61 @@ class TrainingLoss:
         if chunk_out is not out:
             out[...] = 0
         for Xc, yc in self.chunks(examples):
-            z = self._forward_backward(Xc, yc, theta, backward=(kind != "ggn"), frozen=frozen,
-                                       whole=examples >= N)
-            r_z = net.r_forward(Vk)
+            evaluation = self._evaluate(Xc, yc, theta, backward=(kind != "ggn"), frozen=frozen, whole=examples >= N)
+            r_z = net.r_forward(Vk, evaluation.caches)
             if kind == "residual":
                 r_delta = xp.zeros_like(r_z)
             else:
-                r_delta = self._output_hessian(z, yc)(r_z)
-            net.r_backward(r_delta, Vk, chunk_out, second_order=(kind != "ggn"))
+                r_delta = self._output_hessian(evaluation, yc)(r_z)
+            net.r_backward(r_delta, Vk, evaluation.caches, chunk_out, second_order=(kind != "ggn"))
             if chunk_out is not out:
                 out += chunk_out
 
-    def _forward_backward(self, Xc, yc, theta, backward, frozen=False, whole=True):
-        """``z = f(X_c, θ)``, with the layers holding the forward pass and, if ``backward``, the backward pass
-        from ``δ^L = (1/N) ∂l/∂z`` — taken from an earlier call when it left them at this θ."""
+    def _evaluate(self, Xc, yc, theta, backward, frozen=False, whole=True):
+        """The forward pass at θ over X_c and, if ``backward``, the backward pass from ``δ^L = (1/N) ∂l/∂z``,
+        as an :class:`_Evaluation`: the one kept from an earlier call when it ran at this θ, else run now."""
         net = self.net
-        reuse = self._passes
-        if (whole and reuse is not None and reuse.passes == net.passes      # passes over all examples serve
-                and reuse.placement == (net.device, net.dtype)               # only a call over all examples
-                and self._same_theta(reuse, theta, frozen)):
-            z = reuse.z                                         # the layers still hold the forward pass at θ
-            if reuse.backward or not backward:
-                return z
-        else:
-            z = net.forward(Xc)
-        if backward:
-            net.backward(self.criterion.gradient(z, yc) / self.num_examples)
-        self._remember_passes(z, theta, backward, frozen, whole)
-        return z
+        kept = self._evaluation if whole else None          # passes over all examples serve only such a call
+        if kept is None or not self._still_valid(kept, theta, frozen):
+            caches = net.new_caches()
+            kept = self._keep(caches, net.forward(Xc, caches), theta, backward=False, frozen=frozen, whole=whole)
+        if backward and not kept.backward:
+            net.backward(self.criterion.gradient(kept.z, yc) / self.num_examples, kept.caches)
+            kept.backward = True
+        return kept
 
-    def _output_hessian(self, z, y):
-        """``u ↦ (1/N) H_z l u`` (the output source of DESIGN.md §2), kept with the passes over all examples so
-        that every product at the same z reuses its softmax."""
-        passes = self._passes
-        if passes is not None and passes.z is z:
-            if passes.output_hessian is None:
-                passes.output_hessian = self.criterion.output_hessian(z, y, scale=1 / self.num_examples)
-            return passes.output_hessian
-        return self.criterion.output_hessian(z, y, scale=1 / self.num_examples)
+    def _output_hessian(self, evaluation, y):
+        """``u ↦ (1/N) H_z l u`` (the output source, docs/curvature.md), kept with the evaluation so that every
+        product at the same z reuses what depends on z alone (the softmax)."""
+        if evaluation.output_hessian is None:
+            evaluation.output_hessian = self.criterion.output_hessian(evaluation.z, y, scale=1 / self.num_examples)
+        return evaluation.output_hessian
 
-    def _same_theta(self, reuse, theta, frozen):
-        if frozen and reuse.source is theta:
+    def _placement(self):
+        return (self.net.device, self.net.dtype, tuple(map(id, self.net.layers)))
+
+    def _still_valid(self, kept, theta, frozen):
+        """Whether a kept evaluation ran at this θ (value for value; by identity for an operator's frozen θ),
+        on this device and dtype, through these layers."""
+        if kept.placement != self._placement():
+            return False
+        if frozen and kept.frozen and kept.theta is theta:
             return True
-        same = bool(self.net.xp.array_equal(reuse.theta, self._theta_in_effect(theta)))
+        same = bool(self.net.xp.array_equal(kept.theta, self._theta_in_effect(theta)))
         if same and frozen:
-            reuse.source = theta                 # the next products of this operator need no comparison
+            kept.theta, kept.frozen = theta, True    # the operator's next products need no comparison
         return same
 
     def _theta_in_effect(self, theta):
-        return self.net.theta if theta is None else self.net.check_theta(theta)
+        return self.net.theta if theta is None else self.net.check_theta(theta, scan=False)
 
-    def _remember_passes(self, z, theta, backward, frozen=False, whole=True):
-        """Keep what the passes just run left in the layers, when they covered the whole dataset in one chunk."""
-        if not whole:
-            self._passes = None
-            return
-        self._passes = _Passes(passes=self.net.passes, placement=(self.net.device, self.net.dtype),
-                               theta=theta if frozen else self._theta_in_effect(theta).copy(), z=z,
-                               backward=backward, source=theta if frozen else None)
+    def _keep(self, caches, z, theta, backward, frozen=False, whole=True):
+        """Keep an evaluation over the whole dataset (in one chunk) for the products after it at the same θ."""
+        evaluation = _Evaluation(caches=caches, z=z, backward=backward,
+                                 theta=theta if frozen else self._theta_in_effect(theta).copy(), frozen=frozen,
+                                 placement=self._placement())
+        self._evaluation = evaluation if whole else None
+        return evaluation
 
     def operator(self, kind="hessian", theta=None):
         """``V ↦ A V`` for A = ∇²L̃ ('hessian'), G ('ggn') or H ('residual') at θ, as an

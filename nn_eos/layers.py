@@ -1,6 +1,6 @@
-"""Layers with four hand-written passes: forward, backward, r_forward, r_backward.
+"""Layers with four hand-written passes: forward, backward, r_forward, r_backward (docs/passes.md).
 
-Notation (DESIGN.md §1-2). A dense layer maps ``x`` to the pre-activation
+Notation (docs/notation.md). A dense layer maps ``x`` to the pre-activation
 ``x̂ = x Aᵀ + b``; an activation layer maps ``x̂`` to ``x⁺ = σ(x̂)``. ``δ`` is the
 derivative of the training loss L̃ with respect to a layer's *output* (it already
 carries the 1/N of the mean), ``R{q} = d/dε q(θ + εv)`` is Pearlmutter's operator
@@ -13,24 +13,40 @@ Index letters used in the shapes below:
     i  input feature of a layer
     o  output feature of a layer
 
-The passes of one network evaluation run in this order and share caches:
+The passes of one evaluation run in this order, and each writes what a later
+one reads into ``cache``, the layer's record of that evaluation (a
+:class:`Cache`, made by whoever runs the forward pass and handed back to
+every pass after it):
 
-    forward(x)                      caches the input x
-    backward(δ, grad)               caches δ; writes ∂L̃/∂θ_layer into ``grad``
-    r_forward(R{x}, v)              caches R{x}
-    r_backward(R{δ}, v, r_grad)     writes R{∂L̃/∂θ_layer} into ``r_grad``
+    forward(x, cache)                         keeps x
+    backward(δ, cache, grad)                  keeps δ; writes ∂L̃/∂θ_layer into ``grad``
+    r_forward(R{x}, v, cache)                 keeps R{x}
+    r_backward(R{δ}, v, cache, r_grad)        writes R{∂L̃/∂θ_layer} into ``r_grad``
 
-``r_backward(..., second_order=False)`` drops every term that carries δ (the
-terms a layer adds because its own Jacobian moves with θ): what is left is the
-plain backward pass applied to R{δ}, which is how the Gauss-Newton product
-``G v = Jᵀ H_z J v`` is computed (DESIGN.md §2).
+A layer keeps nothing of an evaluation itself, so no call elsewhere can make
+a record stale. ``r_backward(..., second_order=False)`` drops every term that
+carries δ (the terms a layer adds because its own Jacobian moves with θ): what
+is left is the plain backward pass applied to R{δ}, which is how the
+Gauss-Newton product ``G v = Jᵀ H_z J v`` is computed (docs/passes.md).
 """
 
-from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
-from .backend import ScratchPool, Workspace, array_module
+
+class Cache(SimpleNamespace):
+    """One layer's record of one evaluation: what its forward pass keeps for the backward and R-passes over the
+    same batch at the same θ (``x``, ``δ``, ``R{x}``…).
+
+    Entries whose names start with ``r_`` are R-quantities of one product: the network drops them once the
+    layer's R-backward pass has read them (:meth:`drop_r_values`), so nothing of a block of k directions is
+    held between products.
+    """
+
+    def drop_r_values(self):
+        for name in [name for name in vars(self) if name.startswith("r_")]:
+            delattr(self, name)
 
 
 def weight_and_bias(flat, rows, cols):
@@ -40,44 +56,31 @@ def weight_and_bias(flat, rows, cols):
     return flat[..., :cut].reshape(*flat.shape[:-1], rows, cols), flat[..., cut:]
 
 
-@dataclass(frozen=True)
-class RValues:
-    """Numbers per example and direction held by a layer's R-passes (Layer.r_values_per_example)."""
-
-    kept: int = 0       # kept from its R-forward to its R-backward pass: its R-output (read by the layer above)
-                        # and R-quantities of its own
-    step: int = 0       # allocated by one of its steps for itself, outside the ScratchPool
-    scratch: int = 0    # the widest R-quantity it asks the network's ScratchPool for
-    single: int = 0     # kept besides when the block has a single direction (a convolution's cols(R{x}))
-
-
 class Layer:
-    """A layer without parameters that passes everything through unchanged."""
+    """A layer without parameters that passes everything through unchanged.
+
+    The contract every layer meets (docs/layers.md): ``grad`` and ``r_grad`` are views of the layer's part of a
+    flat (P,) or (k, P) array, to be assigned into, and ``None`` when the caller wants no parameter gradient;
+    ``v`` is the layer's part (k, p) of the directions; ``r_x=None`` stands for ``R{x} = 0`` (the network's
+    first layers); ``need_input=False`` asks for no ``∂L̃/∂x`` (the first layer with parameters);
+    ``second_order=False`` drops the terms that carry δ.
+    """
 
     num_params = 0
+    PASSES = ("forward", "backward", "r_forward", "r_backward")
 
-    def buffer(self, name, shape, like):
-        """An array this layer reuses across calls (backend.Workspace), for the R-quantities it keeps between
-        its R-forward and R-backward passes."""
-        if "_workspace" not in self.__dict__:
-            self._workspace = Workspace()
-        return self._workspace.get(name, shape, like.dtype, array_module(like))
-
-    def scratch(self, shape, like, avoid=()):
-        """A temporary for one step of a pass, shared with the other layers of the network
-        (backend.ScratchPool): it overlaps none of ``avoid``, and the next request that does not name it in
-        its own ``avoid`` may overwrite it."""
-        if "_scratch" not in self.__dict__:
-            self._scratch = ScratchPool()
-        return self._scratch.get(shape, like.dtype, array_module(like), avoid)
-
-    def held_buffers(self):
-        """The arrays this layer keeps for its R-passes (Workspace buffers), for memory accounting and tests."""
-        return self._workspace.held() if "_workspace" in self.__dict__ else []
-
-    def share_scratch(self, pool):
-        """Take temporaries from ``pool``, the ScratchPool of the network this layer is in."""
-        self._scratch = pool
+    def check_contract(self):
+        """Raise TypeError when a piece of the contract is missing: a layer that defines any of its four passes
+        defines all four, and a layer with parameters defines ``bind`` (docs/layers.md). Sequential calls it."""
+        name = type(self).__name__
+        defined = [p for p in self.PASSES if getattr(type(self), p) is not getattr(Layer, p)]
+        if defined and len(defined) < len(self.PASSES):
+            missing = [p for p in self.PASSES if p not in defined]
+            raise TypeError(f"{name} defines {', '.join(defined)} but not {', '.join(missing)}: a layer defines all "
+                            f"four passes (docs/layers.md), or none (then it passes everything through)")
+        if self.num_params and type(self).bind is Layer.bind:
+            raise TypeError(f"{name} has num_params = {self.num_params} but no bind(params) to take its part of θ "
+                            f"(docs/layers.md)")
 
     def bind(self, params):
         """Point the layer's parameters at ``params``, a flat view into θ."""
@@ -85,31 +88,21 @@ class Layer:
     def output_shape(self, input_shape):
         return input_shape
 
-    def values_per_example(self, input_shape):
-        """Numbers per example at the layer's input and output, by which nn_eos.memory sizes a product."""
-        return int(np.prod(input_shape)) + int(np.prod(self.output_shape(input_shape)))
-
-    def r_values_per_example(self, input_shape, first=False):
-        """Numbers per example and direction the R-passes hold for this layer (an :class:`RValues`), by which
-        nn_eos.memory sizes a product. ``first``: the network's first layer with parameters, which gets
-        R{x} = 0 and sends no R{∂L̃/∂x} down."""
-        return RValues()
-
-    def forward(self, x):
+    def forward(self, x, cache):
         return x
 
-    def backward(self, delta, grad=None, need_input=True):
+    def backward(self, delta, cache, grad=None, need_input=True):
         return delta
 
-    def r_forward(self, r_x, v):
+    def r_forward(self, r_x, v, cache):
         return r_x
 
-    def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
+    def r_backward(self, r_delta, v, cache, r_grad, second_order=True, need_input=True):
         return r_delta
 
 
 class Dense(Layer):
-    """Fully connected layer ``x̂ = x Aᵀ + b`` (2024 paper, section 2.1).
+    """Fully connected layer ``x̂ = x Aᵀ + b`` (2024 paper, section 2.1; docs/passes.md, "Dense").
 
     ``A`` has shape (o, i) and is stored row-major in θ, followed by ``b`` (o,).
     A dense layer is linear in its input and in its parameters, so its own
@@ -138,51 +131,29 @@ class Dense(Layer):
     def bind(self, params):
         self.A, self.b = self.split(params)
 
-    def r_values_per_example(self, input_shape, first=False):
-        """Keeps R{x̂} (o); its temporaries (R{x} Aᵀ, R{∂L̃/∂x}, δ V_A) come from the ScratchPool."""
-        return RValues(kept=self.n_out, scratch=0 if first else max(self.n_in, self.n_out))
-
-    def last_input(self):
-        """The input ``x`` (n, i) of the last forward pass, for measurements (alignment): read-only, valid until
-        the next forward pass."""
-        return self.x
-
-    def forward(self, x):
+    def forward(self, x, cache):
         """``x̂ = x Aᵀ + b``."""
-        self.x, self.xp = x, array_module(x)
-        x_hat = x @ self.A.T
-        x_hat += self.b
-        return x_hat
+        cache.x = x
+        return x @ self.A.T + self.b
 
-    def backward(self, delta, grad=None, need_input=True):
-        """``∂L̃/∂A = δᵀ x``, ``∂L̃/∂b = Σ_n δ``, and returns ``∂L̃/∂x = δ A``."""
-        self.delta = delta
+    def backward(self, delta, cache, grad=None, need_input=True):
+        """``∂L̃/∂A = δᵀ x``, ``∂L̃/∂b = Σ_n δ``; returns ``∂L̃/∂x = δ A``."""
+        cache.delta = delta
         if grad is not None:
             grad_A, grad_b = self.split(grad)
-            self.xp.matmul(delta.T, self.x, out=grad_A)
-            delta.sum(axis=0, out=grad_b)
+            grad_A[...] = delta.T @ cache.x
+            grad_b[...] = delta.sum(axis=0)
         return delta @ self.A if need_input else None
 
-    def r_forward(self, r_x, v):
-        """``R{x̂} = R{x} Aᵀ + x V_Aᵀ + V_b``; ``r_x=None`` stands for ``R{x} = 0``.
+    def r_forward(self, r_x, v, cache):
+        """``R{x̂} = R{x} Aᵀ + x V_Aᵀ + V_b``; ``r_x=None`` stands for ``R{x} = 0``."""
+        cache.r_x = r_x
+        V_A, V_b = self.split(v)                                     # (k, o, i), (k, o)
+        r_x_hat = cache.x @ V_A.transpose(0, 2, 1) + V_b[:, None, :]
+        return r_x_hat if r_x is None else r_x @ self.A.T + r_x_hat
 
-        ``x V_Aᵀ`` is k matrix products sharing x; ``R{x} Aᵀ`` is one product of
-        the (k·n, i) stack of R{x} with Aᵀ.
-        """
-        self.r_x = r_x                                                # R{x}: read by r_backward (δᵀ R{x})
-        V_A, V_b = self.split(v)
-        k, n = V_A.shape[0], self.x.shape[0]
-        r_out = self.buffer("r_out", (k, n, self.n_out), self.x)     # R{x̂}: the activation above keeps it
-        self.xp.matmul(self.x, V_A.transpose(0, 2, 1), out=r_out)
-        if r_x is not None:
-            r_x_A = self.scratch((k, n, self.n_out), self.x)
-            self.xp.matmul(r_x.reshape(k * n, self.n_in), self.A.T, out=r_x_A.reshape(k * n, self.n_out))
-            r_out += r_x_A
-        r_out += V_b[:, None, :]
-        return r_out
-
-    def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
-        """R-operator of the backward pass (DESIGN.md §2)::
+    def r_backward(self, r_delta, v, cache, r_grad, second_order=True, need_input=True):
+        """R-operator of the backward pass::
 
             R{∂L̃/∂A} = R{δ}ᵀ x + δᵀ R{x}      R{∂L̃/∂b} = Σ_n R{δ}
             R{∂L̃/∂x} = R{δ} A + δ V_A
@@ -190,20 +161,16 @@ class Dense(Layer):
         The δ terms are second order (dropped for the Gauss-Newton product).
         """
         r_grad_A, r_grad_b = self.split(r_grad)
-        xp, k, n = self.xp, r_delta.shape[0], self.x.shape[0]
-        xp.matmul(r_delta.transpose(0, 2, 1), self.x, out=r_grad_A)  # (k, o, i)
-        if second_order and self.r_x is not None:
-            delta_r_x = self.buffer("delta_r_x", r_grad_A.shape, r_delta)
-            r_grad_A += xp.matmul(self.delta.T, self.r_x, out=delta_r_x)
-        r_delta.sum(axis=1, out=r_grad_b)
+        r_grad_A[...] = r_delta.transpose(0, 2, 1) @ cache.x
+        r_grad_b[...] = r_delta.sum(axis=1)
+        if second_order and cache.r_x is not None:
+            r_grad_A += cache.delta.T @ cache.r_x
         if not need_input:
             return None
-        r_dx = self.scratch((k, n, self.n_in), r_delta, avoid=(r_delta,))
-        xp.matmul(r_delta.reshape(k * n, self.n_out), self.A, out=r_dx.reshape(k * n, self.n_in))
-        if second_order:
-            V_A, _ = self.split(v)
-            r_dx += xp.matmul(self.delta, V_A, out=self.scratch(r_dx.shape, r_delta, avoid=(r_dx,)))
-        return r_dx
+        if not second_order:
+            return r_delta @ self.A
+        V_A, _ = self.split(v)
+        return r_delta @ self.A + cache.delta @ V_A
 
 
 class Flatten(Layer):
@@ -215,17 +182,17 @@ class Flatten(Layer):
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
 
-    def forward(self, x):
-        self.input_shape = x.shape[1:]
+    def forward(self, x, cache):
+        cache.input_shape = x.shape[1:]
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, delta, grad=None, need_input=True):
-        return delta.reshape(delta.shape[0], *self.input_shape) if need_input else None
+    def backward(self, delta, cache, grad=None, need_input=True):
+        return delta.reshape(delta.shape[0], *cache.input_shape) if need_input else None
 
-    def r_forward(self, r_x, v):
+    def r_forward(self, r_x, v, cache):
         return None if r_x is None else r_x.reshape(r_x.shape[0], r_x.shape[1], -1)
 
-    def r_backward(self, r_delta, v, r_grad, second_order=True, need_input=True):
+    def r_backward(self, r_delta, v, cache, r_grad, second_order=True, need_input=True):
         if not need_input:
             return None
-        return r_delta.reshape(r_delta.shape[0], r_delta.shape[1], *self.input_shape)
+        return r_delta.reshape(r_delta.shape[0], r_delta.shape[1], *cache.input_shape)

@@ -8,16 +8,17 @@ direction), besides the (k, P) directions and results.
 
 ``F = FORWARD · W``, with ``W`` the numbers one example has at the layers'
 inputs and outputs (and, for a convolution, its patches:
-``Layer.values_per_example``). ``R`` is counted layer by layer
-(``Layer.r_values_per_example``): what each layer keeps from its R-forward to
-its R-backward pass (R{x̂} and R{x}: the second-order terms read them), the
-largest step's own temporaries (a convolution's patches), the network's two
-scratch buffers (backend.ScratchPool: the R{∂L̃/∂x} read and the one written)
-and the criterion's O-wide quantities. What a layer keeps only for a single
-direction (a convolution's patches of R{x}) is counted once, per example.
-tests/test_memory.py checks that the estimate bounds what tracemalloc measures
-on MLPs and conv nets, and bench/curvature.py --memory prints measured peaks
-beside it.
+:func:`values_per_example`). ``R`` is counted layer by layer
+(:func:`r_values_per_example`): each layer's R-output, which the layer above
+keeps in its cache from the R-forward pass to its own R-backward step (the
+second-order terms read it), and each step's temporaries (the arrays one line
+of a pass has alive at once: its input, the terms of its sum and the sum);
+``R`` is the largest over the layers of a step's temporaries plus the
+R-outputs kept below it, and the criterion's O-wide quantities. The layers' passes are
+plain array expressions (layers.py): this module is the one place that
+knows what they allocate. tests/test_memory.py checks that the estimate
+bounds what tracemalloc measures on MLPs and conv nets, and
+bench/curvature.py --memory prints measured peaks beside it.
 
 A :class:`TrainingLoss` given ``max_memory`` (default: ``DEFAULT_FRACTION`` of
 the memory free when it is built, on the host or on the GPU) runs each
@@ -32,10 +33,10 @@ import numpy as np
 
 DEFAULT_FRACTION = 0.5
 FORWARD = 1.6         # numbers per example held by the forward and backward passes, per number of W
-SCRATCH_BUFFERS = 2   # the ScratchPool's buffers (backend.ScratchPool): one R{∂L̃/∂x} read, one written
-CRITERION = 6         # O-wide R-quantities of the criterion (R{z}, its copy, H_z l R{z}, R{δ^L}, temporaries)
+CRITERION = 6         # O-wide R-quantities of the criterion (R{z}, H_z l R{z}, R{δ^L}, temporaries)
 PER_CALL = 2          # (P,)-long arrays per direction of the whole call: the (k, P) directions and results
 PER_BLOCK = 2         # (P,)-long arrays per direction of a block: a chunk's partial sums, R-gradient temporaries
+UNKNOWN_STEP = 4      # a layer this module does not know: its step holds this many copies of input and output
 
 
 def available_memory(xp):
@@ -72,19 +73,74 @@ class ProductCost:
                 + directions * self.per_direction + (total or directions) * self.per_call_direction)
 
 
+def values_per_example(layer, input_shape):
+    """Numbers per example at a layer's input and output (and a convolution's patches cols(x), which its cache
+    keeps too): the ``W`` of the module docstring."""
+    from .conv import Conv2d
+
+    output = layer.output_shape(input_shape)
+    values = int(np.prod(input_shape)) + int(np.prod(output))
+    if isinstance(layer, Conv2d):
+        values += int(np.prod(output[1:])) * layer.K
+    return values
+
+
+def r_values_per_example(layer, input_shape, first=False):
+    """(kept, step): numbers per example and direction of a layer's R-passes.
+
+    ``kept``: its R-output, held from its R-forward pass until the layer above
+    has run its R-backward step. ``step``: the most a line of its passes has
+    alive at once besides what is kept (docs/layers.md says how to count it for
+    a new layer; a layer may define ``r_values_per_example(input_shape, first)``
+    itself). ``first``: the network's first layer with parameters, which gets
+    R{x} = 0 and sends no R{∂L̃/∂x} down.
+    """
+    from .activations import Activation
+    from .conv import Conv2d, _Pool
+    from .layers import Dense, Flatten
+
+    if hasattr(layer, "r_values_per_example"):
+        return layer.r_values_per_example(input_shape, first)
+    output_shape = layer.output_shape(input_shape)
+    i, o = int(np.prod(input_shape)), int(np.prod(output_shape))
+    if isinstance(layer, Flatten):
+        return 0, 0                                                    # views only
+    if isinstance(layer, Activation):
+        return o, 4 * o                       # R{g}, R{g} ⊙ σ', g ⊙ σ'' ⊙ R{x̂} and the sum
+    if isinstance(layer, Dense):
+        # r_forward: x V_Aᵀ + V_b, R{x} Aᵀ and their sum; r_backward: R{δ}, R{δ} A, δ V_A and their sum
+        return o, 3 * o if first else max(3 * o, o + 3 * i)
+    if isinstance(layer, Conv2d):
+        patches = int(np.prod(output_shape[1:])) * layer.K
+        padded = input_shape[0] * (input_shape[1] + 2 * layer.win.ph) * (input_shape[2] + 2 * layer.win.pw)
+        forward = 3 * o + (0 if first else patches + padded)             # cols(R{x}) from the padded R{x}
+        backward = 2 * o + (patches if first else 3 * patches + padded)  # R{δ} W, δ V_W, the sum, folded
+        return o, max(forward, backward)
+    if isinstance(layer, _Pool):
+        padded = input_shape[0] * (input_shape[1] + 2 * layer.win.ph) * (input_shape[2] + 2 * layer.win.pw)
+        return o, o + o * layer.win.kh * layer.win.kw + padded            # R{δ} spread over each window, folded
+    return o, UNKNOWN_STEP * (i + o)
+
+
 def product_cost(net):
-    """The :class:`ProductCost` of a network's products (module docstring)."""
-    shape, values, kept, step, scratch, single = net.input_shape, 0, 0, 0, 0, 0
+    """The :class:`ProductCost` of a network's products (module docstring).
+
+    The R-passes' peak is taken over the layers: at layer i's step, the
+    R-outputs of the layers below it are kept (those above were dropped by the
+    R-backward pass, or are not formed yet by the R-forward pass), besides the
+    step's own temporaries.
+    """
+    shape, values, kept_below, peak = net.input_shape, 0, 0, 0
     first = next((layer for layer in net.layers if layer.num_params), None)
-    for layer in net.layers:
-        values += layer.values_per_example(shape)
-        r = layer.r_values_per_example(shape, first=layer is first)
-        kept, step, scratch, single = kept + r.kept, max(step, r.step), max(scratch, r.scratch), single + r.single
+    for i, layer in enumerate(net.layers):
+        values += values_per_example(layer, shape) - (int(np.prod(shape)) if i == 0 else 0)   # X: the loss's
+        kept, step = r_values_per_example(layer, shape, first=layer is first)
+        peak = max(peak, kept_below + step)
+        kept_below += kept
         shape = layer.output_shape(shape)
-    O = net.num_outputs
-    r_values = kept + step + SCRATCH_BUFFERS * scratch + CRITERION * O + O * O   # O²: cross-entropy's H_z l u
+    r_values = peak + CRITERION * net.num_outputs
     itemsize = np.dtype(net.dtype).itemsize
-    return ProductCost(per_example=int((FORWARD * values + single) * itemsize),   # + a single direction's patches
+    return ProductCost(per_example=int(FORWARD * values * itemsize),
                        per_example_direction=int(r_values * itemsize),
                        per_direction=PER_BLOCK * net.num_params * itemsize,
                        per_call_direction=PER_CALL * net.num_params * itemsize)

@@ -1,6 +1,6 @@
 """A sequential network over one flat parameter vector θ, and its builders.
 
-``θ = (A^1 | b^1 | A^2 | b^2 | …)`` (DESIGN.md §1): every layer holds views into
+``θ = (A^1 | b^1 | A^2 | b^2 | …)`` (docs/notation.md): every layer holds views into
 one flat array, so optimisers, eigensolvers and integrators see the network as
 a single vector of P parameters, and a direction ``v`` in parameter space is a
 (P,) array, or a block of k of them stored as the rows of a (k, P) array.
@@ -12,9 +12,10 @@ import math
 import numpy as np
 
 from . import backend
+from .validation import check_inputs, check_integer
 from .activations import activation as make_activation
 from .conv import Conv2d, MaxPool2d
-from .layers import Dense, Flatten
+from .layers import Cache, Dense, Flatten, Layer
 
 
 class Sequential:
@@ -22,18 +23,20 @@ class Sequential:
 
     ``forward``/``backward``/``r_forward``/``r_backward`` run the passes of every
     layer (layers.py), splitting flat (…, P) arrays of gradients and directions
-    into each layer's views. ``Sequential.passes`` counts the forward and backward
-    passes of every network (layers may be shared between networks) and their
-    moves between devices and dtypes: whoever keeps what the layers hold after a
-    pass can tell from it whether any other pass has run since. ``scratch`` is
-    the network's :class:`~nn_eos.backend.ScratchPool`, the two buffers its
-    layers' R-passes hand from step to step.
+    into each layer's views. What one evaluation keeps for its later passes lives
+    in ``caches`` (one :class:`~nn_eos.layers.Cache` per layer, from
+    :meth:`new_caches`), held by whoever ran the forward pass and handed back to
+    each later pass: the network and its layers keep nothing of an evaluation.
     """
-
-    passes = 0
 
     def __init__(self, layers, input_shape, dtype="float64", device=None, theta=None):
         self.layers = list(layers)
+        if not self.layers:
+            raise ValueError("Sequential needs at least one layer")
+        for layer in self.layers:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential takes Layer instances, got {type(layer).__name__}")
+            layer.check_contract()
         self.input_shape = tuple(int(d) for d in input_shape)
         self.dtype = backend.resolve_dtype(dtype)
         self.device = backend.check_device(device or backend.default_device())
@@ -43,9 +46,6 @@ class Sequential:
         if len(shape) != 1:
             raise ValueError(f"the last layer must output (n, O), got (n, *{shape})")
         self.num_outputs = shape[0]
-        self.scratch = backend.ScratchPool()     # the layers' one-step temporaries, shared by all of them
-        for layer in self.layers:
-            layer.share_scratch(self.scratch)
         self.offsets = np.cumsum([0] + [layer.num_params for layer in self.layers])
         self.num_params = int(self.offsets[-1])
         # the first layer never needs ∂L̃/∂x^0: skipping it saves its largest product
@@ -72,11 +72,15 @@ class Sequential:
         for layer, params in zip(self.layers, self._slices(theta)):
             layer.bind(params)
 
-    def check_theta(self, theta):
-        """θ as a (P,) array of the network's dtype on its device, or a clear error."""
+    def check_theta(self, theta, scan=True):
+        """θ as a finite (P,) array of the network's dtype on its device, or a clear error; ``scan=False`` checks
+        the shape only (θ checked before, such as an operator's own copy: a scan costs a pass and, on a GPU, a
+        sync)."""
         theta = backend.to_device(theta, self.device)
         if theta.shape != (self.num_params,):
             raise ValueError(f"theta must have shape ({self.num_params},), got {theta.shape}")
+        if scan and not bool(self.xp.isfinite(theta).all()):
+            raise ValueError("theta contains NaN or infinite values")
         return theta.astype(self.dtype, copy=False)
 
     def set_theta(self, theta):
@@ -84,12 +88,13 @@ class Sequential:
         self.theta[...] = self.check_theta(theta)
 
     @contextlib.contextmanager
-    def using(self, theta):
-        """Evaluate the network at another θ for the duration of a ``with`` block."""
-        if theta is None:
-            yield self
-            return
-        self._bind(self.check_theta(theta))
+    def using(self, theta, checked=False):
+        """Evaluate the network at another θ (``None``: its own) for the duration of a ``with`` block;
+        ``checked``: θ was checked for NaN and inf before (:meth:`check_theta`).
+
+        The layers are bound to that θ on entry, so a layer shared with another network computes at this one's.
+        """
+        self._bind(self.theta if theta is None else self.check_theta(theta, scan=not checked))
         try:
             yield self
         finally:
@@ -100,7 +105,6 @@ class Sequential:
         self.device = backend.check_device(device)
         self.theta = backend.to_device(self.theta, device)
         self._bind(self.theta)
-        Sequential.passes += 1
         return self
 
     def astype(self, dtype):
@@ -108,47 +112,49 @@ class Sequential:
         self.dtype = backend.resolve_dtype(dtype)
         self.theta = self.theta.astype(self.dtype)
         self._bind(self.theta)
-        Sequential.passes += 1
         return self
 
     # ----- passes -------------------------------------------------------------
 
     def __call__(self, x):
         """The outputs ``z = f(x, θ)`` for a batch ``x`` of shape (n, *input_shape)."""
+        x = check_inputs(x, self.input_shape, name="x")
         return self.forward(backend.to_device(x, self.device).astype(self.dtype, copy=False))
 
-    def forward(self, x):
-        Sequential.passes += 1
-        for layer in self.layers:
-            x = layer.forward(x)
+    def new_caches(self):
+        """One empty :class:`~nn_eos.layers.Cache` per layer: the record of one evaluation."""
+        return [Cache() for _ in self.layers]
+
+    def forward(self, x, caches=None):
+        """``z = f(x, θ)`` (docs/passes.md); the layers keep what later passes read in ``caches`` when given."""
+        caches = self.new_caches() if caches is None else caches
+        for layer, cache in zip(self.layers, caches):
+            x = layer.forward(x, cache)
         return x
 
-    def backward(self, delta, grad=None):
-        """Back-propagate ``δ^L = ∂L̃/∂z``; writes ``∂L̃/∂θ`` into ``grad`` (P,) when given."""
-        Sequential.passes += 1
+    def backward(self, delta, caches, grad=None):
+        """Back-propagate ``δ^L = ∂L̃/∂z`` through the forward pass recorded in ``caches``; writes ``∂L̃/∂θ``
+        into ``grad`` (P,) when given."""
         grads = self._slices(grad) if grad is not None else [None] * len(self.layers)
-        for i in reversed(range(len(self.layers))):
-            need_input = i > self._first_with_params
-            delta = self.layers[i].backward(delta, grads[i], need_input=need_input)
-            if not need_input:
-                break
+        for i in reversed(range(self._first_with_params, len(self.layers))):
+            delta = self.layers[i].backward(delta, caches[i], grads[i], need_input=i > self._first_with_params)
         return grad
 
-    def r_forward(self, V):
-        """``R{z} = J v`` for each row of V (k, P); returns (k, n, O), an array the caller owns."""
+    def r_forward(self, V, caches):
+        """``R{z} = J v`` for each row of V (k, P), from the forward pass recorded in ``caches``; (k, n, O)."""
         r_x = None  # R{x^0} = 0: the data do not depend on θ
-        for layer, v in zip(self.layers, self._slices(V)):
-            r_x = layer.r_forward(r_x, v)
-        return r_x.copy()   # the last layer's R{x̂} lives in its scratch buffer, reused by the next call
+        for layer, v, cache in zip(self.layers, self._slices(V), caches):
+            r_x = layer.r_forward(r_x, v, cache)
+        return r_x
 
-    def r_backward(self, r_delta, V, r_grad, second_order=True):
-        """Back-propagate ``R{δ^L}`` (k, n, O); writes ``R{∂L̃/∂θ}`` into r_grad (k, P)."""
+    def r_backward(self, r_delta, V, caches, r_grad, second_order=True):
+        """Back-propagate ``R{δ^L}`` (k, n, O); writes ``R{∂L̃/∂θ}`` into r_grad (k, P). Each layer's
+        R-quantities leave its cache once read."""
         vs, r_grads = self._slices(V), self._slices(r_grad)
-        for i in reversed(range(len(self.layers))):
-            need_input = i > self._first_with_params
-            r_delta = self.layers[i].r_backward(r_delta, vs[i], r_grads[i], second_order, need_input)
-            if not need_input:
-                break
+        for i in reversed(range(self._first_with_params, len(self.layers))):
+            r_delta = self.layers[i].r_backward(r_delta, vs[i], caches[i], r_grads[i], second_order,
+                                                need_input=i > self._first_with_params)
+            caches[i].drop_r_values()
         return r_grad
 
 
@@ -176,12 +182,18 @@ def init_dense(rng, n_in, n_out, init, gain):
 
 
 def init_layer(rng, layer, init, gain):
-    """Parameters of a Dense or Conv2d layer: weights by ``init`` with fan-in/fan-out of the layer, zero biases.
+    """Parameters of a layer: weights by ``init`` with the layer's fan-in/fan-out, zero biases.
 
-    For a convolution, fan-in = C·kh·kw and fan-out = F·kh·kw (as in PyTorch).
+    For a convolution, fan-in = C·kh·kw and fan-out = F·kh·kw (as in PyTorch). Another layer with parameters
+    gives its own, as ``layer.initial_parameters(rng, init, gain)`` (docs/layers.md).
     """
     if isinstance(layer, Dense):
         return init_dense(rng, layer.n_in, layer.n_out, init, gain)
+    if hasattr(layer, "initial_parameters"):
+        return np.asarray(layer.initial_parameters(rng, init, gain), dtype=np.float64).reshape(layer.num_params)
+    if not isinstance(layer, Conv2d):
+        raise TypeError(f"{type(layer).__name__} has parameters but no initial_parameters(rng, init, gain): define "
+                        f"it, or build a Sequential and set θ yourself (docs/layers.md)")
     kk = layer.win.kh * layer.win.kw
     fan_in, fan_out = layer.K, layer.F * kk
     if init == "xavier":
@@ -282,9 +294,9 @@ def mlp(widths, activation="elu", init="xavier", gain=None, seed=0, dtype="float
     5/3 for tanh), drawn on the CPU from ``numpy.random.default_rng(seed)`` so
     that θ is the same on every device and dtype.
     """
-    widths = [int(w) for w in widths]
-    if len(widths) < 2 or min(widths) < 1:
-        raise ValueError(f"mlp needs at least [n_in, n_out] with positive widths, got {widths}")
+    if len(widths) < 2:
+        raise ValueError(f"mlp needs at least [n_in, n_out], got {list(widths)}")
+    widths = [check_integer(w, f"mlp width {i}") for i, w in enumerate(widths)]
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
     layers = []

@@ -311,3 +311,10 @@ def sparse_linalg():
     if linalg_module is None:
         linalg_module = _linalg_module()
     return linalg_module
+
+
+def special():
+    """A stand-in for cupyx.scipy.special: SciPy's special functions (erf, …) on the stand-in's arrays."""
+    import scipy.special
+
+    return _Namespace("nn_eos.strict.special", scipy.special)

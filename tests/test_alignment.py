@@ -20,19 +20,22 @@ def preactivation_jacobians(net, X):
     ∂f/∂x̂^L = I, ∂f/∂x̂^{i−1} = (∂f/∂x̂^i) A^i ⊙ σ'(x̂^{i−1}); also returns the inputs x^{i−1} of each layer."""
     dense, acts = alignment.dense_layers(net)
     xp = net.xp
-    z = net.forward(X)
+    caches = net.new_caches()
+    z = net.forward(X, caches)
+    slopes = [c.slope for l, c in zip(net.layers, caches) if l in acts]
     n, O = z.shape
     jac = [None] * len(dense)
     jac[-1] = xp.broadcast_to(xp.eye(O, dtype=z.dtype), (n, O, O))
     for i in range(len(dense) - 1, 0, -1):
-        jac[i - 1] = (jac[i] @ dense[i].A) * acts[i - 1].s[:, None, :]
-    return z, jac, [d.x for d in dense]
+        jac[i - 1] = (jac[i] @ dense[i].A) * slopes[i - 1][:, None, :]
+    return z, jac, [c.x for l, c in zip(net.layers, caches) if l in dense]
 
 
 def parameter_jacobian(net, X):
     """∂f/∂θ per example, (n, O, P), exactly: R{z} = J v for the P unit vectors (r_forward, itself tested)."""
-    net.forward(net.xp.asarray(X))
-    Rz = net.r_forward(net.xp.eye(net.num_params, dtype=net.dtype))      # (P, n, O)
+    caches = net.new_caches()
+    net.forward(net.xp.asarray(X), caches)
+    Rz = net.r_forward(net.xp.eye(net.num_params, dtype=net.dtype), caches)      # (P, n, O)
     return to_numpy(Rz).transpose(1, 2, 0)
 
 
@@ -73,11 +76,14 @@ def test_delta_recursion(problem):
     """Δ^i = χ^i Δ^{i+1} ∂x̂^{i+1}/∂x̂^i with ∂x̂^{i+1}/∂x̂^i = A^{i+1} diag(σ'(x̂^i)) (eq. 5)."""
     net, loss, X, y, jac, inputs, R = setup(problem)
     dense, acts = alignment.dense_layers(net)
+    caches = net.new_caches()
+    net.forward(net.xp.asarray(X), caches)
+    slopes = [to_numpy(c.slope) for l, c in zip(net.layers, caches) if l in acts]       # σ'(x̂^i)
     one_plus = [1 + (x ** 2).sum(1) for x in inputs]
     deltas = [np.sqrt(one_plus[i])[:, None, None] * (R @ jac[i]) for i in range(len(dense))]
     for i in range(len(dense) - 1):
         chi = np.sqrt(one_plus[i] / one_plus[i + 1])
-        layerwise = to_numpy(dense[i + 1].A)[None] * to_numpy(acts[i].s)[:, None, :]   # (n, n_{i+1}, n_i)
+        layerwise = to_numpy(dense[i + 1].A)[None] * slopes[i][:, None, :]   # (n, n_{i+1}, n_i)
         assert_close(deltas[i], chi[:, None, None] * (deltas[i + 1] @ layerwise), IDENTITY, f"eq. 5, i = {i + 1}")
 
 

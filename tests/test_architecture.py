@@ -1,4 +1,4 @@
-"""The two floors of DESIGN.md §3: the core never imports the experiments floor, and needs NumPy and SciPy only."""
+"""The two floors of docs/architecture.md: the core never imports the experiments floor, and needs NumPy and SciPy only."""
 
 import ast
 import os

@@ -7,8 +7,9 @@ from hypothesis import given, strategies as st
 import nn_eos as ne
 from checks import TOL, assert_close, central_difference
 from nn_eos.conv import AvgPool2d, Conv2d, MaxPool2d
+from nn_eos.layers import Cache
 from nn_eos.backend import to_numpy
-from test_layers import check_layer
+from checks import check_layer
 
 
 @st.composite
@@ -25,24 +26,24 @@ def conv_cases(draw):
 @given(case=conv_cases())
 def test_conv2d_passes(case):
     layer, shape, seed = case
-    rng = np.random.default_rng(seed)
-    check_layer(layer, rng.standard_normal(shape), rng, k=2)
+    check_layer(layer, shape[1:], seed=seed, n=shape[0], k=2)
 
 
 @given(kernel=st.integers(1, 3), stride=st.integers(1, 3), n=st.integers(1, 2), C=st.integers(1, 2),
        H=st.integers(3, 6), seed=st.integers(0, 2**32 - 1))
 def test_avgpool_passes(kernel, stride, n, C, H, seed):
-    rng = np.random.default_rng(seed)
-    check_layer(AvgPool2d(kernel, stride), rng.standard_normal((n, C, H, H)), rng, k=2)
+    check_layer(AvgPool2d(kernel, stride), (C, H, H), seed=seed, n=n, k=2)
 
 
 @given(kernel=st.integers(2, 3), stride=st.integers(1, 3), padding=st.integers(0, 1), n=st.integers(1, 2),
        C=st.integers(1, 2), H=st.integers(3, 6), seed=st.integers(0, 2**32 - 1))
 def test_maxpool_passes(kernel, stride, padding, n, C, H, seed):
-    """Inputs drawn without near-ties, so the finite-difference steps never move an argmax."""
+    """Inputs drawn without near-ties, so the finite-difference steps never move an argmax, and of both signs,
+    so that what the padding is filled with matters."""
     rng = np.random.default_rng(seed)
-    x = rng.permutation(n * C * H * H).reshape(n, C, H, H) * 0.1     # distinct values 0.1 apart
-    check_layer(MaxPool2d(kernel, stride, padding), x, rng, k=2)
+    size = n * C * H * H
+    x = (rng.permutation(size) - size / 2).reshape(n, C, H, H) * 0.1     # distinct values 0.1 apart
+    check_layer(MaxPool2d(kernel, stride, padding), inputs=x, seed=seed, k=2)
 
 
 def test_conv2d_matches_a_direct_convolution():
@@ -51,7 +52,7 @@ def test_conv2d_matches_a_direct_convolution():
     params = rng.standard_normal(layer.num_params)
     layer.bind(params)
     x = rng.standard_normal((2, 2, 5, 5))
-    y = layer.forward(x)
+    y = layer.forward(x, Cache())
     W, b = params[:54].reshape(3, 2, 3, 3), params[54:]
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     direct = np.empty((2, 3, 3, 3))

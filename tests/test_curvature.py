@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 import nn_eos as ne
-from checks import FD_STEP, TOL, assert_close, build_problem, central_difference, problems
+from checks import (FD_STEP, TOL, assert_close, build_problem, central_difference, check_loss, dense_ggn,
+                    dense_hessian, problems)
 from nn_eos.backend import to_numpy
 
 tiny_problems = problems(max_depth=3, max_width=3, max_examples=4)
@@ -25,25 +26,10 @@ def test_hvp_matches_finite_differences_of_the_gradient(problem):
     assert_close(problem.loss.hvp(v), fd, TOL["fd"], "∇²L̃ v")
 
 
-def dense_hessian(loss, theta):
-    """∇²L̃ column by column from central differences of the gradient."""
-    P = len(theta)
-    return np.stack([central_difference(loss.gradient, theta, np.eye(P)[j]) for j in range(P)], axis=1)
-
-
-def dense_ggn(loss, theta):
-    """G = (1/N) Σ_n J_nᵀ H_z l J_n with J = ∂f/∂θ built column by column from central differences."""
-    net, P = loss.net, len(theta)
-    X = loss.X_host
-
-    def outputs(t):
-        with net.using(t):
-            return to_numpy(net(X))
-
-    J = np.stack([central_difference(outputs, theta, np.eye(P)[j]) for j in range(P)], axis=2)  # (n, O, P)
-    z = net.xp.asarray(outputs(theta))
-    Hz = to_numpy(loss.criterion.hessian(z, net.xp.asarray(loss.y_host)))
-    return np.einsum("nop,nor,nrq->pq", J, Hz, J) / len(X)
+@given(problem=tiny_problems, seed=st.integers(0, 2**32 - 1))
+def test_the_public_loss_check_passes(problem, seed):
+    """nn_eos.testing.check_loss, which users run on their own losses, holds on every random problem."""
+    check_loss(problem.loss, seed=seed)
 
 
 @given(problem=tiny_problems)
@@ -203,13 +189,13 @@ def test_an_operator_recognises_its_own_theta_and_stays_at_it(monkeypatch):
     theta0 = p.theta
     expected = to_numpy(p.loss.hvp(V))
     operator = p.loss.operator("hessian")
-    compared = []
-    original = p.net.xp.array_equal
+    compared, forwards = [], []
+    original, forward = p.net.xp.array_equal, ne.Sequential.forward
     monkeypatch.setattr(p.net.xp, "array_equal", lambda *a: compared.append(1) or original(*a))
-    forwards = ne.Sequential.passes
+    monkeypatch.setattr(ne.Sequential, "forward", lambda *a, **k: forwards.append(1) or forward(*a, **k))
     for _ in range(3):
         np.testing.assert_array_equal(to_numpy(operator.matmat(V)), expected)
-    assert ne.Sequential.passes == forwards and len(compared) == 1   # the hvp's passes, compared once only
+    assert not forwards and len(compared) == 1   # the hvp's passes, compared once only
     np.testing.assert_array_equal(to_numpy(operator.matmat(V[:, 0])), expected[:, 0])       # one direction, (P,)
     with pytest.raises(ValueError, match="V must have shape"):
         operator.matmat(V[:-1])
@@ -240,6 +226,47 @@ def test_shared_passes_are_not_reused_after_anything_changed():
     np.testing.assert_array_equal(to_numpy(p.loss.hvp(V)), fresh())
     p.net.astype("float32")
     assert to_numpy(p.loss.hvp(V)).dtype == np.float32
+
+
+def test_no_call_outside_the_loss_makes_its_kept_passes_stale():
+    """Regression: products at one θ reuse the forward and backward passes, which the layers used to keep as
+    state. A layer's forward pass run by hand between two products (as a learner poking at layers does) made the
+    second product silently wrong (off by 2.1 where the largest entry is 1.04), and with another batch size
+    failed with a reshape error. The loss now owns the record of its passes: nothing else can write to it."""
+    p = build_problem([4, 5, 5, 3], "tanh", "cross_entropy", n=8, seed=11)
+    V = p.direction(2)
+    first = to_numpy(p.loss.hvp(V))
+    xp = p.net.xp
+    for n in (8, 3):                                          # the same batch size, and another
+        for layer in p.net.layers:
+            cache = ne.layers.Cache()
+            out = layer.forward(xp.asarray(p.rng.standard_normal((n, layer_width(p.net, layer)))), cache)
+            layer.backward(out, cache)
+        p.net(p.rng.standard_normal((n, 4)))                  # and the network on other data
+        other = ne.TrainingLoss(p.net, "mse", p.rng.standard_normal((n, 4)), np.zeros(n, dtype=int))
+        other.hvp(V)                                          # and another loss through the same layers
+        np.testing.assert_array_equal(to_numpy(p.loss.hvp(V)), first)
+
+
+def layer_width(net, layer):
+    """The input width of a layer of an MLP."""
+    shape = net.input_shape
+    for other in net.layers:
+        if other is layer:
+            return shape[0]
+        shape = other.output_shape(shape)
+
+
+def test_a_layer_shared_by_two_networks_computes_at_each_ones_theta():
+    """Layers hold views of θ; a network binds its own θ before every evaluation, so a layer that two networks
+    share gives each network its own products."""
+    p = build_problem([3, 4, 2], "tanh", "cross_entropy", n=5, seed=12)
+    shared = p.net.layers[0]
+    other = ne.Sequential([shared, ne.Tanh(), ne.Dense(4, 2)], (3,))
+    other.set_theta(np.ones(other.num_params))             # binds the shared layer to the other θ
+    V = p.direction(2)
+    fresh = build_problem([3, 4, 2], "tanh", "cross_entropy", n=5, seed=12).loss
+    np.testing.assert_array_equal(to_numpy(p.loss.hvp(V)), to_numpy(fresh.hvp(V)))
 
 
 def test_products_at_one_z_share_the_output_hessian_and_not_after_it_changed(monkeypatch):

@@ -1,9 +1,8 @@
 """Every public result is an array the caller owns: a second call never changes the first call's result.
 
-The R-passes write into reusable buffers (backend.Workspace, backend.ScratchPool); these
-tests call each public function twice with different inputs and check that the
-first result is unchanged (they failed when r_forward and output_jacobians
-returned views of those buffers).
+These tests call each public function twice with different inputs and check
+that the first result is unchanged (they failed when the R-passes wrote into
+reusable buffers and r_forward and output_jacobians returned views of them).
 """
 
 import numpy as np
@@ -29,10 +28,11 @@ def unchanged(first, compute_again):
 def test_r_forward_result_survives_the_next_call():
     net, loss, X, rng = problem()
     Xd = net.xp.asarray(X)
-    net.forward(Xd)
+    caches = net.new_caches()
+    net.forward(Xd, caches)
     V1, V2 = (net.xp.asarray(rng.standard_normal((2, net.num_params))) for _ in range(2))
-    first = net.r_forward(V1)
-    unchanged(first, lambda: (net.forward(Xd), net.r_forward(V2)))
+    first = net.r_forward(V1, caches)
+    unchanged(first, lambda: (net.forward(Xd, caches), net.r_forward(V2, caches)))
 
 
 def test_output_jacobians_survive_the_next_call():

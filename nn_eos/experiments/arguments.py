@@ -2,7 +2,7 @@
 
 import argparse
 
-from ..backend import DEVICES, resolve_device
+from ..backend import DEVICES, keep_freed_memory, resolve_device
 
 
 def script_parser(doc):
@@ -17,7 +17,12 @@ def add_device(parser, note=""):
 
 
 def parse(parser, argv=None):
-    """Parsed arguments, with ``device`` resolved by the one rule (explicit, else NN_EOS_DEVICE, else cpu)."""
+    """Parsed arguments, with ``device`` resolved by the one rule (explicit, else NN_EOS_DEVICE, else cpu).
+
+    A script that parses its arguments here is an application: its process keeps freed memory for reuse
+    (:func:`nn_eos.backend.keep_freed_memory`).
+    """
+    keep_freed_memory()
     args = parser.parse_args(argv)
     if hasattr(args, "device"):
         args.device = resolve_device(args.device)

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from ..alignment import SHARPNESS_TOL
-from ..backend import DEVICES
+from ..backend import DEVICES, keep_freed_memory
 
 FIGURE_NAMES = ("loss", "sharpness", "rho", "projections", "entering", "peak_curvature", "cusp", "sharpness_G_H",
                 "overlap", "K_layers", "components", "chi2", "r_chi", "jacobian_norms", "r_jacobian", "power_law")
@@ -311,6 +311,7 @@ def _one_line_warnings(message, category, filename, lineno, line=None):
 
 
 def main(argv=None):
+    keep_freed_memory()                        # an application: freed memory is kept for reuse (backend.py)
     args = build_parser().parse_args(argv)
     if not args.debug:
         warnings.formatwarning = _one_line_warnings
