@@ -22,6 +22,8 @@ UCR_URL = "https://www.timeseriesclassification.com (the .ts files of the UEA/UC
 def check_dataset(X, y, source="dataset"):
     """X real and finite with one row per label; y integer labels ≥ 0. Returns (float64 X, int64 y)."""
     X, y = np.asarray(X), np.asarray(y)
+    if X.size == 0 or y.size == 0:
+        raise ValueError(f"{source}: holds no examples (X {X.shape}, y {y.shape})")
     if X.dtype.kind not in "fiu":
         raise TypeError(f"{source}: X must hold real numbers, got dtype {X.dtype}")
     if y.dtype.kind not in "iu":
@@ -216,6 +218,9 @@ def standardize(X_train, *others, per="feature", eps=1e-12):
     standardised arrays followed by ``(mean, std)``.
     """
     X_train = np.asarray(X_train, dtype=np.float64)
+    if X_train.ndim < 2 or X_train.shape[0] < 2:
+        raise ValueError(f"standardize needs a training set of at least two examples (n, …), got shape "
+                         f"{X_train.shape}")
     if per == "feature":
         axes = (0,)
     elif per == "channel":

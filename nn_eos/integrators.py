@@ -19,6 +19,20 @@ from .eigen import ranking, top_eigenpairs
 from .validation import check_integer
 
 
+def check_step(value, name):
+    """A step size or factor: a finite positive number, else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return float(value)
+
+
+def check_same_shape(theta, gradient):
+    if theta.shape != gradient.shape:
+        raise ValueError(f"theta and the gradient must have the same shape, got {tuple(theta.shape)} and "
+                         f"{tuple(gradient.shape)}")
+
+
 class Integrator:
     name = None
 
@@ -43,9 +57,7 @@ class GradientDescent(Integrator):
     name = "gd"
 
     def __init__(self, lr):
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        self.lr = float(lr)
+        self.lr = check_step(lr, "lr")
 
     def __repr__(self):
         return f"GradientDescent(lr={self.lr:g})"
@@ -54,6 +66,7 @@ class GradientDescent(Integrator):
         return {"name": self.name, "lr": self.lr}
 
     def step(self, loss, theta, gradient):
+        check_same_shape(theta, gradient)
         return theta - self.lr * gradient, self.lr, {}
 
 
@@ -101,9 +114,7 @@ class AdaptiveGradientFlow(Integrator):
     name = "adaptive_flow"
 
     def __init__(self, lr_max=1e-3, safety=0.5, tol=1e-4, maxiter=200, method="krylov", stop="residual"):
-        if not lr_max > 0 or not safety > 0:
-            raise ValueError(f"lr_max and safety must be positive, got {lr_max}, {safety}")
-        self.lr_max, self.safety = float(lr_max), float(safety)
+        self.lr_max, self.safety = check_step(lr_max, "lr_max"), check_step(safety, "safety")
         self.eigen = _WarmEigen(1, tol, maxiter, method, stop)
 
     def __repr__(self):
@@ -114,6 +125,7 @@ class AdaptiveGradientFlow(Integrator):
                 "maxiter": self.eigen.maxiter, "method": self.eigen.method, "stop": self.eigen.stop}
 
     def step(self, loss, theta, gradient):
+        check_same_shape(theta, gradient)
         result = self.eigen(loss, theta)
         lam = float(to_numpy(result.values)[0])
         scale = abs(lam) if ranking(self.eigen.method) == "LM" else max(lam, 0.0)
@@ -172,9 +184,7 @@ class ExponentialEuler(Integrator):
     name = "exponential_euler"
 
     def __init__(self, k=None, lr_max=0.01, tol=1e-3, maxiter=200, method="krylov", stop="residual"):
-        if not lr_max > 0:
-            raise ValueError(f"lr_max must be positive, got {lr_max}")
-        self.k, self.lr_max = check_integer(k, "k", optional=True), float(lr_max)
+        self.k, self.lr_max = check_integer(k, "k", optional=True), check_step(lr_max, "lr_max")
         self.eigen = _WarmEigen(None, tol, maxiter, method, stop)
 
     def __repr__(self):
@@ -190,6 +200,7 @@ class ExponentialEuler(Integrator):
         return int(loss.net.num_outputs)
 
     def step(self, loss, theta, gradient):
+        check_same_shape(theta, gradient)
         xp = array_module(theta)
         k = self._k(loss)
         self.eigen.k = min(k + 1, loss.num_params)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._version import __version__
-from .backend import to_device
+from .backend import array_module, to_device
 from .rundir import RunDirectory, columns, read_rows, rewrite_rows, write_json
 from .validation import check_integer
 
@@ -52,6 +52,8 @@ class Limits:
     diverge_factor: float = 100.0
 
     def __post_init__(self):
+        if not (isinstance(self.until_loss, (int, float)) and 0 <= self.until_loss < float("inf")):
+            raise ValueError(f"until_loss must be a finite loss ≥ 0, got {self.until_loss!r}")
         self.max_steps = check_integer(self.max_steps, "max_steps", optional=True)
         if self.max_time is not None and not self.max_time > 0:
             raise ValueError(f"max_time must be positive or None, got {self.max_time!r}")
@@ -198,6 +200,10 @@ def train(loss, integrator, until_loss=None, max_steps=None, max_time=None, snap
             rows.append(row)
             if directory is not None:
                 directory.append("metrics", row)
+            if not bool(array_module(new_theta).isfinite(new_theta).all()):
+                stopped = ("diverged", f"diverged at step {step + 1} (t = {t + dt:.4g}): θ is no longer finite; "
+                                       f"the run keeps the last finite θ, of step {step}")
+                break
             theta, step, t = new_theta, step + 1, t + dt
             value, gradient = loss.value_and_gradient(theta)
             if directory is not None and snapshot_every and step % snapshot_every == 0:

@@ -84,7 +84,7 @@ def test_unknown_options():
         ne.mlp([2, 2], dtype="float16")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         ne.mlp([2, 2], device="tpu")
-    with pytest.raises(ValueError, match="positive widths"):
+    with pytest.raises(ValueError, match="mlp width 1 must be a positive integer, got 0"):
         ne.mlp([2, 0, 2])
     with pytest.raises(ValueError, match="unknown criterion"):
         ne.TrainingLoss(ne.mlp([2, 2]), "hinge", np.zeros((1, 2)), np.array([0]))
@@ -102,3 +102,77 @@ def test_gpu_without_cupy_says_how_to_install_it():
         ne.mlp([2, 2], device="gpu")
     with pytest.raises(RuntimeError, match="CuPy"):
         ne.mlp([2, 2], device="cpu").to("gpu")
+
+
+# ----- found on a tiny net (each failed before: accepted, wrong, or deep inside NumPy) -----------------------
+
+def test_a_theta_with_nan_or_inf_is_refused_at_the_door(net, data):
+    X, y = data
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    bad = backend.to_numpy(net.theta).copy()
+    bad[2] = np.nan
+    with pytest.raises(ValueError, match="theta contains NaN or infinite values"):
+        net.set_theta(bad)
+    with pytest.raises(ValueError, match="theta contains NaN or infinite values"):
+        loss.hvp(np.ones(net.num_params), theta=bad)
+    with pytest.raises(ValueError, match="theta contains NaN or infinite values"):
+        loss.value(theta=np.where(np.isnan(bad), np.inf, bad))
+    with pytest.raises(ValueError, match="theta contains NaN or infinite values"):
+        ne.Sequential(net.layers, (4,), theta=bad)
+    assert np.isfinite(backend.to_numpy(net.theta)).all()
+
+
+def test_a_run_whose_theta_stops_being_finite_ends_as_diverged_at_its_last_finite_theta(net, data):
+    X, y = data
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+
+    class Overflow(ne.GradientDescent):
+        """Gradient descent whose third step overflows."""
+        calls = 0
+
+        def step(self, loss, theta, gradient):
+            self.calls += 1
+            new, dt, info = super().step(loss, theta, gradient)
+            return (new * np.inf if self.calls == 3 else new), dt, info
+
+    run = ne.train(loss, Overflow(0.1), max_steps=10, progress=False)
+    assert run.status == "diverged" and "no longer finite" in run.message and run.steps == 2
+    assert np.isfinite(backend.to_numpy(net.theta)).all()
+
+
+def test_widths_must_be_whole_numbers():
+    with pytest.raises(ValueError, match=r"mlp width 1 must be a positive integer, got 3.7"):
+        ne.mlp([4, 3.7, 3])
+
+
+def test_step_sizes_and_targets_must_be_finite_and_positive(net, data):
+    for bad in (np.inf, np.nan, 0, -0.1, True):
+        with pytest.raises(ValueError, match="lr must be a finite positive number"):
+            ne.GradientDescent(bad)
+    with pytest.raises(ValueError, match="lr_max must be a finite positive number"):
+        ne.ExponentialEuler(lr_max=np.inf)
+    with pytest.raises(ValueError, match="safety must be a finite positive number"):
+        ne.AdaptiveGradientFlow(safety=-1)
+    loss = ne.TrainingLoss(net, "cross_entropy", *data)
+    with pytest.raises(ValueError, match=r"until_loss must be a finite loss ≥ 0, got -1"):
+        ne.train(loss, ne.GradientDescent(0.1), until_loss=-1, max_steps=1, progress=False)
+
+
+def test_a_step_refuses_a_theta_and_gradient_of_different_shapes(net):
+    theta = backend.to_numpy(net.theta)
+    with pytest.raises(ValueError, match=r"theta and the gradient must have the same shape, got \(28,\) and \(27,\)"):
+        ne.GradientDescent(0.1).step(None, np.append(theta, 0.0), theta)
+
+
+def test_a_network_called_on_one_example_without_its_batch_axis_says_so(net):
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 4\), got \(4,\)"):
+        net(np.ones(4))
+    assert net(np.ones((1, 4))).shape == (1, 3)
+
+
+def test_empty_data_is_refused(tmp_path):
+    np.savez(tmp_path / "empty.npz", X=np.zeros((0, 3)), y=np.zeros(0))
+    with pytest.raises(ValueError, match=r"empty.npz: holds no examples"):
+        ne.datasets.load_arrays(str(tmp_path / "empty.npz"))
+    with pytest.raises(ValueError, match="standardize needs a training set of at least two examples"):
+        ne.datasets.standardize(np.zeros((0, 3)))

@@ -183,7 +183,7 @@ def test_integrators_rebuild_from_their_config():
         assert from_config(integrator.config()).config() == integrator.config()
     with pytest.raises(ValueError, match="unknown integrator"):
         from_config({"name": "rk4"})
-    with pytest.raises(ValueError, match="lr must be positive"):
+    with pytest.raises(ValueError, match="lr must be a finite positive number"):
         ne.GradientDescent(0)
 
 

@@ -10,8 +10,11 @@ import pytest
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
+NO_FIGURES = ("curvature_tour.py", "reading_the_passes.py", "custom_layer.py")   # scripts that only print
 CASES = {
     "curvature_tour.py": [],
+    "reading_the_passes.py": [],
+    "custom_layer.py": ["--n", "60", "--steps", "3"],
     "edge_of_stability.py --arch alexnet": ["--arch", "alexnet", "--width", "0.0625", "--lrs", "0.1", "--n", "24",
                                             "--max-time", "0.2", "--every", "0.1"],
     "edge_of_stability.py": ["--lrs", "0.5", "--n", "60", "--hidden", "8", "--max-time", "2", "--every", "1",
@@ -28,14 +31,19 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_example_runs(case, tmp_path):
     script, args = case.split()[0], list(CASES[case])
-    if script != "curvature_tour.py":
+    if script not in NO_FIGURES:
         args += ["--out", str(tmp_path)]
     done = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), *args], capture_output=True, text=True,
                           timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
     assert done.returncode == 0, done.stderr[-3000:]
-    if script != "curvature_tour.py":
+    if script not in NO_FIGURES:
         assert any(name.endswith(".png") for name in os.listdir(tmp_path)), os.listdir(tmp_path)
-    if script not in ("curvature_tour.py", "exponential_euler.py", "progressive_sharpening.py"):
+    if script == "reading_the_passes.py":
+        assert "every check passed" in done.stdout and "WRONG" not in done.stdout
+    if script == "custom_layer.py":                                  # both planted bugs named by the checker
+        assert "GELU.curvature (σ'') against differences of σ'" in done.stdout, done.stdout
+        assert "Scale.r_backward input, second_order=True" in done.stdout, done.stdout
+    if script not in (*NO_FIGURES, "exponential_euler.py", "progressive_sharpening.py"):
         assert re.search(r"(holds|does NOT hold|not testable)", done.stdout), done.stdout[-2000:]   # a verdict
     if script == "progressive_sharpening.py":                        # the scan's ranking, by its pre-set criterion
         table = (tmp_path / "table.md").read_text()
