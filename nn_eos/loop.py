@@ -15,7 +15,7 @@ import numpy as np
 
 from ._version import __version__
 from .backend import array_module, to_device
-from .rundir import RunDirectory, columns, read_rows, rewrite_rows, write_json
+from .rundir import RunDirectory, columns, read_json, read_rows, rewrite_rows, write_json
 from .validation import check_integer
 
 
@@ -133,8 +133,7 @@ def _open_run(directory, config, resume, integrator, telemetry, net):
     if not resume:
         raise FileExistsError(f"{directory.path!r} already holds a run: pass resume=True to continue it, "
                               f"or choose another run_dir")
-    with open(os.path.join(directory.path, "config.json")) as f:
-        saved = json.load(f)
+    saved = read_json(os.path.join(directory.path, "config.json"))
     if saved.get("integrator") != json.loads(json.dumps(integrator.config())):
         raise ValueError(f"cannot resume {directory.path!r}: it was run with integrator "
                          f"{saved.get('integrator')}, not {integrator.config()}")

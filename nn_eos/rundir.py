@@ -74,13 +74,26 @@ def columns(rows):
     return {k: np.array([row.get(k, np.nan) for row in rows]) for k in keys}
 
 
+class DamagedRunFile(ValueError):
+    """A file of a run directory that cannot be read back (cut short, or edited into invalid JSON)."""
+
+
+def read_json(path):
+    """A JSON file of a run directory, or :class:`DamagedRunFile` naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise DamagedRunFile(f"{path} is damaged ({error}): restore it, or start the run again in another "
+                             f"directory") from None
+
+
 def load_manifest(run_dir):
     """The run's manifest, config.json (see the module docstring)."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{os.fspath(run_dir)!r} is not a run directory: it has no config.json")
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path)
 
 
 def load_run(run_dir):
@@ -91,8 +104,7 @@ def load_run(run_dir):
     result_path = os.path.join(run_dir, "result.json")
     result = None
     if os.path.exists(result_path):
-        with open(result_path) as f:
-            result = json.load(f)
+        result = read_json(result_path)
     return config, metrics, telemetry, result
 
 
@@ -148,8 +160,19 @@ class RunDirectory:
         atomic_write(self.checkpoint_path, lambda f: np.savez(f, **arrays))
 
     def load_checkpoint(self):
-        with np.load(self.checkpoint_path) as data:
-            arrays = {k: data[k] for k in data.files}
+        try:
+            with np.load(self.checkpoint_path) as data:
+                arrays = {k: data[k] for k in data.files}
+            missing = {"step", "t", "theta", "initial_loss"} - set(arrays)
+            if missing:
+                raise ValueError(f"it lacks {sorted(missing)}")
+        except Exception as error:              # zipfile.BadZipFile, EOFError, OSError, ValueError…
+            steps = snapshot_steps(self.path)
+            newest = os.path.join(self.path, "snapshots", f"theta_{steps[-1]:08d}.npy") if steps else None
+            hint = (f"the newest intact θ is the snapshot of step {steps[-1]}, {newest}: start a new run from it "
+                    f"(train(..., theta=numpy.load(that file)))" if steps else "no θ snapshot is left to start from")
+            raise DamagedRunFile(f"{self.checkpoint_path} is damaged ({type(error).__name__}: {error}), so the run "
+                                 f"cannot resume; {hint}") from None
         state = {prefix: {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
                  for prefix in ("integrator", "telemetry")}
         return int(arrays["step"]), float(arrays["t"]), arrays["theta"], float(arrays["initial_loss"]), state

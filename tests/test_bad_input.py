@@ -176,3 +176,21 @@ def test_empty_data_is_refused(tmp_path):
         ne.datasets.load_arrays(str(tmp_path / "empty.npz"))
     with pytest.raises(ValueError, match="standardize needs a training set of at least two examples"):
         ne.datasets.standardize(np.zeros((0, 3)))
+
+
+def test_a_damaged_run_directory_names_the_file_and_what_to_do(net, data, tmp_path):
+    X, y = data
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    run_dir = str(tmp_path / "run")
+    ne.train(loss, ne.GradientDescent(0.1), max_steps=4, snapshot_every=2, run_dir=run_dir, progress=False)
+    checkpoint = tmp_path / "run" / "checkpoint.npz"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])                       # cut short
+    with pytest.raises(ValueError, match=r"checkpoint.npz is damaged \(BadZipFile.*snapshot of step 4.*"
+                                         r"theta_00000004.npy"):
+        ne.train(loss, ne.GradientDescent(0.1), max_steps=6, run_dir=run_dir, resume=True, progress=False)
+    (tmp_path / "run" / "config.json").write_text('{"integrator": ')           # edited into invalid JSON
+    for read in (lambda: ne.load_run(run_dir),
+                 lambda: ne.train(loss, ne.GradientDescent(0.1), max_steps=6, run_dir=run_dir, resume=True,
+                                  progress=False)):
+        with pytest.raises(ValueError, match=r"run/config.json is damaged"):
+            read()
