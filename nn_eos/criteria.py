@@ -4,7 +4,25 @@ All functions work per example on a batch: ``z`` has shape (n, O), ``y`` holds
 integer labels (n,). Directions ``u`` carry a leading axis: (k, n, O).
 """
 
+import numpy as np
+
 from .backend import array_module
+from .validation import check_labels
+
+
+def one_hot_mask(z, columns):
+    """(n, O) booleans, True at column ``columns[i]`` of row i (masks, not fancy indexing: on a device each
+    indexed read or write is a gather or scatter of its own)."""
+    return array_module(z).arange(z.shape[-1]) == columns[:, None]
+
+
+def label_mask(z, y):
+    """:func:`one_hot_mask` of the labels y. Labels given as a host array are checked to lie in 0..O−1 (an error
+    naming them, not a wrong number); labels on a device were checked where they were moved there
+    (TrainingLoss), since a check here would wait for the device."""
+    if isinstance(y, np.ndarray):
+        check_labels(y, z.shape[0], z.shape[-1])
+    return one_hot_mask(z, y)
 
 
 class Criterion:
@@ -62,13 +80,6 @@ class CrossEntropy(Criterion):
         e = xp.exp(z - z.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
-    @staticmethod
-    def _marks(z, columns):
-        """(n, O) booleans: True at column ``columns[i]`` of row i (masks, not fancy indexing: on a device each
-        indexed read or write is a gather or scatter of its own)."""
-        xp = array_module(z)
-        return xp.arange(z.shape[-1]) == columns[:, None]
-
     def value(self, z, y):
         """``l = log Σ_q e^{z_q} − z_y = (m − z_y) + log1p(Σ_{q ≠ argmax} e^{z_q − m})``, m = max_q z_q.
 
@@ -77,15 +88,15 @@ class CrossEntropy(Criterion):
         saturates and l is tiny.
         """
         xp = array_module(z)
-        top = self._marks(z, z.argmax(axis=-1))
+        top = one_hot_mask(z, z.argmax(axis=-1))
         m = z.max(axis=-1)
         others = xp.where(top, 0, xp.exp(z - m[:, None])).sum(axis=-1)
-        return (m - xp.where(self._marks(z, y), z, 0).sum(axis=-1)) + xp.log1p(others)
+        return (m - xp.where(label_mask(z, y), z, 0).sum(axis=-1)) + xp.log1p(others)
 
     def gradient(self, z, y):
         """``p − e_y``; the entry y is computed as ``−Σ_{q≠y} p_q``, exact when p_y ≈ 1."""
         xp = array_module(z)
-        label = self._marks(z, y)
+        label = label_mask(z, y)
         p = xp.where(label, 0, self.softmax(z))
         return xp.where(label, -p.sum(axis=-1, keepdims=True), p)
 
@@ -102,7 +113,7 @@ class CrossEntropy(Criterion):
         keeps float32 products accurate late in training.
         """
         p = self.softmax(z)
-        top = self._marks(z, z.argmax(axis=-1)).astype(z.dtype)
+        top = one_hot_mask(z, z.argmax(axis=-1)).astype(z.dtype)
 
         def product(u):
             u = u - (u * top).sum(axis=-1, keepdims=True)
@@ -125,16 +136,16 @@ class MSE(Criterion):
     default_target_loss = 0.02  # the 2024 paper trains to this loss
 
     @staticmethod
-    def one_hot(y, num_outputs, like):
-        xp = array_module(like)
-        return (xp.arange(num_outputs) == y[:, None]).astype(like.dtype)
+    def one_hot(z, y):
+        """e_y as an (n, O) array of z's dtype."""
+        return label_mask(z, y).astype(z.dtype)
 
     def value(self, z, y):
-        r = z - self.one_hot(y, z.shape[-1], z)
+        r = z - self.one_hot(z, y)
         return (r * r).mean(axis=-1)
 
     def gradient(self, z, y):
-        return (2.0 / z.shape[-1]) * (z - self.one_hot(y, z.shape[-1], z))
+        return (2.0 / z.shape[-1]) * (z - self.one_hot(z, y))
 
     def hessian_product(self, z, y, u):
         return (2.0 / z.shape[-1]) * u

@@ -194,3 +194,13 @@ def test_a_damaged_run_directory_names_the_file_and_what_to_do(net, data, tmp_pa
                                   progress=False)):
         with pytest.raises(ValueError, match=r"run/config.json is damaged"):
             read()
+
+
+def test_a_criterion_called_directly_refuses_labels_out_of_range():
+    z = np.zeros((2, 3))
+    for criterion in (ne.CrossEntropy(), ne.MSE()):
+        for method in (criterion.value, criterion.gradient):
+            with pytest.raises(ValueError, match=r"labels in \[0, 3\], but the network has 3 outputs"):
+                method(z, np.array([0, 3]))
+            with pytest.raises(ValueError, match=r"labels in \[-1, 0\]"):
+                method(z, np.array([-1, 0]))

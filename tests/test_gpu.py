@@ -11,11 +11,12 @@ import pytest
 import nn_eos as ne
 from checks import TOL, assert_close, build_problem
 from nn_eos import backend
+from nn_eos.activations import ACTIVATIONS
 
 pytestmark = pytest.mark.skipif(not backend.gpu_available(), reason="CuPy with a CUDA device is not available")
 
 
-@pytest.mark.parametrize("activation", ["elu", "relu", "tanh"])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("criterion", ["cross_entropy", "mse"])
 def test_gpu_matches_cpu(activation, criterion):
     p = build_problem([6, 5, 5, 3], activation, criterion, n=7, seed=4, device="cpu")
