@@ -65,3 +65,23 @@ def test_import_nn_eos_and_a_curvature_product_need_numpy_and_scipy_only():
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_public_checks_need_no_test_extra():
+    """pip install nn_eos (no [test] extra) gives nn_eos.testing and its checks; only its strategies need
+    hypothesis, and say so."""
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["hypothesis"] = None
+        import nn_eos as ne
+        from nn_eos import testing
+        testing.check_layer(ne.Dense(3, 2), (3,))
+        testing.check_activation(ne.Tanh())
+        try:
+            import nn_eos.testing.strategies
+        except ImportError as error:
+            assert "pip install 'nn_eos[test]'" in str(error)
+            print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
