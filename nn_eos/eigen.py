@@ -19,7 +19,9 @@ Four methods share one interface (:func:`top_eigenpairs`) and one result type
 - ``"lanczos"``: ``scipy.sparse.linalg.eigsh`` (``which='LA'``), the reference.
 
 Residual norms are ``‖A v − λ v‖ / max(|λ|, tiny)``, computed by us for every
-method from one extra block product when the method does not give ``A V``.
+method from one extra block product when the method does not give ``A V``; a
+pair has converged when that is below tol or its residual is at the operator's
+rounding level (ritz.within_tol, docs/integrators.md).
 ``matvecs`` counts single-vector products (a block of b counts b).
 """
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from . import backend
 from .krylov import block_krylov
-from .ritz import (NOT_FINITE, TINY, EigenResult, rayleigh_ritz, residual_norms,  # noqa: F401
+from .ritz import (NOT_FINITE, TINY, EigenResult, rayleigh_ritz, residual_norms, within_tol,  # noqa: F401
                    sorted_result, start_block)
 from .validation import check_integer
 
@@ -147,7 +149,7 @@ def power_iteration(A, k, V0, tol, maxiter, seed, guard, xp, dtype, stop="residu
         theta, X, AX = rayleigh_ritz(V, AV, xp)
         top = backend.to_numpy(theta[:k])
         if stop == "residual":
-            converged = residual_norms(theta[:k], X[:, :k], AX[:, :k], xp).max() < tol
+            converged = within_tol(residual_norms(theta[:k], X[:, :k], AX[:, :k], xp), theta[:k], tol, dtype, P)
         elif previous is not None:
             converged = np.max(np.abs(top - previous) / np.maximum(np.abs(top), TINY)) < tol
         if converged or iteration == maxiter:
@@ -183,11 +185,11 @@ def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
         X, _ = xp.linalg.qr(xp.asarray(X, dtype=dtype))
         theta, X, AX = rayleigh_ritz(X, A(X), xp)
         theta, X, AX = _largest_algebraic(theta, X, AX, k, xp)
-        if residual_norms(theta, X, AX, xp).max() < tol:
+        if within_tol(residual_norms(theta, X, AX, xp), theta, tol, dtype, P):
             break
     res = sorted_result(theta, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
                          method="lobpcg")
-    res.converged = bool(res.residual_norms.max() < tol)
+    res.converged = within_tol(res.residual_norms, res.values, tol, dtype, P)
     return res
 
 
@@ -254,7 +256,7 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
         iterations = A.calls  # ARPACK does not report its restarts; count operator calls
     res = sorted_result(theta, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
                          method="lanczos")
-    res.converged = bool(res.residual_norms.max() < tol)
+    res.converged = within_tol(res.residual_norms, res.values, tol, dtype, A.size)
     return res
 
 

@@ -9,7 +9,7 @@ with the other methods.
 import numpy as np
 
 from . import backend
-from .ritz import NOT_FINITE, TINY, column_norms, sorted_result, start_block
+from .ritz import NOT_FINITE, TINY, column_norms, sorted_result, start_block, within_tol
 
 
 def _new_directions(W, Q, xp, drop=1e-10):
@@ -170,7 +170,7 @@ class _KrylovBasis:
     """
 
     def __init__(self, P, max_basis, xp, dtype):
-        self.xp, self.dtype = xp, dtype
+        self.xp, self.dtype, self.P = xp, dtype, P
         self._Q = xp.empty((P, max_basis), dtype=dtype, order="F")
         self._AQ = xp.empty((P, max_basis), dtype=dtype, order="F")
         self.T = np.zeros((0, 0))
@@ -229,7 +229,7 @@ class _KrylovBasis:
         X, AX = self.ritz_vectors(S)
         residual = AX - X * self.xp.asarray(theta, dtype=self.dtype)[None, :]
         norms = backend.to_numpy(column_norms(residual, self.xp)) / np.maximum(np.abs(theta), TINY)
-        return norms, bool(len(norms) >= k and norms[:k].max() < tol), (X, AX)
+        return norms, len(norms) >= k and within_tol(norms[:k], theta[:k], tol, self.dtype, self.P), (X, AX)
 
     def residual_estimates(self, theta, S):
         """``‖A x − θ x‖ / |θ|`` for the Ritz pairs (θ_j, Q s_j) from ``sᵀ G s − θ²``, and the rounding floor

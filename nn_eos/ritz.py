@@ -1,7 +1,10 @@
 """The pieces every eigensolver shares: its result, Rayleigh–Ritz on a subspace, residual norms, a start block.
 
 Residual norms are ``‖A v − λ v‖ / max(|λ|, tiny)``; every method reports
-them for its answer, computed from the answer's own products.
+them for its answer, computed from the answer's own products. A pair has
+converged when that is below tol, or when its residual is at the operator's
+rounding level (:func:`within_tol`): an eigenvalue at rounding level, such as
+an exact zero, has no relative accuracy to reach.
 """
 
 from dataclasses import dataclass
@@ -72,6 +75,19 @@ def residual_norms(values, vectors, A_vectors, xp):
     """``‖A v_j − λ_j v_j‖ / max(|λ_j|, tiny)`` for each column j, as a host array."""
     R = A_vectors - vectors * values[None, :]
     return backend.to_numpy(column_norms(R, xp) / xp.maximum(xp.abs(values), TINY))
+
+
+ROUNDING = 100      # an eigenpair whose residual is below ROUNDING · √P · eps · max|λ| is exact to rounding
+
+
+def within_tol(norms, values, tol, dtype, P):
+    """Whether every pair has converged: ``‖A v_j − λ_j v_j‖ ≤ max(tol |λ_j|, ROUNDING √P eps max_i |λ_i|)``,
+    from the relative residual norms of :func:`residual_norms` and the eigenvalues (host or device)."""
+    norms, values = np.asarray(norms), np.abs(backend.to_numpy(values))
+    if not len(norms):
+        return False
+    rounding = ROUNDING * np.sqrt(P) * np.finfo(dtype).eps * values.max() / np.maximum(values, TINY)
+    return bool((norms < np.maximum(tol, rounding)).all())
 
 
 def sorted_result(values, vectors, A_vectors, xp, **fields):

@@ -309,3 +309,23 @@ def test_block_krylov_notices_a_non_finite_product_in_its_small_matrices(bad):
         top_eigenpairs(ne.eigen.BlockOperator(operator, like=device_xp.zeros(30)), 3, method="krylov",
                        tol=1e-12)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("method", ["power", "krylov", "lobpcg", "lanczos"])
+@pytest.mark.parametrize("missing", [0, 1])
+def test_every_eigenpair_of_a_small_operator_converges_even_a_zero_one(method, missing):
+    """k = P and k = P − 1 with an exact zero eigenvalue: the answer is exact, and converged is judged against the
+    operator's scale (the residual of a zero eigenvalue divided by the eigenvalue is rounding over rounding)."""
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((6, 6))
+    M = M + M.T
+    M[0, :] = M[:, 0] = 0                                          # a zero eigenvalue
+    k = 6 - missing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ne.NonConvergenceWarning)
+        result = ne.top_eigenpairs(device_operator(M), k, method=method)
+    assert result.converged
+    exact = np.linalg.eigvalsh(M)
+    order = np.argsort(-np.abs(exact)) if method == "power" or method == "krylov" else np.argsort(-exact)
+    expected = np.sort(exact[order[:k]])[::-1]
+    np.testing.assert_allclose(np.sort(to_numpy(result.values))[::-1], expected, atol=1e-12)
