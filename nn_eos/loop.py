@@ -9,13 +9,15 @@ bit-identical to an uninterrupted one.
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._version import __version__
 from .backend import array_module, to_device
-from .rundir import RunDirectory, columns, read_json, read_rows, rewrite_rows, write_json
+from .rundir import (DamagedRunFile, RunDirectory, columns, load_snapshot, read_json, read_rows, rewrite_rows,
+                     snapshot_steps, write_json)
 from .validation import check_integer
 
 
@@ -125,6 +127,24 @@ def manifest(loss, integrator, limits, snapshot_every, telemetry, data, experime
             **({"experiment": experiment} if experiment is not None else {})}
 
 
+def _from_snapshot(directory, damage):
+    """(step, t, θ, initial loss) from the newest θ snapshot that the metrics log reaches, for a run whose
+    checkpoint is damaged; warns that the warm-start state is lost. Raises ``damage`` when nothing is left."""
+    rows = read_rows(directory.metrics_path)
+    times = {row["step"]: row["t"] for row in rows}
+    if rows:
+        times[rows[-1]["step"] + 1] = rows[-1]["t"] + rows[-1]["dt"]
+    usable = [s for s in snapshot_steps(directory.path) if s in times]
+    if not usable or not rows:
+        raise DamagedRunFile(f"{damage}, and no θ snapshot is left to resume from: start the run again in "
+                             f"another directory") from None
+    step = usable[-1]
+    warnings.warn(f"{damage}: resuming from the θ snapshot of step {step} instead; the integrator's warm start "
+                  f"is lost, so the run goes on from the same θ but not bit for bit as it would have",
+                  RuntimeWarning, stacklevel=3)
+    return step, times[step], load_snapshot(directory.path, step), rows[0]["loss"]
+
+
 def _open_run(directory, config, resume, integrator, telemetry, net):
     """Start a run directory, or continue it (``resume``): returns (step, t, θ or None, initial loss or None)."""
     if not directory.has_checkpoint():
@@ -137,10 +157,15 @@ def _open_run(directory, config, resume, integrator, telemetry, net):
     if saved.get("integrator") != json.loads(json.dumps(integrator.config())):
         raise ValueError(f"cannot resume {directory.path!r}: it was run with integrator "
                          f"{saved.get('integrator')}, not {integrator.config()}")
-    step, t, theta_host, initial_loss, state = directory.load_checkpoint()
-    integrator.load_state(state["integrator"])
-    if telemetry is not None:
-        telemetry.load_state(state["telemetry"])
+    try:
+        step, t, theta_host, initial_loss, state = directory.load_checkpoint()
+    except DamagedRunFile as damage:
+        step, t, theta_host, initial_loss = _from_snapshot(directory, damage)
+        state = None
+    if state is not None:
+        integrator.load_state(state["integrator"])
+        if telemetry is not None:
+            telemetry.load_state(state["telemetry"])
     rewrite_rows(directory.metrics_path, read_rows(directory.metrics_path, before_step=step))
     rewrite_rows(directory.telemetry_path, read_rows(directory.telemetry_path, before_step=step))
     return step, t, to_device(theta_host, net.device).astype(net.dtype), initial_loss

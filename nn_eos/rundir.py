@@ -167,12 +167,7 @@ class RunDirectory:
             if missing:
                 raise ValueError(f"it lacks {sorted(missing)}")
         except Exception as error:              # zipfile.BadZipFile, EOFError, OSError, ValueError…
-            steps = snapshot_steps(self.path)
-            newest = os.path.join(self.path, "snapshots", f"theta_{steps[-1]:08d}.npy") if steps else None
-            hint = (f"the newest intact θ is the snapshot of step {steps[-1]}, {newest}: start a new run from it "
-                    f"(train(..., theta=numpy.load(that file)))" if steps else "no θ snapshot is left to start from")
-            raise DamagedRunFile(f"{self.checkpoint_path} is damaged ({type(error).__name__}: {error}), so the run "
-                                 f"cannot resume; {hint}") from None
+            raise DamagedRunFile(f"{self.checkpoint_path} is damaged ({type(error).__name__}: {error})") from None
         state = {prefix: {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
                  for prefix in ("integrator", "telemetry")}
         return int(arrays["step"]), float(arrays["t"]), arrays["theta"], float(arrays["initial_loss"]), state
