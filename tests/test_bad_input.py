@@ -200,7 +200,7 @@ def test_a_damaged_run_directory_names_the_file_and_what_to_do(net, data, tmp_pa
     for read in (lambda: ne.load_run(run_dir),
                  lambda: ne.train(loss, ne.GradientDescent(0.1), max_steps=6, run_dir=run_dir, resume=True,
                                   progress=False)):
-        with pytest.raises(ValueError, match=r"run/config.json is damaged"):
+        with pytest.raises(ValueError, match=r"config.json is damaged"):
             read()
 
 
