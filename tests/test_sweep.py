@@ -247,7 +247,7 @@ def test_shipped_sweep_files_are_valid(tmp_path, name):
     expected = {"alignment_dice_laptop.toml": 16, "eos_dice_laptop.toml": 6, "alignment_dice_paper.toml": 80,
                 "alignment_cifar10_paper.toml": 80, "alignment_atrialfibrillation_paper.toml": 80,
                 "alignment_sst_paper.toml": 64, "eos_cifar10_paper.toml": 16, "eos_cifar10_classes_paper.toml": 4,
-                "eos_dice_relu_sharpening.toml": 4}
+                "eos_dice_relu_sharpening.toml": 4, "alignment_dice_width512_device.toml": 4}
     assert len(runs) == expected[name]
 
 
@@ -293,3 +293,27 @@ def test_a_run_computes_with_the_blas_threads_its_config_records_and_resumes_wit
         config.run(cfg, str(tmp_path / "two"), resume=True, progress=False, threads=1)
     config.run(cfg, str(tmp_path / "two"), resume=True, progress=False)     # its own count: no error
     assert seen[-1] == 2
+
+
+def test_the_width_512_sweep_for_a_device_dry_runs_at_width_8(tmp_path):
+    """sweeps/alignment_dice_width512_device.toml runs only where a GPU is lent: the same file at width 8, on two
+    small subsets and a few steps, runs through the command it names (sweep, then plot) and leaves Table 2 and
+    the alignment caches it promises."""
+    with open(os.path.join(SWEEPS, "alignment_dice_width512_device.toml")) as f:
+        text = f.read()
+    text = (text.replace("hidden = [512, 512, 512, 512, 512]", "hidden = [8, 8, 8, 8, 8]")
+            .replace('"data.size" = [468, 937, 1874, 3750]', '"data.size" = [60, 120]')
+            .replace('dataset = "dice"', 'dataset = "dice"\nn = 300')
+            .replace("snapshot_every = 50", "snapshot_every = 3\nmax_steps = 9")
+            .replace("analyze_every = 50", "analyze_every = 3").replace("analyze_skip = 10", "analyze_skip = 0"))
+    assert "[8, 8, 8, 8, 8]" in text and "max_steps = 9" in text and '"data.size" = [60, 120]' in text
+    out = str(tmp_path / "out")
+    result = sweep.run_sweep(write(tmp_path, text, "width.toml"), out, workers=0, progress=False)
+    (row,) = result["tables"]["table2"]
+    assert row["sizes"] == [60, 120] and (row["paper_c1"], row["paper_c2"]) == (0.0017, 0.23)
+    for name in os.listdir(os.path.join(out, "runs")):
+        assert os.path.exists(os.path.join(out, "runs", name, "alignment.jsonl"))
+    assert (tmp_path / "out" / "tables" / "table2.md").exists()
+    from nn_eos.experiments import figures
+    made = figures.paper_figures(out, folder=str(tmp_path / "figures"))               # what nn-eos plot draws
+    assert made and any(name.endswith(".png") for name in os.listdir(tmp_path / "figures"))
