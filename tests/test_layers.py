@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from checks import check_activation, check_layer
-from nn_eos.activations import ACTIVATIONS, ELU, ReLU, Tanh, activation
+from nn_eos.activations import ACTIVATIONS, ELU, ReLU, activation
 from nn_eos.layers import Dense, Flatten
 
 
