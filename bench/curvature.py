@@ -1,25 +1,27 @@
-"""Cost of the curvature products as multiples of one gradient, and against PyTorch and JAX.
+"""Cost of the curvature products as multiples of one gradient, cold and warm, beside PyTorch and JAX.
 
     python bench/curvature.py [--n 1000] [--rounds 7] [--dtype float64 float32] [--device cpu|gpu] [--no-peers]
-                              [--conv alexnet vgg11] [--conv-n 200]
+                              [--conv alexnet vgg11] [--conv-n 200] [--json FILE]
 
 The network is the 2024 paper's MLP (1024 inputs, five hidden layers of 512,
-ELU, 6 outputs) on n examples. Ours: value+gradient, ∇²L̃ v (k = 1), G v
-(k = 1), and a block of k = 11 Hessian products in one pass. Peers, when
-installed: PyTorch (on the device ours runs on) with its double-backward HVP, forward-over-reverse
-HVP, ``vmap`` of 11 HVPs and a GGN product (jvp, then vjp); JAX's
-forward-over-reverse HVP, ``vmap`` of 11 and a GGN product, all jitted, on
-JAX's default device (the GPU where jax[cuda] is installed). Every
-peer's result is checked against ours before it is timed.
+ELU, 6 outputs) on n examples. Every contender computes a gradient, ∇²L̃ v,
+G v and a block of 11 ∇²L̃ v, each *cold* (a new θ every call: everyone runs
+the whole forward and backward pass) and *warm* (the same θ again: ours
+reuses its passes, PyTorch keeps its graph, JAX its linearisation); how each
+peer does it is in bench/peers.py. PyTorch runs on the device ours runs on,
+JAX on its default device; every peer's result is checked against ours before
+it is timed, and a row that cannot run or disagrees is printed as "failed:
+reason". The precision settings of each framework are printed above its
+table (TF32 flags, JAX's matmul precision, threads).
 
 Then the conv nets of the 2022 paper at laptop width (``--conv alexnet vgg11``,
-dice as 1×32×32 images, ``--conv-n`` examples): hvp/gradient and ours against
-PyTorch's double-backward HVP.
+dice as 1×32×32 images, ``--conv-n`` examples), the same rows against PyTorch.
 
 All contenders run once per round (bench/timing.py), so the ratios are
-measured side by side.
+measured side by side; ``--json`` writes every row for a committed report.
 """
 
+import json
 import os
 import sys
 
@@ -30,246 +32,133 @@ import nn_eos as ne  # noqa: E402
 from nn_eos.experiments.arguments import add_device, parse, script_parser  # noqa: E402
 from nn_eos.backend import to_numpy  # noqa: E402
 from timing import median_times, table  # noqa: E402
+import peers as peers_module  # noqa: E402
+from peers import K_BLOCK, Problem  # noqa: E402
 
 WIDTHS = [1024, 512, 512, 512, 512, 512, 6]
-K_BLOCK = 11
 
 
 def setup(n, dtype, device, widths=WIDTHS):
+    """The MLP on n dice-like examples, two θ (the second 1.001 times the first) and K_BLOCK directions."""
     rng = np.random.default_rng(0)
     net = ne.mlp(widths, activation="elu", seed=0, dtype=dtype, device=device)
     X = rng.random((n, widths[0]))          # dice-like pixels in [0, 1]
     y = np.arange(n) % widths[-1]
-    loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, y)
+    theta = to_numpy(net.theta).copy()
     V = rng.standard_normal((net.num_params, K_BLOCK)).astype(dtype)
-    return net, loss, X, y, V
+    return Problem(net, X, y, (theta, theta * 1.001), V)
 
 
-def ours(loss, V):
-    v = V[:, 0].copy()
-    Vd = loss.net.xp.asarray(V)
-    vd = loss.net.xp.asarray(v)
-    return {
-        "ours: value+gradient": lambda: loss.value_and_gradient()[1],
-        "ours: hvp (k=1)": lambda: loss.hvp(vd),
-        "ours: ggn (k=1)": lambda: loss.ggn(vd),
-        f"ours: hvp block (k={K_BLOCK})": lambda: loss.hvp(Vd),
-    }
-
-
-def layer_params(net):
-    """[(A, b), …] of the dense layers, as host arrays."""
-    return [(to_numpy(l.A).copy(), to_numpy(l.b).copy()) for l in net.layers if isinstance(l, ne.Dense)]
-
-
-def split_flat(flat, shapes):
-    out, at = [], 0
-    for (o, i) in shapes:
-        out.append((flat[at:at + o * i].reshape(o, i, *flat.shape[1:]), flat[at + o * i:at + o * i + o]))
-        at += o * i + o
-    return out
-
-
-def torch_contenders(net, X, y, V, dtype, reference, device="cpu"):
-    try:
-        import torch
-        from torch.func import grad as fgrad, jvp, vjp, vmap
-    except ImportError:
-        return {}, "PyTorch not installed"
-    if device == "gpu" and not torch.cuda.is_available():
-        return {}, "PyTorch has no CUDA device"
-    tdtype, tdev = getattr(torch, dtype), ("cuda" if device == "gpu" else "cpu")
-    torch.set_num_threads(os.cpu_count() or 1)
-    tensor = lambda a, dtype=tdtype: torch.tensor(a, dtype=dtype, device=tdev)
-    params = [tensor(a) for pair in layer_params(net) for a in pair]
-    Xt, yt = tensor(X), tensor(y, dtype=torch.int64)
-    shapes = [(l.n_out, l.n_in) for l in net.layers if isinstance(l, ne.Dense)]
-    vs = [tensor(a) for pair in split_flat(V[:, 0], shapes) for a in pair]
-    Vs = [tensor(np.moveaxis(a, -1, 0).copy()) for pair in split_flat(V, shapes) for a in pair]
-
-    def forward(p):
-        h = Xt
+def torch_mlp_forward(torch):
+    def forward(p, X):
+        h = X
         for j in range(0, len(p), 2):
             h = h @ p[j].T + p[j + 1]
             if j + 2 < len(p):
                 h = torch.nn.functional.elu(h)
         return h
-
-    def loss_fn(p):
-        return torch.nn.functional.cross_entropy(forward(p), yt)
-
-    def gradient():
-        p = [q.detach().requires_grad_() for q in params]
-        return torch.autograd.grad(loss_fn(p), p)
-
-    def double_backward(v=vs):
-        p = [q.detach().requires_grad_() for q in params]
-        g = torch.autograd.grad(loss_fn(p), p, create_graph=True)
-        return torch.autograd.grad(g, p, grad_outputs=v)
-
-    def fwd_over_rev(v=vs):
-        return jvp(fgrad(loss_fn), (params,), (v,))[1]
-
-    vmapped = vmap(lambda v: fwd_over_rev(list(v)), in_dims=(0,))
-
-    def ggn(v=vs):
-        z, Jv = jvp(forward, (params,), (v,))
-        p = torch.softmax(z, dim=-1)
-        HJv = (p * (Jv - (p * Jv).sum(-1, keepdim=True))) / z.shape[0]
-        return vjp(forward, params)[1](HJv)[0]
-
-    def flat(ts):
-        return torch.cat([t.reshape(-1) for t in ts]).detach().cpu().numpy()
-
-    checks = {
-        "double-backward": (flat(double_backward()), reference["hvp"]),
-        "forward-over-reverse": (flat(fwd_over_rev()), reference["hvp"]),
-        "GGN": (flat(ggn()), reference["ggn"]),
-    }
-    block = vmapped(tuple(Vs))
-    block_flat = np.concatenate([t.reshape(K_BLOCK, -1).cpu().numpy() for t in block], axis=1).T
-    checks[f"vmap of {K_BLOCK}"] = (block_flat, reference["block"])
-    contenders = {
-        "PyTorch: gradient": gradient,
-        "PyTorch: hvp double-backward": double_backward,
-        "PyTorch: hvp forward-over-reverse": fwd_over_rev,
-        "PyTorch: ggn (jvp + vjp)": ggn,
-        f"PyTorch: vmap of {K_BLOCK} hvp": lambda: vmapped(tuple(Vs)),
-    }
-    return contenders, checks
-
-
-def jax_contenders(net, X, y, V, dtype, reference):
-    try:
-        import jax
-    except ImportError:
-        return {}, "JAX not installed"
-    jax.config.update("jax_enable_x64", dtype == "float64")
-    # on a GPU, JAX multiplies float32 matrices in TF32 by default (10-bit mantissa); we, CuPy and PyTorch do not
-    jax.config.update("jax_default_matmul_precision", "highest")
-    import jax.numpy as jnp
-
-    shapes = [(l.n_out, l.n_in) for l in net.layers if isinstance(l, ne.Dense)]
-    params = [(jnp.asarray(a), jnp.asarray(b)) for a, b in layer_params(net)]
-    Xj, yj = jnp.asarray(X), jnp.asarray(y)
-    vs = [(jnp.asarray(a), jnp.asarray(b)) for a, b in split_flat(V[:, 0], shapes)]
-    Vs = [(jnp.asarray(np.moveaxis(a, -1, 0)), jnp.asarray(np.moveaxis(b, -1, 0))) for a, b in split_flat(V, shapes)]
-
-    def forward(p):
-        h = Xj
-        for j, (A, b) in enumerate(p):
-            h = h @ A.T + b
-            if j + 1 < len(p):
-                h = jax.nn.elu(h)
-        return h
-
-    def loss_fn(p):
-        z = forward(p)
-        return jnp.mean(jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, yj[:, None], axis=-1)[:, 0])
-
-    # parameters and directions are arguments, never closed-over constants, so
-    # that XLA cannot fold the whole computation away at compile time
-    grad = jax.jit(jax.grad(loss_fn))
-    hvp_fn = lambda p, v: jax.jvp(jax.grad(loss_fn), (p,), (v,))[1]
-    hvp = jax.jit(hvp_fn)
-    block = jax.jit(jax.vmap(hvp_fn, in_axes=(None, 0)))
-
-    def ggn_fn(p, v):
-        z, Jv = jax.jvp(forward, (p,), (v,))
-        q = jax.nn.softmax(z, axis=-1)
-        HJv = q * (Jv - (q * Jv).sum(-1, keepdims=True)) / z.shape[0]
-        return jax.vjp(forward, p)[1](HJv)[0]
-
-    ggn = jax.jit(ggn_fn)
-    flat = lambda ps: np.concatenate([np.concatenate([np.ravel(A), np.ravel(b)]) for A, b in ps])
-    block_out = block(params, Vs)
-    block_flat = np.concatenate([np.concatenate([np.asarray(A).reshape(K_BLOCK, -1), np.asarray(b)], axis=1)
-                                 for A, b in block_out], axis=1).T
-    checks = {
-        "forward-over-reverse": (flat(hvp(params, vs)), reference["hvp"]),
-        "GGN": (flat(ggn(params, vs)), reference["ggn"]),
-        f"vmap of {K_BLOCK}": (block_flat, reference["block"]),
-    }
-    contenders = {
-        "JAX: gradient": lambda: grad(params),
-        "JAX: hvp forward-over-reverse": lambda: hvp(params, vs),
-        "JAX: ggn (jvp + vjp)": lambda: ggn(params, vs),
-        f"JAX: vmap of {K_BLOCK} hvp": lambda: block(params, Vs),
-    }
-    return contenders, checks
-
-
-def report_checks(peer, checks, tol):
-    if isinstance(checks, str):
-        print(f"  {peer}: {checks}")
-        return True
-    ok = True
-    for name, (theirs, mine) in checks.items():
-        err = np.abs(theirs - mine).max() / np.abs(mine).max()
-        agree = err < tol
-        ok &= agree
-        print(f"  {peer} {name}: relative difference from ours {err:.1e} ({'agrees' if agree else 'DISAGREES'})")
-    return ok
-
-
-def run(dtype, n, rounds, device, peers):
-    net, loss, X, y, V = setup(n, dtype, device)
-    print(f"\n=== {dtype}, {device}, MLP {WIDTHS}, ELU, P = {net.num_params}, n = {n} ===")
-    reference = {"hvp": to_numpy(loss.hvp(V[:, 0])), "ggn": to_numpy(loss.ggn(V[:, 0])),
-                 "block": to_numpy(loss.hvp(V))}
-    contenders = ours(loss, V)
-    tol = 1e-8 if dtype == "float64" else 1e-3
-    if peers:
-        # PyTorch runs on the device we run on; JAX on its default device (the GPU where jax[cuda] is installed)
-        for peer, make in (("PyTorch", lambda *a: torch_contenders(*a, device=device)), ("JAX", jax_contenders)):
-            extra, checks = make(net, X, y, V, dtype, reference)
-            if report_checks(peer, checks, tol):
-                contenders.update(extra)
-    times = median_times(contenders, rounds=rounds)
-    g = times["ours: value+gradient"]
-    rows = [[name, f"{t:.4f}", f"{t / g:.2f}"] for name, t in times.items()]
-    print(table(rows, ["contender", "median s", "/ our gradient"]))
-    h, G, B = times["ours: hvp (k=1)"], times["ours: ggn (k=1)"], times[f"ours: hvp block (k={K_BLOCK})"]
-    print(f"\nhvp/gradient = {h / g:.2f} (bar 2.8)   ggn/gradient = {G / g:.2f} (bar 2.0)   "
-          f"block{K_BLOCK}/({K_BLOCK}·hvp) = {B / (K_BLOCK * h):.2f}   "
-          f"per direction in the block = {B / K_BLOCK / g:.2f} gradients (bar 2.0)")
-    for peer in ("PyTorch", "JAX"):
-        for name, t in times.items():
-            if name.startswith(peer + ":"):
-                mine = {"gradient": g, "ggn": G, "vmap": B}.get(name.split(": ")[1].split(" ")[0], h)
-                print(f"ours/{name} = {mine / t:.2f}")
-    return times
-
-
-def torch_conv_forward(net, torch):
-    """A PyTorch function of the parameter list computing our conv net's outputs (same layers, same order)."""
-    import torch.nn.functional as F
-
-    def forward(params, X):
-        h, j = X, 0
-        for layer in net.layers:
-            name = type(layer).__name__
-            if name == "Conv2d":
-                W = params[j].reshape(layer.F, layer.C, layer.win.kh, layer.win.kw)
-                h = F.conv2d(h, W, params[j + 1], stride=(layer.win.sh, layer.win.sw),
-                             padding=(layer.win.ph, layer.win.pw))
-                j += 2
-            elif name == "Dense":
-                h = h @ params[j].T + params[j + 1]
-                j += 2
-            elif name == "MaxPool2d":
-                h = F.max_pool2d(h, (layer.win.kh, layer.win.kw), (layer.win.sh, layer.win.sw))
-            elif name == "Flatten":
-                h = h.reshape(h.shape[0], -1)
-            else:
-                h = {"ReLU": torch.relu, "Tanh": torch.tanh, "ELU": F.elu}[name](h)
-        return h
     return forward
 
 
+def torch_forward_for(make):
+    """``make(torch)``, or None where PyTorch is not installed (its rows then say so)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return make(torch)
+
+
+def side_by_side(problem, rounds, device, peers, torch_forward, jax=True):
+    """Every row of peers.py for ``problem``, timed side by side; prints the table and the ratios, and returns
+    {"settings": [...], "rows": [{quantity, mode, who, seconds | failed}, ...]}."""
+    tol = 1e-8 if problem.net.dtype == np.float64 else 1e-3
+    rows, settings = peers_module.ours(problem), [threads_line()]
+    if peers:
+        reference = peers_module.references(problem)
+        makers = [lambda: peers_module.torch_rows(problem, torch_forward, reference, tol, device)
+                  if torch_forward else ([], "PyTorch not installed")]
+        if jax:
+            makers.append(lambda: peers_module.jax_mlp_rows(problem, reference, tol))
+        for make in makers:
+            extra, setting = make()
+            rows += extra
+            settings.append(setting)
+    for line in settings:
+        print("  " + line)
+    timed_rows = [r for r in rows if r.call is not None]
+    times = median_times({key(r): r.call for r in timed_rows}, rounds=rounds)
+    ours = {(r.quantity, r.mode): times[key(r)] for r in timed_rows if r.who == "ours"}
+    g = ours[("gradient", "cold")]
+    out = []
+    for r in sorted(rows, key=lambda r: (peers_module.QUANTITIES.index(r.quantity), r.mode, r.who != "ours")):
+        if r.call is None:
+            out.append([r.quantity, r.mode, r.who, f"failed: {r.failed}", "", ""])
+            continue
+        t = times[key(r)]
+        mine = ours.get((r.quantity, r.mode))
+        out.append([r.quantity, r.mode, r.who, f"{t:.4f}", f"{t / g:.2f}",
+                    "" if r.who == "ours" else f"{mine / t:.2f}"])
+    print(table(out, ["quantity", "mode", "contender", "median s", "/ our gradient", "ours / this"]))
+    h, G, B = ours[("hvp", "warm")], ours[("ggn", "warm")], ours[(peers_module.QUANTITIES[3], "warm")]
+    print(f"\nwarm: hvp/gradient = {h / g:.2f} (bar 2.8)   ggn/gradient = {G / g:.2f} (bar 2.0)   "
+          f"per direction in the block = {B / K_BLOCK / g:.2f} gradients (bar 2.0)")
+    hc = ours[("hvp", "cold")]
+    print(f"cold: hvp/gradient = {hc / g:.2f}   ggn/gradient = {ours[('ggn', 'cold')] / g:.2f}   per direction in "
+          f"the block = {ours[(peers_module.QUANTITIES[3], 'cold')] / K_BLOCK / g:.2f} gradients")
+    return {"settings": settings,
+            "rows": [{"quantity": r.quantity, "mode": r.mode, "who": r.who,
+                      **({"seconds": times[key(r)]} if r.call is not None else {"failed": r.failed})}
+                     for r in rows]}
+
+
+def key(row):
+    return f"{row.mode} {row.quantity}: {row.who}"
+
+
+def threads_line():
+    return (f"ours: NumPy {np.__version__}, {os.cpu_count()} cores, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+
+
+def run(dtype, n, rounds, device, peers):
+    problem = setup(n, dtype, device)
+    print(f"\n=== {dtype}, {device}, MLP {WIDTHS}, ELU, P = {problem.net.num_params}, n = {n} ===")
+    return side_by_side(problem, rounds, device, peers, torch_forward_for(torch_mlp_forward))
+
+
+def torch_conv_forward(net):
+    """``make(torch)`` for :func:`torch_forward_for`: a PyTorch function of the parameter list computing our conv
+    net's outputs (same layers, same order)."""
+    def make(torch):
+        import torch.nn.functional as F
+
+        def forward(params, X):
+            h, j = X, 0
+            for layer in net.layers:
+                name = type(layer).__name__
+                if name == "Conv2d":
+                    W = params[j].reshape(layer.F, layer.C, layer.win.kh, layer.win.kw)
+                    h = F.conv2d(h, W, params[j + 1], stride=(layer.win.sh, layer.win.sw),
+                                 padding=(layer.win.ph, layer.win.pw))
+                    j += 2
+                elif name == "Dense":
+                    h = h @ params[j].T + params[j + 1]
+                    j += 2
+                elif name == "MaxPool2d":
+                    h = F.max_pool2d(h, (layer.win.kh, layer.win.kw), (layer.win.sh, layer.win.sw))
+                elif name == "Flatten":
+                    h = h.reshape(h.shape[0], -1)
+                else:
+                    h = {"ReLU": torch.relu, "Tanh": torch.tanh, "ELU": F.elu}[name](h)
+            return h
+        return forward
+    return make
+
+
 def run_conv(arch, n, rounds, peers, device="cpu"):
-    """hvp/gradient of a conv net (dice as 1×32×32 images), and ours/PyTorch's double-backward HVP (on the same
-    device)."""
+    """The rows of :func:`side_by_side` for a conv net of the 2022 paper (dice as 1×32×32 images), float64,
+    against PyTorch (JAX's peer is written for the MLP only)."""
     rng = np.random.default_rng(0)
     X = ne.datasets.dice("train", n=n)[0].reshape(n, 1, 32, 32)
     y = np.arange(n) % 6
@@ -277,57 +166,10 @@ def run_conv(arch, n, rounds, peers, device="cpu"):
              "vgg11": lambda: ne.vgg_like((1, 32, 32), 6, depth=11, width=0.125, activation="relu",
                                           device=device)}[arch]
     net = build()
-    loss = ne.TrainingLoss(net, ne.CrossEntropy(), X, y)
-    v_host = rng.standard_normal(net.num_params)
-    v, V = net.xp.asarray(v_host), net.xp.asarray(rng.standard_normal((net.num_params, K_BLOCK)))
+    theta = to_numpy(net.theta).copy()
+    problem = Problem(net, X, y, (theta, theta * 1.001), rng.standard_normal((net.num_params, K_BLOCK)))
     print(f"\n=== {arch} (width scaled), float64, {device}, P = {net.num_params}, n = {n} ===")
-    contenders = {"ours: value+gradient": lambda: loss.value_and_gradient()[1], "ours: hvp (k=1)": lambda: loss.hvp(v),
-                  "ours: ggn (k=1)": lambda: loss.ggn(v), f"ours: hvp block (k={K_BLOCK})": lambda: loss.hvp(V)}
-    if peers:
-        try:
-            import torch
-        except ImportError:
-            print("  PyTorch not installed")
-            peers = False
-        else:
-            if device == "gpu" and not torch.cuda.is_available():
-                print("  PyTorch has no CUDA device")
-                peers = False
-    if peers:
-        tdev = "cuda" if device == "gpu" else "cpu"
-        torch.set_num_threads(os.cpu_count() or 1)
-        forward = torch_conv_forward(net, torch)
-        params = []
-        for layer, part in zip(net.layers, net._slices(to_numpy(net.theta))):
-            if layer.num_params:
-                W, b = layer.split(part)
-                params += [torch.tensor(W.copy(), device=tdev), torch.tensor(b.copy(), device=tdev)]
-        Xt, yt = torch.tensor(X, device=tdev), torch.tensor(y, device=tdev)
-        vs = []
-        for layer, part in zip(net.layers, net._slices(v_host)):
-            if layer.num_params:
-                W, b = layer.split(part)
-                vs += [torch.tensor(W.copy(), device=tdev), torch.tensor(b.copy(), device=tdev)]
-
-        def double_backward():
-            p = [q.detach().requires_grad_() for q in params]
-            g = torch.autograd.grad(torch.nn.functional.cross_entropy(forward(p, Xt), yt), p, create_graph=True)
-            return torch.autograd.grad(g, p, grad_outputs=vs)
-
-        theirs = torch.cat([t.reshape(-1) for t in double_backward()]).cpu().numpy()
-        mine = to_numpy(loss.hvp(v))
-        err = np.abs(theirs - mine).max() / np.abs(mine).max()
-        print(f"  PyTorch double-backward hvp: relative difference from ours {err:.1e}")
-        if err < 1e-8:
-            contenders["PyTorch: hvp double-backward"] = double_backward
-    times = median_times(contenders, rounds=rounds)
-    g = times["ours: value+gradient"]
-    print(table([[k, f"{t:.4f}", f"{t / g:.2f}"] for k, t in times.items()], ["contender", "median s", "/ our gradient"]))
-    h = times["ours: hvp (k=1)"]
-    line = f"hvp/gradient = {h / g:.2f} (bar 3.5)"
-    if "PyTorch: hvp double-backward" in times:
-        line += f"   ours/PyTorch double-backward hvp = {h / times['PyTorch: hvp double-backward']:.2f}"
-    print(line)
+    return side_by_side(problem, rounds, device, peers, torch_forward_for(torch_conv_forward(net)), jax=False)
 
 
 def peak_bytes(fn, xp):
@@ -438,6 +280,7 @@ def main():
     parser.add_argument("--conv", nargs="*", default=["alexnet", "vgg11"], choices=["alexnet", "vgg11"],
                         help="conv nets to time after the MLP (none: --conv with no names)")
     parser.add_argument("--conv-n", type=int, default=200)
+    parser.add_argument("--json", help="write every row (seconds or the reason it failed) to this file")
     parser.add_argument("--memory", action="store_true",
                         help="instead: peak memory of hvp blocks on the paper's MLP, estimate and budget beside it")
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 4000])
@@ -448,11 +291,15 @@ def main():
     if args.memory:
         memory_table(args.memory_sizes, args.memory_blocks, args.memory_large, args.device, args.memory_budget)
         return
-    print(f"threads: {os.cpu_count()} cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    report = {}
     for dtype in args.dtype:
-        run(dtype, args.n, args.rounds, args.device, args.peers)
+        report[f"MLP {dtype}"] = run(dtype, args.n, args.rounds, args.device, args.peers)
     for arch in args.conv:
-        run_conv(arch, args.conv_n, args.rounds, args.peers, args.device)
+        report[f"{arch} float64"] = run_conv(arch, args.conv_n, args.rounds, args.peers, args.device)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join(["python", "bench/curvature.py", *sys.argv[1:]]), "n": args.n,
+                       "rounds": args.rounds, "device": args.device, "results": report}, f, indent=1)
 
 
 if __name__ == "__main__":

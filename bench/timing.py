@@ -48,14 +48,24 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def median_times(contenders, rounds=7, warmup=1):
-    """{name: median seconds} for a dict {name: zero-argument callable}."""
+SETTLE_SECONDS = 0.2
+
+
+def median_times(contenders, rounds=7, warmup=1, settle=SETTLE_SECONDS):
+    """{name: median seconds} for a dict {name: zero-argument callable}.
+
+    Before each timed call the process sleeps ``settle`` seconds (not timed), so that the worker threads of the
+    contender before it have stopped spinning: OpenBLAS, OpenMP (PyTorch) and XLA's pools busy-wait for a
+    while after each call, and on a machine with few cores the next contender would pay for it.
+    """
     for _ in range(warmup):
         for fn in contenders.values():
             sync(fn())
     samples = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
+            if settle:
+                time.sleep(settle)
             start = time.perf_counter()
             sync(fn())
             samples[name].append(time.perf_counter() - start)

@@ -1,0 +1,77 @@
+"""The benchmark's own machinery (bench/peers.py): cold rows really are cold, and a peer that fails or disagrees
+stays in the table as "failed: reason" instead of being dropped."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import nn_eos as ne
+from nn_eos.backend import to_numpy
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import peers  # noqa: E402
+
+
+@pytest.fixture
+def problem():
+    net = ne.mlp([5, 4, 3], activation="elu", seed=0)
+    rng = np.random.default_rng(1)
+    theta = to_numpy(net.theta).copy()
+    return peers.Problem(net, rng.random((7, 5)), np.arange(7) % 3, (theta, 1.5 * theta),
+                         rng.standard_normal((net.num_params, peers.K_BLOCK)))
+
+
+def test_alternating_calls_switch_theta_every_call():
+    seen = []
+    call = peers.alternating(lambda i: seen.append(i))
+    for _ in range(5):
+        call()
+    assert seen == [0, 1, 0, 1, 0]
+
+
+def test_our_rows_compute_at_the_theta_they_claim(problem):
+    """Cold rows alternate θ_0, θ_1 (each call at the θ the previous one did not use, so it runs every pass);
+    warm rows stay at θ_0; every result is the product at that θ."""
+    loss = ne.TrainingLoss(problem.net, ne.CrossEntropy(), problem.X, problem.y)
+    expected = {
+        "gradient": lambda t: loss.gradient(t), "hvp": lambda t: loss.hvp(problem.v, t),
+        "ggn": lambda t: loss.ggn(problem.v, t), peers.QUANTITIES[3]: lambda t: loss.hvp(problem.V, t)}
+    rows = peers.ours(problem)
+    assert {(r.quantity, r.mode) for r in rows} == {(q, m) for q in peers.QUANTITIES for m in ("cold", "warm")} - {
+        ("gradient", "warm")}
+    for row in rows:
+        thetas = [0, 1, 0] if row.mode == "cold" else [0, 0, 0]
+        for at in thetas:
+            np.testing.assert_allclose(to_numpy(row.call()), to_numpy(expected[row.quantity](problem.thetas[at])),
+                                       rtol=1e-12, atol=1e-14)
+
+
+def test_cold_rows_do_not_find_passes_left_by_another_row(problem):
+    """Each of our cold rows runs the forward pass on every call, whatever ran before it."""
+    rows = [r for r in peers.ours(problem) if r.mode == "cold"]
+    calls = []
+    forward = problem.net.forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+    problem.net.forward = counted
+    for _ in range(2):
+        for row in rows:
+            before = len(calls)
+            row.call()
+            assert len(calls) > before, f"{row.quantity} cold reused passes"
+
+
+def test_a_row_that_raises_or_disagrees_is_kept_as_failed():
+    rows = [peers.Row("hvp", "cold", "A", call=lambda: 0), peers.Row("hvp", "cold", "B", call=lambda: 0),
+            peers.Row("hvp", "cold", "C", call=lambda: 0)]
+    reference = {"hvp": np.array([1.0, 2.0])}
+    results = {"Acoldhvp": np.array([1.0, 2.0 + 1e-12]), "Bcoldhvp": np.array([1.0, 2.5]),
+               "Ccoldhvp": peers.try_result(lambda: 1 / 0, np.asarray)}
+    peers.checked(rows, results, reference, tol=1e-8)
+    assert rows[0].call is not None and not rows[0].failed
+    assert rows[1].call is None and rows[1].failed.startswith("differs from ours by 2.5e-01")
+    assert rows[2].call is None and rows[2].failed.startswith("ZeroDivisionError")
