@@ -9,10 +9,13 @@ In order, each part on its own so that one failure does not hide the rest:
 1. versions of Python, NumPy, SciPy, CuPy, PyTorch, JAX and the device;
 2. ``nn-eos demo --quick`` on the device and on the CPU, their numbers compared;
 3. on the 2024 paper's MLP (1024-512×5-6 ELU) at n = 4096, float32 and float64:
-   gradient, hvp, ggn, a block of 11 hvp, and PyTorch's double-backward HVP and
-   ``vmap`` of 11 on the same device (bench/curvature.py);
-4. one warm exponential-Euler step (k = 5), in gradients and in seconds, beside
-   the authors' 0.284 s (A100, float32, 4096 samples);
+   gradient, hvp, ggn and a block of 11 hvp, cold and warm, ours beside PyTorch's
+   (same device) and JAX's (bench/curvature.py, bench/peers.py);
+4. one warm exponential-Euler step (k = 5), in gradients and in seconds; then the
+   authors' stable-solvers beside ours on the same card (bench/authors.py: one
+   exponential-Euler step cold and warm, the layerwise Jacobian norms), where it
+   is installed (``pip install --no-deps`` its wheel, carried in the tree:
+   bench/gpu_check.sh installs any ``bench/wheels/*.whl``);
 5. ``alignment.analyze`` at n = 1000, in gradients, and its parts: the per-example
    quantities, and each λ_1 solve with blocks of 1 and of 8;
 6. where the time goes (bench/gpu_parts.py, at most 150 s): every pass of a
@@ -45,6 +48,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX must not take the card from CuPy
 
 import nn_eos as ne  # noqa: E402
+import authors as authors_bench  # noqa: E402
 import curvature as curvature_bench  # noqa: E402
 import dynamics as dynamics_bench  # noqa: E402
 from timing import median_times, timed  # noqa: E402
@@ -138,26 +142,26 @@ def demo_on_both(device):
 
 
 def products(device, n, rounds, small):
+    """bench/curvature.py's rows, cold and warm, ours and PyTorch's and JAX's, float32 and float64."""
     widths = [1024, 32, 32, 6] if small else curvature_bench.WIDTHS
     curvature_bench.WIDTHS[:] = widths
     lines, data = [], {}
     for dtype in ("float32", "float64"):
-        times = curvature_bench.run(dtype, n, rounds, device, peers=True)
-        g = times["ours: value+gradient"]
-        h = times["ours: hvp (k=1)"]
-        row = {name: t for name, t in times.items()}
-        row["hvp/gradient"] = h / g
-        row["ggn/gradient"] = times["ours: ggn (k=1)"] / g
-        row["block11 per direction/gradient"] = times[f"ours: hvp block (k={curvature_bench.K_BLOCK})"] / 11 / g
-        lines += [f"### {dtype}, n = {n}, MLP {widths}", "", "| contender | median s | / our gradient |", "|---|---|---|"]
-        lines += [f"| {name} | {t:.5f} | {t / g:.2f} |" for name, t in times.items()]
-        for peer in ("PyTorch: hvp double-backward", "PyTorch: vmap of 11 hvp"):
-            if peer in times:
-                mine = times["ours: hvp block (k=11)"] if "vmap" in peer else h
-                row[f"ours/{peer}"] = mine / times[peer]
-                lines.append(f"\nours/{peer} = {mine / times[peer]:.2f}")
+        result = curvature_bench.run(dtype, n, rounds, device, peers=True)
+        rows = result["rows"]
+        ours = {(r["quantity"], r["mode"]): r["seconds"] for r in rows if r["who"] == "ours"}
+        g = ours[("gradient", "cold")]
+        lines += [f"### {dtype}, n = {n}, MLP {widths}", ""] + [f"- {s}" for s in result["settings"]] + [""]
+        lines += ["| quantity | mode | contender | median s | / our gradient | ours / this |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            if "failed" in r:
+                lines.append(f"| {r['quantity']} | {r['mode']} | {r['who']} | failed: {r['failed']} | | |")
+                continue
+            ratio = "" if r["who"] == "ours" else f"{ours[(r['quantity'], r['mode'])] / r['seconds']:.2f}"
+            lines.append(f"| {r['quantity']} | {r['mode']} | {r['who']} | {r['seconds']:.5f} | "
+                         f"{r['seconds'] / g:.2f} | {ratio} |")
         lines.append("")
-        data[dtype] = row
+        data[dtype] = result
     return lines, data
 
 
@@ -177,6 +181,24 @@ def exponential_euler(device, n, small):
         lines.append(f"- {dtype}: warm step {seconds:.4f} s = {seconds / gradient:.1f} gradients "
                      f"({matvecs:.0f} products, Δt = {dt:.3g}); paper 0.284 s (A100, float32) "
                      f"= {seconds / EE_PAPER_SECONDS:.2f}× the paper's")
+    return lines, data
+
+
+def authors(device, n, small):
+    """bench/authors.py on the device: one exponential-Euler step cold and warm, and the layerwise Jacobian
+    norms, ours beside stable-solvers (PyTorch) on the same card, float32 (the authors' setting) and float64."""
+    import types
+    widths = [1024, 32, 32, 6] if small else [1024, 512, 512, 512, 512, 512, 6]
+    lines, data = [], {}
+    for dtype in ("float32", "float64"):
+        args = types.SimpleNamespace(n=n, widths=widths, k=5, lr_max=0.01, tol=1e-4, dtype=dtype,
+                                     rounds=2 if small else 3, jacobian_n=min(n, 256), device=device)
+        rows, checks, _ = authors_bench.compare(args)
+        lines += [f"### {dtype}, n = {n}", "", "| " + " | ".join(authors_bench.HEADERS) + " |",
+                  "|" + "---|" * len(authors_bench.HEADERS)]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        lines += [""] + [f"- {c}" for c in checks if c] + [""]
+        data[dtype] = {"rows": rows, "checks": checks}
     return lines, data
 
 
@@ -273,6 +295,7 @@ def main():
     report.section("curvature products, 2024 MLP", lambda: products(args.device, n_big, 3 if args.small else 5,
                                                                      args.small))
     report.section("exponential Euler, warm step, k = 5", lambda: exponential_euler(args.device, n_big, args.small))
+    report.section("the authors' stable-solvers beside ours", lambda: authors(args.device, n_align, args.small))
     report.section("alignment.analyze", lambda: alignment_analyze(args.device, n_align, args.small))
     report.section("where the time goes (bench/gpu_parts.py)",
                    lambda: breakdown(args.device, args.folder, args.small, 150))

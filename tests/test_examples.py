@@ -58,7 +58,7 @@ def test_the_gpu_check_dry_runs_on_the_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
     assert done.returncode == 0, done.stderr[-3000:]
     sections = re.findall(r"^## (.*) \((\w+), \d+ s\)$", (tmp_path / "report.md").read_text(), flags=re.M)
-    assert len(sections) == 6 and all(status == "ok" for _, status in sections), sections
+    assert len(sections) == 7 and all(status == "ok" for _, status in sections), sections
     assert "λ_1 of residual, blocks of 8" in (tmp_path / "report.md").read_text()
 
 
