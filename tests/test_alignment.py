@@ -323,3 +323,32 @@ def test_warm_started_sharpness_matches_cold_and_saves_products():
     for kind in ("hessian", "ggn", "residual"):
         assert warm.sharpness[kind] == pytest.approx(cold.sharpness[kind], rel=1e-9)
     assert sum(counts["warm"]) < sum(counts["cold"])
+
+
+@given(problem=problems(max_depth=4, max_width=4, max_examples=5))
+def test_every_report_field_matches_an_independent_computation(problem):
+    """Each field of the report on its own, from explicit per-example matrices (not through a product in which a
+    wrong field could cancel): E‖K‖², E‖Δ^i‖², E(χ^i)² = E[(1 + ‖x^{i−1}‖²)/(1 + ‖x^i‖²)],
+    E‖A^{i+1} diag σ'(x̂^i)‖² by SVD, and the two ratios r from their definition (2024 paper, section 2.2)."""
+    net, loss, X, y, jac, inputs, R = setup(problem)
+    rep = alignment.analyze(net, loss.criterion, X, y, sharpness=False)
+    dense, acts = alignment.dense_layers(net)
+    caches = net.new_caches()
+    net.forward(net.xp.asarray(X), caches)
+    slopes = [to_numpy(c.slope) for l, c in zip(net.layers, caches) if l in acts]
+    one_plus = [1 + (x ** 2).sum(1) for x in inputs]
+    norm2 = lambda M: np.linalg.norm(M, ord=2, axis=(-2, -1)) ** 2                     # per example
+    K = R @ parameter_jacobian(net, X)
+    delta2 = [one_plus[i] * norm2(R @ jac[i]) for i in range(len(dense))]
+    chi2 = [one_plus[i] / one_plus[i + 1] for i in range(len(dense) - 1)]
+    J2 = [norm2(to_numpy(dense[i + 1].A)[None] * slopes[i][:, None, :]) for i in range(len(dense) - 1)]
+    r = lambda product, first, second: product.mean() / (first.mean() * second.mean())
+    assume(all(d.mean() > 0 for d in delta2))
+    assert rep.K_norm2 == pytest.approx(norm2(K).mean(), rel=IDENTITY)
+    np.testing.assert_allclose(rep.K_layer_norm2, [d.mean() for d in delta2], rtol=IDENTITY)
+    np.testing.assert_allclose(rep.chi2, [c.mean() for c in chi2], rtol=IDENTITY)
+    np.testing.assert_allclose(rep.jacobian_norm2, [j.mean() for j in J2], rtol=1e-8)
+    np.testing.assert_allclose(rep.r_delta_jacobian, [r(delta2[i] / chi2[i], delta2[i + 1], J2[i])
+                                                      for i in range(len(chi2))], rtol=1e-8)
+    np.testing.assert_allclose(rep.r_chi, [r(delta2[i], chi2[i], delta2[i] / chi2[i]) for i in range(len(chi2))],
+                               rtol=1e-8)

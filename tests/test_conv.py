@@ -46,6 +46,36 @@ def test_maxpool_passes(kernel, stride, padding, n, C, H, seed):
     check_layer(MaxPool2d(kernel, stride, padding), inputs=x, seed=seed, k=2)
 
 
+def direct_pool(x, kernel, stride, padding, reduce):
+    """Each window's ``reduce`` over the entries of x it covers (padding covers none), by loops."""
+    n, C, H, W = x.shape
+    Ho, Wo = (H + 2 * padding - kernel) // stride + 1, (W + 2 * padding - kernel) // stride + 1
+    y = np.empty((n, C, Ho, Wo))
+    for i in range(Ho):
+        for j in range(Wo):
+            r0, c0 = i * stride - padding, j * stride - padding
+            window = x[:, :, max(r0, 0):r0 + kernel, max(c0, 0):c0 + kernel]
+            y[:, :, i, j] = reduce(window, axis=(-2, -1))
+    return y
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 1, 1), (2, 1, 1), (3, 2, 1)])
+def test_maxpool_forward_is_the_maximum_of_the_entries_each_window_covers(kernel, stride, padding, sign):
+    """Against loops, on inputs of one sign: with all entries negative, a padded window's maximum must still be
+    an entry of x, whatever the padding is filled with."""
+    x = sign * (np.random.default_rng(kernel + padding).random((2, 3, 5, 6)) + 0.5)
+    y = MaxPool2d(kernel, stride, padding).forward(x, Cache())
+    np.testing.assert_array_equal(y, direct_pool(x, kernel, stride, padding, np.max))
+
+
+@pytest.mark.parametrize("kernel, stride", [(2, 2), (3, 1), (2, 1)])
+def test_avgpool_forward_is_the_mean_of_each_window(kernel, stride):
+    x = np.random.default_rng(kernel).standard_normal((2, 3, 5, 6))
+    y = AvgPool2d(kernel, stride).forward(x, Cache())
+    np.testing.assert_allclose(y, direct_pool(x, kernel, stride, 0, np.mean), rtol=1e-14, atol=0)
+
+
 def test_conv2d_matches_a_direct_convolution():
     rng = np.random.default_rng(0)
     layer = Conv2d(2, 3, 3, stride=2, padding=1)

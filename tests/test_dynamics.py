@@ -274,3 +274,26 @@ def test_run_directory_guards(tmp_path):
     config, metrics, _, result = ne.load_run(tmp_path / "r")
     assert config["integrator"] == {"name": "gd", "lr": 0.1} and config["net"]["widths"] == [3, 4, 2]
     assert result["status"] == "max_steps" and list(metrics["step"]) == [0, 1]
+
+
+@pytest.mark.parametrize("method", ["power", "krylov", "lanczos", "lobpcg"])
+def test_exponential_euler_step_picks_and_orders_eigenpairs_as_documented(method):
+    """One step on a quadratic whose largest |λ| is negative, against the rule written out from eigh: by value
+    (λ_1..λ_k integrated exactly, Δt = min(1/λ_{k+1}, lr_max)) for every method but power, which ranks by |λ|
+    (the k of largest |λ| integrated exactly, Δt = min(1/|λ_{k+1}|, lr_max))."""
+    quad = Quadratic(np.concatenate([[-40.0, 10.0, 6.0, 3.0], np.linspace(0.1, 1.0, 16)]), seed=3)
+    theta = quad.net.theta.copy()
+    _, g = quad.value_and_gradient(theta)
+    k, lr_max = 2, 1.0
+    integrator = ne.ExponentialEuler(k=k, lr_max=lr_max, tol=1e-12, maxiter=5000, method=method)
+    new_theta, dt, _ = integrator.step(quad, theta, g)
+
+    w, U = np.linalg.eigh(quad.A)
+    order = np.argsort(-np.abs(w) if method == "power" else -w, kind="stable")[:k + 1]
+    lam, V = w[order], U[:, order]
+    expected_dt = min(1.0 / abs(lam[k]), lr_max)
+    c = V[:, :k].T @ g
+    residual = g - V[:, :k] @ c
+    expected = theta - V[:, :k] @ (exponential_coefficient(lam[:k], expected_dt) * c) - expected_dt * residual
+    assert dt == pytest.approx(expected_dt, rel=1e-10)
+    np.testing.assert_allclose(new_theta, expected, rtol=0, atol=1e-9 * np.abs(theta).max())

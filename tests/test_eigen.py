@@ -329,3 +329,44 @@ def test_every_eigenpair_of_a_small_operator_converges_even_a_zero_one(method, m
     order = np.argsort(-np.abs(exact)) if method == "power" or method == "krylov" else np.argsort(-exact)
     expected = np.sort(exact[order[:k]])[::-1]
     np.testing.assert_allclose(np.sort(to_numpy(result.values))[::-1], expected, atol=1e-12)
+
+
+def ranked(eigenvalues, k, method):
+    """The documented result: the top k by |λ| (power, krylov) or by λ (lobpcg, lanczos), in decreasing λ."""
+    w = np.asarray(eigenvalues, dtype=float)
+    chosen = w[np.argsort(-np.abs(w) if method in BY_MAGNITUDE else -w, kind="stable")[:k]]
+    return np.sort(chosen)[::-1]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("P, k", [(40, 3), (6, 5), (6, 6)])       # k ≥ P − 1 takes the dense route
+def test_eigenpairs_come_in_the_documented_order_beside_a_large_negative_eigenvalue(method, P, k):
+    """A negative eigenvalue larger in magnitude than every positive one changes both which eigenpairs a
+    ranking by |λ| picks and how a sort by |λ| would order them: the values must be the documented top k in
+    decreasing order, and each vector must belong to its value."""
+    rest = np.linspace(-0.5, 0.4, P - 4)                  # no two |λ| equal
+    eigenvalues = np.concatenate([[-50.0, 10.0, 8.0, -30.0], rest])
+    M = matrix_with_spectrum(eigenvalues, seed=P + k)
+    res = top_eigenpairs(device_operator(M), k, method=method, tol=1e-10, maxiter=5000)
+    values, vectors = to_numpy(res.values), to_numpy(res.vectors)
+    np.testing.assert_allclose(values, ranked(eigenvalues, k, method), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(M @ vectors, vectors * values, atol=1e-7 * 50)
+    assert np.array_equal(res.negative, values < 0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("scale", [2.0 ** -13, 2.0 ** 13])                # about 1e-4 and 1e4
+def test_tolerances_are_relative_to_the_spectrum(method, scale):
+    """The same spectrum scaled by a power of two (so every floating-point step scales exactly): a relative
+    tolerance takes the same products to the same relative accuracy; an absolute one would stop at once on
+    the small spectrum and never on the large one."""
+    eigenvalues = np.concatenate([[9.0, 7.0, 6.0], np.linspace(-1.0, 1.0, 60)])
+    M = matrix_with_spectrum(eigenvalues, seed=4)
+    kwargs = dict(method=method, tol=1e-8, seed=0, maxiter=2000)
+    base = top_eigenpairs(device_operator(M), 3, **kwargs)
+    scaled = top_eigenpairs(device_operator(M * scale), 3, **kwargs)
+    assert base.converged and scaled.converged
+    assert scaled.matvecs == base.matvecs
+    np.testing.assert_allclose(to_numpy(scaled.values), scale * np.array([9.0, 7.0, 6.0]), rtol=1e-7)
+    np.testing.assert_allclose(to_numpy(scaled.residual_norms), to_numpy(base.residual_norms), rtol=1e-6,
+                               atol=1e-12)
