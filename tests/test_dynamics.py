@@ -297,3 +297,20 @@ def test_exponential_euler_step_picks_and_orders_eigenpairs_as_documented(method
     expected = theta - V[:, :k] @ (exponential_coefficient(lam[:k], expected_dt) * c) - expected_dt * residual
     assert dt == pytest.approx(expected_dt, rel=1e-10)
     np.testing.assert_allclose(new_theta, expected, rtol=0, atol=1e-9 * np.abs(theta).max())
+
+
+@pytest.mark.parametrize("integrator", [lambda: ne.ExponentialEuler(k=2, lr_max=0.1, tol=1e-10, maxiter=500),
+                                        lambda: ne.AdaptiveGradientFlow(lr_max=100.0, tol=1e-10, maxiter=500)])
+def test_a_step_uses_the_theta_it_is_given_not_the_networks(integrator):
+    """step(loss, θ, ∇L̃(θ)) at a θ the network does not hold equals the same step with the network at θ: the
+    eigenpairs come from ∇²L̃(θ), never from the network's own parameters."""
+    p = build_problem([3, 4, 3], "tanh", "cross_entropy", n=8, seed=4)
+    theta_net = p.net.theta.copy()
+    theta = theta_net + 0.3 * np.random.default_rng(0).standard_normal(p.net.num_params)
+    g = p.loss.gradient(theta)
+    stepped, dt, _ = integrator().step(p.loss, theta, g)
+    assert np.array_equal(p.net.theta, theta_net)
+    p.net.set_theta(theta)
+    expected, expected_dt, _ = integrator().step(p.loss, theta, g)
+    assert dt == pytest.approx(expected_dt, rel=1e-8)
+    np.testing.assert_allclose(stepped, expected, rtol=1e-8, atol=1e-10)

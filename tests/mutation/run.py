@@ -1,0 +1,129 @@
+"""Mutation testing of the core: run mutmut, then write the report (mutants, killed, survived, equivalent, score
+per module).
+
+    pip install -e ".[mutation]"
+    python tests/mutation/run.py [--workers 2] [--report tests/mutation/report.md] [--only-report]
+
+mutmut (configured in setup.cfg, section [mutmut]: the core modules and the test files that exercise them)
+changes one thing at a time in the core — an operator, a constant, a comparison, an argument — and runs the
+tests that reach the changed function; a mutant is *killed* when a test fails. Hypothesis runs under the
+``mutation`` profile (tests/conftest.py: few examples, derandomised, so a verdict does not depend on luck).
+Mutants that change no behaviour are listed with the reason in tests/mutation/equivalent.toml and count as
+killed; everything else that survives is a hole in the suite. A run is incremental (mutmut keeps ``mutants/``)
+and stops cleanly on Ctrl-C; ``--only-report`` rewrites the report from what is there.
+
+The score of a module is (killed + timeouts + equivalent) / (mutants that tests reach). Mutants that no test
+reaches are listed apart: they are code the selected tests never run.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:                                               # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+KILLED = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
+          -11: "segfault", -9: "segfault"}
+
+
+def run_mutmut(workers):
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.call([sys.executable, "-m", "mutmut", "run", "--max-children", str(workers)], cwd=ROOT,
+                           env=env)
+
+
+def verdicts():
+    """{module path: {mutant name: status}} from mutmut's records in mutants/."""
+    out = {}
+    for meta in sorted((ROOT / "mutants").rglob("*.py.meta")):
+        module = str(meta.relative_to(ROOT / "mutants"))[:-len(".meta")]
+        data = json.loads(meta.read_text())
+        out[module] = {name: status(code) for name, code in data.get("exit_code_by_key", {}).items()}
+    return out
+
+
+def status(code):
+    if code is None:
+        return "not checked"
+    if code == 0:
+        return "survived"
+    if code in (5, 33):
+        return "no tests"
+    return KILLED.get(code, "suspicious")
+
+
+def equivalents():
+    """{mutant name: reason} from tests/mutation/equivalent.toml."""
+    path = HERE / "equivalent.toml"
+    if not path.exists():
+        return {}
+    return {name: entry["reason"] for name, entry in tomllib.loads(path.read_text()).items()}
+
+
+def report(results, equivalent):
+    lines = ["# Mutation testing of the core", "",
+             "Written by `python tests/mutation/run.py` (mutmut, configured in setup.cfg; docs/architecture.md).", "",
+             "| module | mutants | killed | timeout | equivalent | survived | no test reaches | not checked | score |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    survivors, unreached = [], []
+    totals = Counter()
+    for module, by_name in sorted(results.items()):
+        counts = Counter()
+        for name, verdict in by_name.items():
+            if verdict == "survived" and name in equivalent:
+                verdict = "equivalent"
+            counts[verdict] += 1
+            if verdict == "survived":
+                survivors.append(name)
+            elif verdict == "no tests":
+                unreached.append(name)
+        totals.update(counts)
+        lines.append(row(module, counts))
+    lines.append(row("**all**", totals))
+    lines += ["", "## Equivalent mutants (counted as killed)", ""]
+    lines += [f"- `{name}`: {reason}" for name, reason in sorted(equivalent.items())] or ["none"]
+    lines += ["", "## Surviving mutants", "", "`mutmut show NAME` prints each one's change.", ""]
+    lines += [f"- `{name}`" for name in sorted(survivors)] or ["none"]
+    lines += ["", "## Mutants no selected test reaches", ""]
+    lines += [f"- `{name}`" for name in sorted(unreached)] or ["none"]
+    return "\n".join(lines) + "\n", totals
+
+
+def row(module, counts):
+    reached = sum(counts[k] for k in ("killed", "timeout", "equivalent", "survived", "segfault", "suspicious"))
+    caught = counts["killed"] + counts["timeout"] + counts["equivalent"] + counts["segfault"]
+    score = f"{100 * caught / reached:.1f}%" if reached else "–"
+    total = sum(counts.values())
+    return (f"| {module} | {total} | {counts['killed'] + counts['segfault']} | {counts['timeout']} | "
+            f"{counts['equivalent']} | {counts['survived'] + counts['suspicious']} | {counts['no tests']} | "
+            f"{counts['not checked']} | {score} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--report", default=str(HERE / "report.md"))
+    parser.add_argument("--only-report", action="store_true", help="write the report from the last run")
+    args = parser.parse_args()
+    if not args.only_report:
+        run_mutmut(args.workers)
+    results = verdicts()
+    if not results:
+        sys.exit("no mutation results in mutants/: run without --only-report first")
+    text, totals = report(results, equivalents())
+    Path(args.report).write_text(text)
+    print(text.split("\n## ")[0])
+    print(f"report: {args.report}")
+
+
+if __name__ == "__main__":
+    main()
