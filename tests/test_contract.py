@@ -143,3 +143,60 @@ def test_special_functions_run_on_the_suites_device():
     assert backend.device_of(erf) == backend.device_of(x)
     from scipy.special import erf as host_erf
     np.testing.assert_allclose(backend.to_numpy(erf), host_erf(np.linspace(-2, 2, 5)), rtol=1e-14)
+
+
+def test_the_passes_defaults_give_the_input_gradient_and_the_second_order_terms():
+    """The contract's defaults (docs/layers.md): ``backward`` returns ∂L̃/∂x unless ``need_input=False``, which
+    returns None; ``r_backward`` includes the second-order terms unless told otherwise."""
+    from nn_eos.layers import Cache, Dense, Flatten
+    rng = np.random.default_rng(0)
+    for layer, x in ((Dense(3, 2), rng.standard_normal((4, 3))), (activation("tanh"), rng.standard_normal((4, 3))),
+                     (Flatten(), rng.standard_normal((4, 2, 3)))):
+        if layer.num_params:
+            layer.bind(rng.standard_normal(layer.num_params))
+        cache = Cache()
+        y = layer.forward(x, cache)
+        delta = rng.standard_normal(y.shape)
+        grad = np.zeros(layer.num_params)
+        by_default = layer.backward(delta, cache, grad)
+        assert by_default is not None and by_default.shape == x.shape
+        np.testing.assert_array_equal(by_default, layer.backward(delta, cache, np.zeros(layer.num_params),
+                                                                 need_input=True))
+        if not isinstance(layer, ne.Activation):          # asked of the layers that can come first
+            assert layer.backward(delta, cache, np.zeros(layer.num_params), need_input=False) is None
+        v = rng.standard_normal((1, layer.num_params))
+        r_x = rng.standard_normal((1,) + x.shape)
+        r_y = layer.r_forward(r_x, v, cache)
+        r_delta = rng.standard_normal(r_y.shape)
+        default = layer.r_backward(r_delta, v, cache, np.zeros((1, layer.num_params)))
+        second = layer.r_backward(r_delta, v, cache, np.zeros((1, layer.num_params)), second_order=True,
+                                  need_input=True)
+        np.testing.assert_array_equal(default, second)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_derivatives_from_the_output_agree_with_the_definitions_at_the_kink_too(name):
+    """``derivatives(x̂, σ(x̂))`` — what the forward pass keeps — equals ``slope(x̂)`` and ``curvature(x̂)``
+    everywhere, the kink x̂ = 0 included, so that which side a kink belongs to is decided in one place."""
+    act = activation(name)
+    x = np.array([-2.0, -1e-8, -0.0, 0.0, 1e-8, 2.0])
+    slope, curvature = act.derivatives(x, act.sigma(x))
+    np.testing.assert_allclose(slope, act.slope(x), rtol=1e-15, atol=0)
+    if act.has_curvature:
+        np.testing.assert_allclose(curvature, act.curvature(x), rtol=1e-15, atol=1e-300)
+
+
+@pytest.mark.parametrize("n_in, n_out", [(0, 3), (3, 0), (0, 0), (-1, 2)])
+def test_a_dense_layer_needs_a_positive_size_on_both_sides(n_in, n_out):
+    from nn_eos.layers import Dense
+    with pytest.raises(ValueError):
+        Dense(n_in, n_out)
+
+
+def test_every_layer_and_activation_names_itself():
+    from nn_eos.conv import AvgPool2d, Conv2d, MaxPool2d
+    from nn_eos.layers import Dense, Flatten
+    for layer in (Dense(3, 2), Flatten(), Conv2d(1, 2, 3), AvgPool2d(2), MaxPool2d(2)):
+        assert repr(layer).startswith(type(layer).__name__ + "(")
+    for name, cls in ACTIVATIONS.items():
+        assert repr(cls()) == f"{cls.__name__}()"

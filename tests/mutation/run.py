@@ -2,12 +2,14 @@
 per module).
 
     pip install -e ".[mutation]"
-    python tests/mutation/run.py [--workers 2] [--report tests/mutation/report.md] [--only-report]
+    python tests/mutation/run.py [--workers 2] [--only 'nn_eos.integrators*' …] [--report FILE] [--only-report]
 
 mutmut (configured in setup.cfg, section [mutmut]: the core modules and the test files that exercise them)
 changes one thing at a time in the core — an operator, a constant, a comparison, an argument — and runs the
 tests that reach the changed function; a mutant is *killed* when a test fails. Hypothesis runs under the
 ``mutation`` profile (tests/conftest.py: few examples, derandomised, so a verdict does not depend on luck).
+The tests run on the strict stand-in device
+(``NN_EOS_DEVICE=strict``), so that a mutant mixing host and device arrays fails as it would on a GPU.
 Mutants that change no behaviour are listed with the reason in tests/mutation/equivalent.toml and count as
 killed; everything else that survives is a hole in the suite. A run is incremental (mutmut keeps ``mutants/``)
 and stops cleanly on Ctrl-C; ``--only-report`` rewrites the report from what is there.
@@ -35,10 +37,12 @@ KILLED = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout"
           -11: "segfault", -9: "segfault"}
 
 
-def run_mutmut(workers):
-    env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.call([sys.executable, "-m", "mutmut", "run", "--max-children", str(workers)], cwd=ROOT,
-                           env=env)
+def run_mutmut(workers, only=()):
+    # on the strict stand-in device (nn_eos/strict.py), so that a mutant mixing host and device arrays is caught
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation", "NN_EOS_DEVICE": "strict", "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.call([sys.executable, "-m", "mutmut", "run", "--max-children", str(workers), *only],
+                           cwd=ROOT, env=env)
 
 
 def verdicts():
@@ -113,9 +117,11 @@ def main():
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--report", default=str(HERE / "report.md"))
     parser.add_argument("--only-report", action="store_true", help="write the report from the last run")
+    parser.add_argument("--only", nargs="+", default=(), metavar="GLOB",
+                        help="mutants whose names match, e.g. 'nn_eos.integrators*' (default: all)")
     args = parser.parse_args()
     if not args.only_report:
-        run_mutmut(args.workers)
+        run_mutmut(args.workers, args.only)
     results = verdicts()
     if not results:
         sys.exit("no mutation results in mutants/: run without --only-report first")
