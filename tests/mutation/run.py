@@ -73,9 +73,9 @@ def equivalents():
     return {name: entry["reason"] for name, entry in tomllib.loads(path.read_text()).items()}
 
 
-def report(results, equivalent):
+def report(results, equivalent, command="python tests/mutation/run.py"):
     lines = ["# Mutation testing of the core", "",
-             "Written by `python tests/mutation/run.py` (mutmut, configured in setup.cfg; docs/architecture.md).", "",
+             f"Written by `{command}` (mutmut, configured in setup.cfg; docs/architecture.md).", "",
              "| module | mutants | killed | timeout | equivalent | survived | no test reaches | not checked | score |",
              "|---|---|---|---|---|---|---|---|---|"]
     survivors, unreached = [], []
@@ -125,7 +125,9 @@ def main():
     results = verdicts()
     if not results:
         sys.exit("no mutation results in mutants/: run without --only-report first")
-    text, totals = report(results, equivalents())
+    only = " ".join(f"'{glob}'" for glob in args.only)
+    command = "python tests/mutation/run.py" + (f" --only {only}" if only else "")
+    text, totals = report(results, equivalents(), command)
     Path(args.report).write_text(text)
     print(text.split("\n## ")[0])
     print(f"report: {args.report}")
