@@ -370,3 +370,21 @@ def test_tolerances_are_relative_to_the_spectrum(method, scale):
     np.testing.assert_allclose(to_numpy(scaled.values), scale * np.array([9.0, 7.0, 6.0]), rtol=1e-7)
     np.testing.assert_allclose(to_numpy(scaled.residual_norms), to_numpy(base.residual_norms), rtol=1e-6,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("method", BY_MAGNITUDE)
+@pytest.mark.parametrize("guard", [0, 3])
+def test_guard_vectors_do_not_change_which_eigenpairs_are_returned(method, guard):
+    """With guard vectors the block holds more Ritz pairs than k: the k returned are still the documented top k
+    (by |λ|), beside a large negative eigenvalue."""
+    eigenvalues = np.concatenate([[-50.0, 10.0, 8.0, -30.0], np.linspace(-0.5, 0.4, 36)])
+    M = matrix_with_spectrum(eigenvalues, seed=9)
+    res = top_eigenpairs(device_operator(M), 3, method=method, tol=1e-10, maxiter=5000, guard=guard)
+    np.testing.assert_allclose(to_numpy(res.values), ranked(eigenvalues, 3, method), rtol=1e-8)
+
+
+def test_no_eigenpairs_are_not_converged_ones():
+    from nn_eos.ritz import within_tol
+    assert not within_tol(np.zeros(0), np.zeros(0), 1e-6, np.float64, 10)
+    assert within_tol(np.array([1e-9]), np.array([2.0]), 1e-6, np.float64, 10)
+    assert not within_tol(np.array([1e-5]), np.array([2.0]), 1e-6, np.float64, 10)

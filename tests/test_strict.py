@@ -120,13 +120,15 @@ def test_a_warm_product_reads_nothing_back_and_block_krylov_a_few_numbers_per_it
 @pytest.mark.parametrize("rows", [1, 255, 256, 1000, 4099])
 @pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("columns", [0, 1, 8])
-def test_column_norms_on_a_device_sum_in_pieces_and_match_the_host(rows, order, columns):
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_column_norms_on_a_device_sum_in_pieces_and_match_the_host(rows, order, columns, dtype):
     from nn_eos.ritz import column_norms
-    M = np.asarray(np.random.default_rng(rows).standard_normal((rows, columns)), order=order)
+    M = np.asarray(np.random.default_rng(rows).standard_normal((rows, columns)), order=order, dtype=dtype)
+    rtol = 1e-13 if dtype == "float64" else 1e-5
     device = column_norms(strict.asarray(M), strict)
-    assert isinstance(device, StrictArray) and device.shape == (columns,)
-    np.testing.assert_allclose(to_numpy(device), np.linalg.norm(M, axis=0), rtol=1e-13)
-    np.testing.assert_allclose(column_norms(M, np), np.linalg.norm(M, axis=0), rtol=1e-13)
+    assert isinstance(device, StrictArray) and device.shape == (columns,) and device.dtype == M.dtype
+    np.testing.assert_allclose(to_numpy(device), np.linalg.norm(M, axis=0), rtol=rtol)
+    np.testing.assert_allclose(column_norms(M, np), np.linalg.norm(M, axis=0), rtol=rtol)
 
 
 def test_a_batched_lanczos_step_costs_at_most_17_device_operations_with_a_product_of_3():
