@@ -192,7 +192,7 @@ def authors(device, n, small):
     lines, data = [], {}
     for dtype in ("float32", "float64"):
         args = types.SimpleNamespace(n=n, widths=widths, k=5, lr_max=0.01, tol=1e-4, dtype=dtype,
-                                     rounds=2 if small else 3, jacobian_n=min(n, 256), device=device)
+                                     rounds=1 if small else 3, jacobian_n=min(n, 256), device=device)
         rows, checks, _ = authors_bench.compare(args)
         lines += [f"### {dtype}, n = {n}", "", "| " + " | ".join(authors_bench.HEADERS) + " |",
                   "|" + "---|" * len(authors_bench.HEADERS)]
