@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import nn_eos as ne  # noqa: E402
 from nn_eos.experiments.arguments import add_device, parse, script_parser  # noqa: E402
 from nn_eos.backend import to_numpy  # noqa: E402
-from timing import median_times, table  # noqa: E402
+from timing import SETTLE_SECONDS, median_times, table  # noqa: E402
 import peers as peers_module  # noqa: E402
 from peers import K_BLOCK, Problem  # noqa: E402
 
@@ -87,7 +87,8 @@ def side_by_side(problem, rounds, device, peers, torch_forward, jax=True):
     for line in settings:
         print("  " + line)
     timed_rows = [r for r in rows if r.call is not None]
-    times = median_times({key(r): r.call for r in timed_rows}, rounds=rounds)
+    times = median_times({key(r): r.call for r in timed_rows}, rounds=rounds,
+                         settle=0 if device == "gpu" else SETTLE_SECONDS)
     ours = {(r.quantity, r.mode): times[key(r)] for r in timed_rows if r.who == "ours"}
     g = ours[("gradient", "cold")]
     out = []

@@ -100,26 +100,24 @@ def references(problem):
             QUANTITIES[3]: to_numpy(loss.hvp(xp.asarray(problem.V), theta))}
 
 
-def checked(rows, results, reference, tol):
-    """Each row whose result (a host array, or an exception) differs from ``reference[row.quantity]`` by more
-    than ``tol`` (relative to its largest entry) becomes "failed"."""
-    for row in rows:
-        result = results.get(row.who + row.mode + row.quantity)
-        if isinstance(result, Exception):
-            row.call, row.failed = None, f"{type(result).__name__}: {str(result).splitlines()[0][:120]}"
-        elif result is not None:
-            mine = reference[row.quantity]
+def checked_rows(calls, flat, reference, tol):
+    """A :class:`Row` for each of ``calls`` [(quantity, mode, who, call)], the call run once first and its result
+    (``flat(result, blocked)``, a host array) compared with ``reference[quantity]`` relative to its largest
+    entry: a call that raises, or differs by more than ``tol``, keeps its row as "failed: reason"."""
+    rows = []
+    for quantity, mode, who, call in calls:
+        row = Row(quantity, mode, who, call)
+        try:
+            result = flat(call(), quantity == QUANTITIES[3])
+        except Exception as error:          # noqa: BLE001  (any failure is reported as the row's reason)
+            row.call, row.failed = None, f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+        else:
+            mine = reference[quantity]
             err = float(np.abs(result - mine).max() / np.abs(mine).max())
             if not err < tol:
                 row.call, row.failed = None, f"differs from ours by {err:.1e} (relative)"
+        rows.append(row)
     return rows
-
-
-def try_result(fn, flat):
-    try:
-        return flat(fn())
-    except Exception as error:              # noqa: BLE001  (any failure is reported as the row's reason)
-        return error
 
 
 # ----- PyTorch -------------------------------------------------------------------------------------------
@@ -228,11 +226,7 @@ def torch_rows(problem, forward, reference, tol, device="cpu"):
             return torch.cat([t.reshape(K_BLOCK, -1) for t in tensors], dim=1).T.numpy()
         return torch.cat([t.reshape(-1) for t in tensors]).numpy()
 
-    rows, results = [], {}
-    for quantity, mode, who, call in calls:
-        results[who + mode + quantity] = try_result(call, lambda r, b=quantity == block: flat(r, b))
-        rows.append(Row(quantity, mode, who, call))
-    return checked(rows, results, reference, tol), torch_settings(torch)
+    return checked_rows(calls, flat, reference, tol), torch_settings(torch)
 
 
 # ----- JAX -----------------------------------------------------------------------------------------------
@@ -331,8 +325,4 @@ def jax_mlp_rows(problem, reference, tol):
             return np.concatenate([a.reshape(K_BLOCK, -1) for a in leaves], axis=1).T
         return np.concatenate([a.ravel() for a in leaves])
 
-    rows, results = [], {}
-    for quantity, mode, who, call in calls:
-        results[who + mode + quantity] = try_result(call, lambda r, b=quantity == block: flat(r, b))
-        rows.append(Row(quantity, mode, who, call))
-    return checked(rows, results, reference, tol), jax_settings(jax)
+    return checked_rows(calls, flat, reference, tol), jax_settings(jax)

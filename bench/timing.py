@@ -54,10 +54,13 @@ SETTLE_SECONDS = 0.2
 def median_times(contenders, rounds=7, warmup=1, settle=SETTLE_SECONDS):
     """{name: median seconds} for a dict {name: zero-argument callable}.
 
-    Before each timed call the process sleeps ``settle`` seconds (not timed), so that the worker threads of the
-    contender before it have stopped spinning: OpenBLAS, OpenMP (PyTorch) and XLA's pools busy-wait for a
-    while after each call, and on a machine with few cores the next contender would pay for it.
+    Where several contenders take turns, the process sleeps ``settle`` seconds (not timed) before each timed
+    call, so that the worker threads of the contender before it have stopped spinning: OpenBLAS, OpenMP
+    (PyTorch) and XLA's pools busy-wait for a while after each call, and on a machine with few cores the next
+    contender would pay for it. A lone contender never waits (its own threads do not slow it); on a GPU
+    machine, with cores to spare, callers pass ``settle=0``.
     """
+    settle = settle if len(contenders) > 1 else 0
     for _ in range(warmup):
         for fn in contenders.values():
             sync(fn())

@@ -66,12 +66,11 @@ def test_cold_rows_do_not_find_passes_left_by_another_row(problem):
 
 
 def test_a_row_that_raises_or_disagrees_is_kept_as_failed():
-    rows = [peers.Row("hvp", "cold", "A", call=lambda: 0), peers.Row("hvp", "cold", "B", call=lambda: 0),
-            peers.Row("hvp", "cold", "C", call=lambda: 0)]
     reference = {"hvp": np.array([1.0, 2.0])}
-    results = {"Acoldhvp": np.array([1.0, 2.0 + 1e-12]), "Bcoldhvp": np.array([1.0, 2.5]),
-               "Ccoldhvp": peers.try_result(lambda: 1 / 0, np.asarray)}
-    peers.checked(rows, results, reference, tol=1e-8)
+    calls = [("hvp", "cold", "A", lambda: [1.0, 2.0 + 1e-12]), ("hvp", "cold", "B", lambda: [1.0, 2.5]),
+             ("hvp", "cold", "C", lambda: 1 / 0)]
+    rows = peers.checked_rows(calls, lambda result, blocked: np.asarray(result), reference, tol=1e-8)
+    assert [row.who for row in rows] == ["A", "B", "C"]
     assert rows[0].call is not None and not rows[0].failed
     assert rows[1].call is None and rows[1].failed.startswith("differs from ours by 2.5e-01")
     assert rows[2].call is None and rows[2].failed.startswith("ZeroDivisionError")

@@ -23,7 +23,7 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -99,7 +99,7 @@ def report(results, equivalent, command="python tests/mutation/run.py"):
     lines += [f"- `{name}`" for name in sorted(survivors)] or ["none"]
     lines += ["", "## Mutants no selected test reaches", ""]
     lines += [f"- `{name}`" for name in sorted(unreached)] or ["none"]
-    return "\n".join(lines) + "\n", totals
+    return "\n".join(lines) + "\n"
 
 
 def row(module, counts):
@@ -127,7 +127,7 @@ def main():
         sys.exit("no mutation results in mutants/: run without --only-report first")
     only = " ".join(f"'{glob}'" for glob in args.only)
     command = "python tests/mutation/run.py" + (f" --only {only}" if only else "")
-    text, totals = report(results, equivalents(), command)
+    text = report(results, equivalents(), command)
     Path(args.report).write_text(text)
     print(text.split("\n## ")[0])
     print(f"report: {args.report}")
