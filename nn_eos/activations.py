@@ -13,7 +13,8 @@ from above::
     r_backward    R{∂L̃/∂x̂} = R{g} ⊙ σ'(x̂) + g ⊙ σ''(x̂) ⊙ R{x̂}
 
 The last term is the activation's second-order term, dropped for the
-Gauss-Newton product.
+Gauss-Newton product. Third derivatives (docs/third.md) also need σ''', which an
+activation states as ``third_derivative``.
 """
 
 import math
@@ -53,6 +54,17 @@ class Activation(Layer):
     def curvature(x):
         raise NotImplementedError("an activation defines curvature(x), σ''")
 
+    @staticmethod
+    def third_derivative(x):
+        raise NotImplementedError("an activation defines third_derivative(x), σ''', for third derivatives")
+
+    def check_third_order(self):
+        """Raise NotImplementedError unless σ''' is stated (needed only where σ'' is not zero)."""
+        super().check_third_order()
+        if self.has_curvature and type(self).third_derivative is Activation.third_derivative:
+            raise NotImplementedError(f"{type(self).__name__} states no third_derivative(x) (σ'''), which third "
+                                      f"derivatives need: docs/third.md")
+
     def derivatives(self, x_hat, x_plus):
         """``(σ'(x̂), σ''(x̂))``, given ``x⁺ = σ(x̂)`` as well: an activation whose derivatives are cheaper in
         terms of x⁺ (tanh: σ' = 1 − x⁺²) writes them so (docs/passes.md, "Activation")."""
@@ -80,9 +92,28 @@ class Activation(Layer):
             return r_g * cache.slope + cache.g * cache.curvature * cache.r_x_hat
         return r_g * cache.slope
 
+    def rr_forward(self, ruv_x_hat, t, u, v, cache):
+        """``R_uR_v{x⁺} = σ' ⊙ R_uR_v{x̂} + σ'' ⊙ R_u{x̂} ⊙ R_v{x̂}`` (docs/third.md); t.ru_x is R_u{x̂}."""
+        first = None if ruv_x_hat is None else cache.slope * ruv_x_hat
+        if not self.has_curvature:
+            return first
+        second = cache.curvature * t.ru_x * t.rv_x
+        return second if first is None else first + second
+
+    def rr_backward(self, ruv_g, t, u, v, cache, rr_grad, need_input=True):
+        """``R_uR_v{∂L̃/∂x̂} = R_uR_v{g} ⊙ σ' + (R_u{g} ⊙ R_v{x̂} + R_v{g} ⊙ R_u{x̂} + g ⊙ R_uR_v{x̂}) ⊙ σ''
+        + g ⊙ σ''' ⊙ R_u{x̂} ⊙ R_v{x̂}`` (docs/third.md); g = t.delta, x̂ = t.x."""
+        if not self.has_curvature:
+            return ruv_g * cache.slope
+        moved = t.ru_delta * t.rv_x + t.rv_delta * t.ru_x
+        if t.ruv_x is not None:
+            moved = moved + t.delta * t.ruv_x
+        return (ruv_g * cache.slope + moved * cache.curvature
+                + t.delta * self.third_derivative(t.x) * t.ru_x * t.rv_x)
+
 
 class ReLU(Activation):
-    """``σ(x) = max(x, 0)``, ``σ'(x) = [x > 0]``, ``σ''(x) = 0`` (away from the kink)."""
+    """``σ(x) = max(x, 0)``, ``σ'(x) = [x > 0]``, ``σ''(x) = σ'''(x) = 0`` (away from the kink)."""
 
     name = "relu"
     gain = math.sqrt(2.0)
@@ -106,7 +137,7 @@ class ELU(Activation):
 
         σ(x) = x (x > 0),  eˣ − 1 (x ≤ 0)
         σ'(x) = 1,          eˣ
-        σ''(x) = 0,         eˣ
+        σ''(x) = σ'''(x) = 0,   eˣ
 
     The exponential is taken of ``min(x, 0)`` only, so large positive inputs
     never overflow; ``expm1`` keeps σ accurate for small negative x.
@@ -131,6 +162,11 @@ class ELU(Activation):
         xp = array_module(x)
         return xp.exp(xp.minimum(x, 0)) * (x <= 0)
 
+    @staticmethod
+    def third_derivative(x):
+        """σ''' = σ'': 0 where x > 0, eˣ where x ≤ 0."""
+        return ELU.curvature(x)
+
     def derivatives(self, x_hat, x_plus):
         """``σ' = 1 + min(x⁺, 0)``, ``σ'' = σ' − [x̂ > 0]``: where x̂ ≤ 0, ``eˣ̂ = x⁺ + 1``, so no second
         exponential is taken (it would cost more than the layer's other elementwise work together). For very
@@ -141,7 +177,7 @@ class ELU(Activation):
 
 
 class Tanh(Activation):
-    """``σ = tanh``, ``σ' = 1 − σ²``, ``σ'' = −2 σ (1 − σ²)``."""
+    """``σ = tanh``, ``σ' = 1 − σ²``, ``σ'' = −2 σ (1 − σ²)``, ``σ''' = −2 (1 − σ²)(1 − 3σ²)``."""
 
     name = "tanh"
     gain = 5.0 / 3.0
@@ -159,6 +195,12 @@ class Tanh(Activation):
     def curvature(x):
         t = array_module(x).tanh(x)
         return -2 * t * (1 - t * t)
+
+    @staticmethod
+    def third_derivative(x):
+        """σ''' = −2 (1 − tanh² x)(1 − 3 tanh² x)."""
+        t = array_module(x).tanh(x)
+        return -2 * (1 - t * t) * (1 - 3 * t * t)
 
     def derivatives(self, x_hat, x_plus):
         """``σ' = 1 − x⁺²``, ``σ'' = −2 x⁺ σ'``: no second tanh."""

@@ -172,6 +172,45 @@ class Conv2d(Layer):
         V_W, _ = self.split(v)
         return self.fold(rd @ self.W + cache.delta_rows @ V_W[:, None], cache.hw)
 
+    def rr_forward(self, ruv_x, t, u, v, cache):
+        """``R_uR_v{y} = cols(R_uR_v{x}) Wᵀ + cols(R_u{x}) V_Wᵀ + cols(R_v{x}) U_Wᵀ`` (docs/third.md)."""
+        if t.ru_x is None:                      # the first layer with parameters: x does not move with θ
+            return None
+        (U_W, _), (V_W, _) = self.split(u), self.split(v)
+        ruv_y = (self.cols(t.ru_x) @ V_W.transpose(0, 2, 1)[:, None]
+                 + self.cols(t.rv_x) @ U_W.transpose(0, 2, 1)[:, None])                        # (k, n, p, f)
+        if ruv_x is not None:
+            ruv_y = self.cols(ruv_x) @ self.W.T + ruv_y
+        return self.to_image(ruv_y, self.win.out_hw(*cache.hw))
+
+    def rr_backward(self, ruv_delta, t, u, v, cache, rr_grad, need_input=True):
+        """R_uR_v of the backward pass (docs/third.md)::
+
+            R_uR_v{∂L̃/∂W} = Σ R_uR_v{δ}ᵀ cols(x) + R_v{δ}ᵀ cols(R_u{x}) + R_u{δ}ᵀ cols(R_v{x}) + δᵀ cols(R_uR_v{x})
+            R_uR_v{∂L̃/∂b} = Σ R_uR_v{δ}
+            R_uR_v{∂L̃/∂x} = fold(R_uR_v{δ} W + R_v{δ} U_W + R_u{δ} V_W)
+        """
+        rd, ru_d, rv_d = self.to_rows(ruv_delta), self.to_rows(t.ru_delta), self.to_rows(t.rv_delta)  # (k, n, p, f)
+        k = rd.shape[0]
+
+        def transposed(d):                      # (k, n, p, f) → (k, f, n·p), for Σ_{n, positions} dᵀ …
+            return d.reshape(k, -1, self.F).transpose(0, 2, 1)
+
+        def patches(r_x):                       # cols of a (k, n, C, H, W) R-quantity → (k, n·p, c)
+            return self.cols(r_x).reshape(k, -1, self.K)
+
+        rr_grad_W, rr_grad_b = self.split(rr_grad)
+        rr_grad_W[...] = transposed(rd) @ cache.x_cols.reshape(-1, self.K)
+        if t.ru_x is not None:
+            rr_grad_W += transposed(rv_d) @ patches(t.ru_x) + transposed(ru_d) @ patches(t.rv_x)
+        if t.ruv_x is not None:
+            rr_grad_W += cache.delta_rows.reshape(-1, self.F).T @ patches(t.ruv_x)
+        rr_grad_b[...] = rd.sum(axis=(1, 2))
+        if not need_input:
+            return None
+        (U_W, _), (V_W, _) = self.split(u), self.split(v)
+        return self.fold(rd @ self.W + rv_d @ U_W[:, None] + ru_d @ V_W[:, None], cache.hw)
+
 
 class _Pool(Layer):
     """A pooling layer: a fixed map ``pool`` of each window and its adjoint ``unpool``.
@@ -199,6 +238,12 @@ class _Pool(Layer):
 
     def r_backward(self, r_delta, v, cache, r_grad, second_order=True, need_input=True):
         return self.unpool(r_delta, cache) if need_input else None
+
+    def rr_forward(self, ruv_x, t, u, v, cache):
+        return self.r_forward(ruv_x, v, cache)
+
+    def rr_backward(self, ruv_delta, t, u, v, cache, rr_grad, need_input=True):
+        return self.r_backward(ruv_delta, v, cache, rr_grad, need_input=need_input)
 
 
 class AvgPool2d(_Pool):

@@ -1,4 +1,5 @@
-"""Criteria ``l(z, y)``: value, ``∂l/∂z``, ``H_z l · u`` and ``R = sqrt(H_z l)`` (docs/passes.md, "Criteria").
+"""Criteria ``l(z, y)``: value, ``∂l/∂z``, ``H_z l · u``, ``R = sqrt(H_z l)`` (docs/passes.md, "Criteria") and the third
+derivative ``∂³l[a, b, ·]`` (docs/third.md).
 
 All functions work per example on a batch: ``z`` has shape (n, O), ``y`` holds
 integer labels (n,). Directions ``u`` carry a leading axis: (k, n, O).
@@ -51,6 +52,11 @@ class Criterion:
     def hessian(self, z, y):
         """``H_z l`` per example, shape (n, O, O)."""
         raise NotImplementedError
+
+    def third_product(self, z, y, a, b):
+        """``∂³l[a, b, ·]`` per example and pair of directions, a and b of shape (k, n, O) (docs/third.md)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no third_product (∂³l[a, b, ·]), which third "
+                                  f"derivatives need: docs/third.md")
 
     def sqrt_hessian(self, z, y):
         """``R(z, y)``, the symmetric PSD square root of ``H_z l`` (2024 paper, section 2.2).
@@ -125,6 +131,20 @@ class CrossEntropy(Criterion):
         p = self.softmax(z)
         return p[:, :, None] * xp.eye(z.shape[-1], dtype=z.dtype) - p[:, :, None] * p[:, None, :]
 
+    def third_product(self, z, y, a, b):
+        """``∂³l[a, b, ·] = H_z l · ((a − pᵀa) ⊙ (b − pᵀb))``, the third cumulant of the softmax (docs/third.md).
+
+        a and b are first shifted by their entry at the argmax of p, which changes nothing (the centring removes
+        any constant) and, as in :meth:`output_hessian`, keeps pᵀa free of cancellation when p saturates.
+        """
+        p = self.softmax(z)
+        top = one_hot_mask(z, z.argmax(axis=-1)).astype(z.dtype)
+
+        def centred(u):
+            u = u - (u * top).sum(axis=-1, keepdims=True)
+            return u - (p * u).sum(axis=-1, keepdims=True)
+        return self.output_hessian(z, y)(centred(a) * centred(b))
+
 
 class MSE(Criterion):
     """Mean squared error against one-hot targets (PyTorch's ``mse_loss`` convention)::
@@ -159,6 +179,10 @@ class MSE(Criterion):
         xp = array_module(z)
         O = z.shape[-1]
         return xp.broadcast_to((2.0 / O) * xp.eye(O, dtype=z.dtype), (z.shape[0], O, O)).copy()
+
+    def third_product(self, z, y, a, b):
+        """``∂³l = 0``: l is quadratic in z."""
+        return array_module(z).zeros(a.shape, dtype=z.dtype)
 
 
 CRITERIA = {cls.name: cls for cls in (CrossEntropy, MSE)}

@@ -5,6 +5,7 @@
     G v  = E[(∂f/∂θ)ᵀ H_z l (∂f/∂θ)] v        the Gauss-Newton product      ``ggn``
     H v  = E[Σ_q ∂l/∂z_q ∂²f_q/∂θ²] v          the residual ∇²L̃ v − G v     ``residual``
     ∇²L̃ v                                     the Hessian-vector product    ``hvp``
+    ∇³L̃[u, v, ·]                              the third derivative          ``third`` (docs/third.md)
 
 All three come out of one forward pass, (for ``hvp`` and ``residual``) one
 backward pass that records δ at every layer, one R-forward pass and one
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend, memory
+from . import backend, memory, third_order
 from .criteria import criterion as make_criterion
 from .eigen import BlockOperator
 from .validation import check_directions, check_inputs, check_integer, check_labels
@@ -182,6 +183,16 @@ class TrainingLoss:
     def residual(self, V, theta=None):
         """Residual products ``H v = ∇²L̃ v − G v`` (2024 paper, eq. 2) for V (P,) or (P, k)."""
         return self.curvature_product(V, "residual", theta)
+
+    def third(self, U, V=None, theta=None):
+        """``∇³L̃[u, v, ·] = d/dε ∇²L̃(θ + εu) v`` (docs/third.md) for u, v (P,) or the column pairs of U, V (P, k);
+        ``V=None`` takes v = u. Runs its own six passes (it shares none with the products)."""
+        return third_order.third_derivative(self, U, V, theta)
+
+    def eigenvalue_gradient(self, U, theta=None):
+        """``∇λ = ∇³L̃[u, u, ·] / ‖u‖²`` for eigenvectors u of ∇²L̃ with simple eigenvalues λ (docs/third.md): the
+        gradient of the sharpness λ₁ when u is the top eigenvector."""
+        return third_order.eigenvalue_gradient(self, U, theta)
 
     def curvature_product(self, V, kind, theta=None):
         """``M v`` for M one of ∇²L̃ ('hessian'), G ('ggn') or H ('residual').

@@ -49,6 +49,13 @@ class Cache(SimpleNamespace):
             delattr(self, name)
 
 
+class Tangents(SimpleNamespace):
+    """What a layer's third-order passes read besides its cache, along the two directions u and v of
+    ``∇³L̃[u, v, ·]`` (docs/third.md): ``x`` its input, ``delta`` the δ of its output, ``ru_x``, ``rv_x``
+    (R_u{x}, R_v{x}; None before the first layer with parameters), ``ru_delta``, ``rv_delta`` (R_u{δ}, R_v{δ})
+    and ``ruv_x`` (R_uR_v{x}; None where it is zero)."""
+
+
 def weight_and_bias(flat, rows, cols):
     """Views (…, rows, cols) of a weight matrix stored row-major and (…, rows) of the bias after it, in a (…, p)
     array (p = rows·cols + rows): how a layer's parameters, and any direction or gradient of them, are laid out."""
@@ -68,6 +75,7 @@ class Layer:
 
     num_params = 0
     PASSES = ("forward", "backward", "r_forward", "r_backward")
+    THIRD_ORDER_PASSES = ("rr_forward", "rr_backward")
 
     def check_contract(self):
         """Raise TypeError when a piece of the contract is missing: a layer that defines any of its four passes
@@ -81,6 +89,15 @@ class Layer:
         if self.num_params and type(self).bind is Layer.bind:
             raise TypeError(f"{name} has num_params = {self.num_params} but no bind(params) to take its part of θ "
                             f"(docs/layers.md)")
+
+    def check_third_order(self):
+        """Raise NotImplementedError unless the layer has third-order passes: a layer that defines its own four
+        passes defines ``rr_forward`` and ``rr_backward`` too (docs/third.md), else it cannot take part in
+        ``∇³L̃``."""
+        own = [p for p in self.PASSES + self.THIRD_ORDER_PASSES if getattr(type(self), p) is not getattr(Layer, p)]
+        if own and any(p not in own for p in self.THIRD_ORDER_PASSES):
+            raise NotImplementedError(f"{type(self).__name__} defines no third-order passes (rr_forward and "
+                                      f"rr_backward), which third derivatives need: docs/third.md")
 
     def bind(self, params):
         """Point the layer's parameters at ``params``, a flat view into θ."""
@@ -99,6 +116,14 @@ class Layer:
 
     def r_backward(self, r_delta, v, cache, r_grad, second_order=True, need_input=True):
         return r_delta
+
+    def rr_forward(self, ruv_x, t, u, v, cache):
+        """``R_uR_v{y}`` from ``R_uR_v{x}`` and the record ``t`` (a :class:`Tangents`)."""
+        return ruv_x
+
+    def rr_backward(self, ruv_delta, t, u, v, cache, rr_grad, need_input=True):
+        """``R_uR_v{∂L̃/∂x}`` from ``R_uR_v{δ}``; writes ``R_uR_v{∂L̃/∂θ_layer}`` into ``rr_grad``."""
+        return ruv_delta
 
 
 class Dense(Layer):
@@ -172,6 +197,33 @@ class Dense(Layer):
         V_A, _ = self.split(v)
         return r_delta @ self.A + cache.delta @ V_A
 
+    def rr_forward(self, ruv_x, t, u, v, cache):
+        """``R_uR_v{x̂} = R_uR_v{x} Aᵀ + R_u{x} V_Aᵀ + R_v{x} U_Aᵀ`` (docs/third.md); None where it is zero."""
+        if t.ru_x is None:                      # the first layer with parameters: x does not move with θ
+            return None
+        (U_A, _), (V_A, _) = self.split(u), self.split(v)
+        ruv_x_hat = t.ru_x @ V_A.transpose(0, 2, 1) + t.rv_x @ U_A.transpose(0, 2, 1)
+        return ruv_x_hat if ruv_x is None else ruv_x @ self.A.T + ruv_x_hat
+
+    def rr_backward(self, ruv_delta, t, u, v, cache, rr_grad, need_input=True):
+        """R_uR_v of the backward pass (docs/third.md)::
+
+            R_uR_v{∂L̃/∂A} = R_uR_v{δ}ᵀ x + R_v{δ}ᵀ R_u{x} + R_u{δ}ᵀ R_v{x} + δᵀ R_uR_v{x}
+            R_uR_v{∂L̃/∂b} = Σ_n R_uR_v{δ}
+            R_uR_v{∂L̃/∂x} = R_uR_v{δ} A + R_v{δ} U_A + R_u{δ} V_A
+        """
+        rr_grad_A, rr_grad_b = self.split(rr_grad)
+        rr_grad_A[...] = ruv_delta.transpose(0, 2, 1) @ t.x
+        if t.ru_x is not None:
+            rr_grad_A += t.rv_delta.transpose(0, 2, 1) @ t.ru_x + t.ru_delta.transpose(0, 2, 1) @ t.rv_x
+        if t.ruv_x is not None:
+            rr_grad_A += t.delta.T @ t.ruv_x
+        rr_grad_b[...] = ruv_delta.sum(axis=1)
+        if not need_input:
+            return None
+        (U_A, _), (V_A, _) = self.split(u), self.split(v)
+        return ruv_delta @ self.A + t.rv_delta @ U_A + t.ru_delta @ V_A
+
 
 class Flatten(Layer):
     """Reshapes (n, *shape) to (n, prod(shape)); the R-passes reshape the same way."""
@@ -196,3 +248,9 @@ class Flatten(Layer):
         if not need_input:
             return None
         return r_delta.reshape(r_delta.shape[0], r_delta.shape[1], *cache.input_shape)
+
+    def rr_forward(self, ruv_x, t, u, v, cache):
+        return self.r_forward(ruv_x, v, cache)
+
+    def rr_backward(self, ruv_delta, t, u, v, cache, rr_grad, need_input=True):
+        return self.r_backward(ruv_delta, v, cache, rr_grad, need_input=need_input)

@@ -5,6 +5,7 @@
     testing.check_layer(MyLayer(3, 4), input_shape=(3,))  # the four passes, with and without second order
     testing.check_criterion(MyCriterion(), n_outputs=4)   # ∂l/∂z, H_z l u, H_z l, sqrt(H_z l)
     testing.check_loss(loss)                              # ∇L̃, ∇²L̃ v, G v, H v; dense matrices when P is small
+    testing.check_third(loss)                             # ∇³L̃[u, v, ·] (docs/third.md)
 
 Each check draws its inputs from ``seed`` and raises AssertionError naming the
 quantity, its worst entry and the tolerance. A layer's passes are checked as
@@ -15,7 +16,8 @@ and t a scalar,
     r_forward:   R{y} = d/dt F(x + t R{x}, p + t v)
     r_backward:  (R{∂/∂x}, R{∂/∂p}) = d/dt backward(δ + t R{δ}) at (x + t R{x}, p + t v)
 
-and, without second-order terms, r_backward is the plain backward pass of R{δ}.
+and, without second-order terms, r_backward is the plain backward pass of R{δ}. A layer with third-order
+passes (docs/third.md) has them checked as derivatives of its R-passes (:mod:`nn_eos.testing.third_order`).
 A loss is checked against central differences of its value and gradient and,
 when P is at most ``dense_below``, against dense matrices built column by
 column (∇²L̃ from the gradient, G = (1/N) Σ_n J_nᵀ H_z l J_n from finite-difference
@@ -31,6 +33,7 @@ import numpy as np
 
 from .. import backend
 from ..activations import Activation
+from ..criteria import Criterion
 from ..layers import Cache
 
 TOL = {
@@ -42,7 +45,7 @@ FD_STEP = 1e-5
 KINK_MARGIN = 1e-3    # inputs of an activation stay this far from a kink at 0
 
 __all__ = ["TOL", "FD_STEP", "KINK_MARGIN", "assert_close", "central_difference", "check_activation",
-           "check_layer", "check_criterion", "check_loss"]
+           "check_layer", "check_criterion", "check_loss", "check_third"]
 
 
 def assert_close(actual, expected, tol, what=""):
@@ -141,6 +144,8 @@ def check_layer(layer, input_shape=None, seed=0, n=3, k=3, inputs=None, params=N
                          f"{name}.r_backward input, second_order={second_order} ({how}), direction {j}")
             assert_close(r_grad[j], expect_grad, tol,
                          f"{name}.r_backward parameters, second_order={second_order} ({how}), direction {j}")
+    if has_third_order(layer):
+        check_third_order_passes(layer, x, params, seed=seed, device=device)
 
 
 def away_from_kinks(x, margin=10 * KINK_MARGIN):
@@ -152,8 +157,9 @@ def away_from_kinks(x, margin=10 * KINK_MARGIN):
 
 
 def check_activation(activation, seed=0, n=4, width=5, scale=2.0, device=None):
-    """Check an activation: σ' against central differences of σ, σ'' against those of σ', the σ' and σ'' its
-    forward pass keeps against both, and its four passes (:func:`check_layer`), on inputs away from 0."""
+    """Check an activation: σ' against central differences of σ, σ'' against those of σ', σ''' (when stated)
+    against those of σ'', the σ' and σ'' its forward pass keeps against both, and its passes
+    (:func:`check_layer`), on inputs away from 0."""
     if not isinstance(activation, Activation):
         raise TypeError(f"check_activation takes an Activation, got {type(activation).__name__}")
     name = type(activation).__name__
@@ -165,6 +171,8 @@ def check_activation(activation, seed=0, n=4, width=5, scale=2.0, device=None):
     if activation.has_curvature:
         assert_close(activation.curvature(x), central_difference(activation.slope, x, step), TOL["fd"],
                      f"{name}.curvature (σ'') against differences of σ'")
+        if has_third_order(activation):
+            check_third_derivative(activation, x)
     else:
         assert_close(activation.slope(x + 1e-3) - activation.slope(x - 1e-3), np.zeros_like(x), TOL["exact"],
                      f"{name}: has_curvature = False, but σ' changes away from the kink")
@@ -205,6 +213,8 @@ def check_criterion(criterion, n_outputs, seed=0, n=4, scale=1.0, device=None):
     smallest = float(np.linalg.eigvalsh(R).min())
     if smallest < -TOL["exact"] * max(1.0, float(np.abs(R).max())):
         raise AssertionError(f"{name}.sqrt_hessian is not PSD: eigenvalue {smallest:.3e}")
+    if type(criterion).third_product is not Criterion.third_product:
+        check_third_product(criterion, z, y, xp, seed=seed)
 
 
 # ----- a whole loss -------------------------------------------------------------------------------------------
@@ -268,3 +278,8 @@ def check_loss(loss, seed=0, dense_below=120, k=3):
     eigenvalues = np.linalg.eigvalsh((G_product + G_product.T) / 2)
     if eigenvalues.min() < -TOL["exact"] * max(eigenvalues.max(), 1e-3):
         raise AssertionError(f"ggn: G is not positive semi-definite (eigenvalue {eigenvalues.min():.3e})")
+
+
+# the third-order checks use the helpers above: imported last, once those exist
+from .third_order import (check_third, check_third_derivative, check_third_order_passes,  # noqa: E402
+                          check_third_product, has_third_order)
