@@ -1,6 +1,7 @@
 """The benchmark's own machinery (bench/peers.py): cold rows really are cold, and a peer that fails or disagrees
 stays in the table as "failed: reason" instead of being dropped."""
 
+import importlib.util
 import os
 import sys
 
@@ -74,3 +75,19 @@ def test_a_row_that_raises_or_disagrees_is_kept_as_failed():
     assert rows[0].call is not None and not rows[0].failed
     assert rows[1].call is None and rows[1].failed.startswith("differs from ours by 2.5e-01")
     assert rows[2].call is None and rows[2].failed.startswith("ZeroDivisionError")
+
+
+def test_the_third_derivative_bench_runs_and_keeps_what_fails(capsys):
+    """bench/third.py at a tiny width: our rows are timed; each peer is timed, or named with its reason (not
+    installed, failed or disagreeing), never dropped."""
+    import third
+
+    result = third.run(n=8, dtype="float64", rounds=1, device="cpu", widths=[5, 4, 3])
+    names = {row["who"] for row in result["rows"]}
+    assert {"gradient: ours", "∇³L̃[u, v]: ours", "∇³L̃[u, u]: ours"} <= names
+    for peer, label in (("torch", "PyTorch"), ("jax", "JAX")):
+        if importlib.util.find_spec(peer) is None:
+            assert f"{label} not installed" in result["settings"]
+        else:
+            assert any(label in name for name in names)
+    assert "∇³L̃[u, v]: ours" in capsys.readouterr().out
