@@ -167,7 +167,10 @@ def _open_run(directory, config, resume, integrator, telemetry, net):
         if telemetry is not None:
             telemetry.load_state(state["telemetry"])
     rewrite_rows(directory.metrics_path, read_rows(directory.metrics_path, before_step=step))
-    rewrite_rows(directory.telemetry_path, read_rows(directory.telemetry_path, before_step=step))
+    # a finished run measured its last θ before its last checkpoint: that row stays, and is not measured again
+    measured_last = telemetry is not None and state is not None and not telemetry.due(t)
+    rewrite_rows(directory.telemetry_path, read_rows(directory.telemetry_path,
+                                                     before_step=step + 1 if measured_last else step))
     return step, t, to_device(theta_host, net.device).astype(net.dtype), initial_loss
 
 

@@ -264,6 +264,24 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_identically(tmp_path):
     np.testing.assert_array_equal(resumed.metrics["loss"], whole.metrics["loss"])
 
 
+def test_extending_a_finished_run_keeps_its_last_telemetry_row(tmp_path):
+    """A run that stops at max_steps measures its last θ, then checkpoints; extended with a larger max_steps, it
+    keeps that row (not measured twice, not lost) and its telemetry equals an uninterrupted run's."""
+    p = build_problem([4, 5, 3], "tanh", "cross_entropy", n=10, seed=3)
+    theta0 = p.theta
+
+    def run(max_steps, **kwargs):
+        return ne.train(p.loss, ne.GradientDescent(0.3), until_loss=0.0, max_steps=max_steps, progress=False,
+                        theta=theta0, telemetry=ne.eos.Telemetry(k=2, every_time=0.3, lambda_min=False), **kwargs)
+
+    whole = run(4).telemetry
+    first = run(2, run_dir=tmp_path / "r").telemetry
+    assert [r["step"] for r in first] == [0, 1, 2]
+    extended = run(4, run_dir=tmp_path / "r", resume=True).telemetry
+    assert [r["step"] for r in extended] == [0, 1, 2, 3, 4]
+    assert [r["eigenvalues"] for r in extended] == [r["eigenvalues"] for r in whole]
+
+
 def test_run_directory_guards(tmp_path):
     p = build_problem([3, 4, 2], "tanh", "cross_entropy", n=6, seed=2)
     ne.train(p.loss, ne.GradientDescent(0.1), until_loss=0.0, max_steps=2, run_dir=tmp_path / "r", progress=False)
