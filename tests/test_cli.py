@@ -91,12 +91,24 @@ def test_train_analyze_plot_end_to_end(tmp_path, capsys):
      r"data.path '/no/such/folder' does not exist"),
     (TINY.replace('[integrator]\nname = "gd"', '[integrator]'), r"missing integrator.name"),
     ("[data\n", r"not valid TOML"),
+    (TINY + "\n[self_stabilization]\nevery_steps = 1\n", r"one telemetry: \[telemetry\] or \[self_stabilization\]"),
 ])
 def test_config_errors_name_the_key_and_the_file(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(config.ConfigError, match=message) as error:
         config.load(path)
     assert path in str(error.value) or "not valid TOML" in str(error.value)
+
+
+def test_a_config_runs_the_self_stabilization_telemetry(tmp_path):
+    text = TINY[:TINY.index("[telemetry]")] + "[self_stabilization]\nevery_steps = 2\n"
+    text = text.replace("max_steps = 12", "max_steps = 4").replace("lr = 0.5", "lr = 0.2")
+    run = config.run(config.load(write(tmp_path, text)), str(tmp_path / "run"), progress=False)
+    assert [row["step"] for row in run.telemetry] == [0, 2, 4]
+    assert {"alpha", "beta", "x", "y", "x_predicted", "constrained_loss"} <= set(run.telemetry[0])
+    wrong = text.replace('name = "gd"', 'name = "exponential_euler"')
+    with pytest.raises(config.ConfigError, match=r"\[self_stabilization\] follows gradient descent"):
+        config.load(write(tmp_path, wrong, "wrong.toml"))
 
 
 def test_missing_config_file(tmp_path, capsys):

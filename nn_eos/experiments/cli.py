@@ -15,7 +15,8 @@ from ..alignment import SHARPNESS_TOL
 from ..backend import DEVICES, keep_freed_memory
 
 FIGURE_NAMES = ("loss", "sharpness", "rho", "projections", "entering", "peak_curvature", "cusp", "sharpness_G_H",
-                "overlap", "K_layers", "components", "chi2", "r_chi", "jacobian_norms", "r_jacobian", "power_law")
+                "overlap", "K_layers", "components", "chi2", "r_chi", "jacobian_norms", "r_jacobian", "power_law",
+                "self_stabilization")
 
 
 class UserError(Exception):
@@ -116,6 +117,12 @@ def _analyze_run(run_dir, args):
     if args.eos or not args.alignment:
         if not telemetry:
             print("  no telemetry in this run (add a [telemetry] section to the config)")
+        elif "x" in telemetry[0]:
+            edge = 2 / telemetry[0]["eta"]
+            share = [row["sharpness"] / edge for row in telemetry]
+            print(f"  self-stabilisation telemetry: {len(telemetry)} rows; S/(2/η) from {min(share):.3f} to "
+                  f"{max(share):.3f}; ‖θ − θ†‖ up to {max(row['deviation_norm'] for row in telemetry):.3g} "
+                  f"(examples/self_stabilization.py tests Damian et al.'s claims on such runs)")
         else:
             n_top = telemetry[0]["n_top"]
             rho = np.array([r["rho"] for r in telemetry])

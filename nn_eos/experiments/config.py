@@ -10,6 +10,8 @@ or a missing data path is reported with the key and the file.
     [integrator]  name = "gd" | "adaptive_flow" | "exponential_euler" and its settings
     [train]       until_loss, max_steps, max_time, snapshot_every, threads (BLAS threads; default 1)
     [telemetry]   k, every_time, n_classes, tol, method, lambda_min (optional: the 2022 paper's telemetry)
+    [self_stabilization]  every_steps, tol, eig_tol, max_projection_steps (optional, gd only, instead of
+                  [telemetry]: Damian et al.'s constrained trajectory beside the run; docs/self_stabilization.md)
 """
 
 import os
@@ -33,6 +35,8 @@ SCHEMA = {
               "threads": int},
     "telemetry": {"k": int, "every_time": (int, float), "n_classes": int, "tol": (int, float), "method": str,
                   "lambda_min": bool},
+    "self_stabilization": {"every_steps": int, "tol": (int, float), "eig_tol": (int, float),
+                           "max_projection_steps": int},
 }
 REQUIRED = {"data": ("dataset",), "integrator": ("name",)}
 
@@ -65,6 +69,12 @@ def validate(config, source="<config>"):
         for key in keys:
             if key not in config.get(section, {}):
                 raise ConfigError(f"{source}: missing {section}.{key}")
+    if "self_stabilization" in config:
+        if "telemetry" in config:
+            raise ConfigError(f"{source}: a run has one telemetry: [telemetry] or [self_stabilization], not both")
+        if config["integrator"]["name"] != "gd" or "lr" not in config["integrator"]:
+            raise ConfigError(f"{source}: [self_stabilization] follows gradient descent: it needs integrator.name "
+                              f"= \"gd\" and integrator.lr")
     data = config["data"]
     if data["dataset"] != "dice":
         if "path" not in data:
@@ -176,6 +186,7 @@ def run(config, out, device=None, resume=False, progress=True, threads=None):
 
     from ..curvature import TrainingLoss
     from ..eos import Telemetry
+    from ..self_stabilization import SelfStabilizationTelemetry
     from ..integrators import from_config
     from ..loop import train
     from .threads import DEFAULT_THREADS, blas_threads
@@ -191,6 +202,8 @@ def run(config, out, device=None, resume=False, progress=True, threads=None):
     except TypeError as error:
         raise ConfigError(f"[integrator]: {error}") from None
     telemetry = Telemetry(**config["telemetry"]) if "telemetry" in config else None
+    if "self_stabilization" in config:
+        telemetry = SelfStabilizationTelemetry(config["integrator"]["lr"], **config["self_stabilization"])
     limits = {key: value for key, value in settings.items() if key != "threads"}
     with blas_threads(settings["threads"]):
         return train(loss, integrator, telemetry=telemetry, run_dir=out, resume=resume, progress=progress,

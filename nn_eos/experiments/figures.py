@@ -198,7 +198,8 @@ def power_law(records, legend):
 # ----- 2022 paper: telemetry and metrics ----------------------------------------------
 
 def _telemetry_runs(records):
-    return [r for r in records if r.telemetry]
+    """Runs with the 2022 paper's telemetry (eos.Telemetry: rows of eigenvalues)."""
+    return [r for r in records if r.telemetry and "eigenvalues" in r.telemetry[0]]
 
 
 def _fixed_step_runs(records):
@@ -332,10 +333,41 @@ def cusp(records, legend, points=41, device=None):
                             xlabel=r"$\Delta$ along $h_1$", legend_title=legend)
 
 
+# ----- beyond the papers: self-stabilisation (docs/self_stabilization.md) -------------------------------------
+
+def self_stabilization(records, legend):
+    """Damian et al.'s picture: S, loss, x and y of GD (solid) beside the constrained trajectory and the model
+    (dotted): S(θ†), L̃(θ†) + S(θ†) x²/2, x* and y*; 2/η dashed."""
+    runs = [r for r in records if r.telemetry and "x" in r.telemetry[0]]
+    if not runs:
+        return None
+
+    def series(*keys):
+        return lambda r: [[np.nan if row[k] is None else row[k] for row in r.telemetry] for k in keys]
+
+    steps = lambda r: [row["step"] for row in r.telemetry]          # noqa: E731
+    lines = (_lines(runs, legend, steps, series("sharpness", "loss", "x", "y"))
+             + _lines(runs, legend, steps, series("constrained_sharpness", "loss_predicted", "x_predicted",
+                                                  "y_predicted"), ":"))
+    fig = plots.panel_grid([r"$S = \lambda_1$", r"$\tilde{L}$", r"$x = u\cdot(\theta - \theta^\dagger)$",
+                            r"$y \approx S - 2/\eta$"], lines,
+                           r"Self-stabilisation: GD (solid) against $\theta^\dagger$ and the model (dotted)",
+                           xlabel="step", legend_title=legend, logy=(1,), ncols=2)
+    for (_, colour, _, _, _), r in zip(lines, runs):
+        fig.axes[0].axhline(2.0 / r.telemetry[0]["eta"], color=colour, ls="--", lw=0.8)
+    for ax in fig.axes[2:4]:                # the model can blow up: keep the measured range in view
+        measured = [v for line in ax.lines[:len(runs)] for v in line.get_ydata() if np.isfinite(v)]
+        if measured:
+            span = 1.5 * max(abs(min(measured)), abs(max(measured)), 1e-12)
+            ax.set_ylim(-span, span)
+    return fig
+
+
 FIGURES = {"loss": loss, "sharpness": sharpness, "rho": rho, "projections": projections, "entering": entering,
            "peak_curvature": peak_curvature, "cusp": cusp, "sharpness_G_H": sharpness_G_H, "overlap": overlap,
            "K_layers": K_layers, "components": components, "chi2": chi2, "r_chi": r_chi,
-           "jacobian_norms": jacobian_norms, "r_jacobian": r_jacobian, "power_law": power_law}
+           "jacobian_norms": jacobian_norms, "r_jacobian": r_jacobian, "power_law": power_law,
+           "self_stabilization": self_stabilization}
 
 
 def build(path, names=None, device=None):

@@ -1,0 +1,119 @@
+"""Self-stabilisation (docs/self_stabilization.md): S, ∇S, α, β against dense references, the projection onto M,
+the predicted dynamics, and the telemetry beside gradient descent (resumable, bit-identical)."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+
+import nn_eos as ne
+from checks import TOL, assert_close, build_problem, central_difference
+from nn_eos.backend import to_numpy
+from nn_eos.self_stabilization import (SelfStabilizationTelemetry, predicted_step, project, sharpness_terms)
+
+
+def dense_top(loss, theta):
+    P = len(theta)
+    H = to_numpy(loss.hvp(np.eye(P), theta=theta))
+    return np.linalg.eigh((H + H.T) / 2)
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+def test_sharpness_terms_against_dense_references(seed):
+    problem = build_problem([3, 4, 3], "tanh", "cross_entropy", n=6, seed=seed)
+    loss, theta = problem.loss, problem.theta
+    values, vectors = dense_top(loss, theta)
+    assume(values[-1] - values[-2] > 1e-2 * abs(values[-1]))          # a simple top eigenvalue
+    terms = sharpness_terms(loss, theta)
+    assert terms.sharpness == pytest.approx(values[-1], rel=1e-9)
+    assert abs(float(to_numpy(terms.vector) @ vectors[:, -1])) == pytest.approx(1, abs=1e-8)
+    w = np.random.default_rng(seed).standard_normal(len(theta))
+    assert_close(to_numpy(terms.sharpness_gradient) @ w, central_difference(lambda t: dense_top(loss, t)[0][-1],
+                                                                            theta, w), 1e-5, "⟨∇S, w⟩")
+    gradient = to_numpy(loss.gradient())
+    assert terms.alpha == pytest.approx(-gradient @ to_numpy(terms.sharpness_gradient), rel=1e-12, abs=1e-15)
+    assert terms.beta == pytest.approx(np.sum(to_numpy(terms.sharpness_gradient) ** 2), rel=1e-12)
+    flipped = sharpness_terms(loss, theta, previous=-to_numpy(terms.vector))
+    assert_close(flipped.vector, -to_numpy(terms.vector), 1e-8, "u takes the sign of the vector before it")
+
+
+@pytest.mark.parametrize("edge_share", [0.7, 1.5])
+def test_projection_lands_on_the_stable_set(edge_share):
+    """From a θ with S above 2/η (edge_share = 0.7: 2/η = 0.7 S) or below it (1.5), proj_M ends with
+    S ≤ (1 + tol) 2/η and |∇L̃ · u| ≤ tol ‖∇L̃‖; below the edge, S is not pushed up to it."""
+    problem = build_problem([4, 6, 3], "tanh", "cross_entropy", n=8, seed=1)
+    loss, theta = problem.loss, problem.theta
+    S = sharpness_terms(loss, theta).sharpness
+    eta = 2 / (edge_share * S)
+    tol = 1e-3
+    point, terms, steps = project(loss, theta, eta, tol=tol)
+    again = sharpness_terms(loss, point)
+    assert again.sharpness <= (1 + tol) * 2 / eta
+    assert abs(float(to_numpy(again.gradient) @ to_numpy(again.vector))) <= 1.01 * tol * np.linalg.norm(
+        to_numpy(again.gradient))
+    assert terms.sharpness == pytest.approx(again.sharpness, rel=1e-8)
+    if edge_share > 1:
+        assert again.sharpness < 2 / eta
+    assert to_numpy(loss.net.theta) == pytest.approx(theta)             # the network is left alone
+    on_M, _, evaluated = project(loss, point, eta, tol=2 * tol)
+    assert evaluated == 1 and np.array_equal(to_numpy(on_M), to_numpy(point))   # a point of M stays put
+
+
+def test_predicted_step_is_the_model_and_overflows_to_inf():
+    x, y = predicted_step(0.1, 0.2, alpha=0.5, beta=4.0, eta=0.3)
+    assert x == pytest.approx(-(1 + 0.3 * 0.2) * 0.1) and y == pytest.approx(0.2 + 0.3 * (0.5 - 4.0 * 0.01 / 2))
+    x, y = predicted_step(1e200, -1e200, alpha=0.0, beta=1.0, eta=1.0)
+    assert np.isinf(x) and np.isinf(y)
+
+
+def gd_run(problem, eta, **kwargs):
+    telemetry = SelfStabilizationTelemetry(eta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ne.NonConvergenceWarning)
+        run = ne.train(problem.loss, ne.GradientDescent(eta), telemetry=telemetry, progress=False, **kwargs)
+    return run
+
+
+def test_the_telemetry_beside_gradient_descent(tmp_path):
+    problem = build_problem([4, 6, 3], "tanh", "cross_entropy", n=8, seed=1)
+    theta0 = problem.theta
+    S = sharpness_terms(problem.loss, theta0).sharpness
+    eta = 1.5 / S                                            # 2/η = 1.33 S: the run starts below the edge
+    rows = gd_run(problem, eta, max_steps=4).telemetry
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    first = rows[0]
+    assert (first["x_predicted"], first["y_predicted"]) == (first["x"], first["y"])    # the model starts there
+    assert first["sharpness"] == pytest.approx(S, rel=1e-8)
+    dagger, _, _ = project(problem.loss, theta0, eta)
+    assert first["deviation_norm"] == pytest.approx(np.linalg.norm(theta0 - to_numpy(dagger)), rel=1e-8)
+    assert first["constrained_loss"] == pytest.approx(problem.loss.value(theta=dagger), rel=1e-12)
+    for row in rows:
+        assert row["beta"] == pytest.approx(row["sharpness_gradient_norm"] ** 2, rel=1e-12)
+        assert row["constrained_sharpness"] <= (1 + 1e-3) * 2 / eta
+    x, y = predicted_step(first["x"], first["y"], first["constrained_alpha"], first["constrained_beta"], eta)
+    assert (rows[1]["x_predicted"], rows[1]["y_predicted"]) == pytest.approx((x, y), rel=1e-12)
+
+
+def test_a_resumed_run_continues_bit_identically(tmp_path):
+    problem = build_problem([4, 6, 3], "tanh", "cross_entropy", n=8, seed=1)
+    theta0 = problem.theta
+    eta = 2.5 / sharpness_terms(problem.loss, theta0).sharpness
+    whole = gd_run(problem, eta, max_steps=5).telemetry
+    problem.net.set_theta(theta0)
+    run_dir = str(tmp_path / "run")
+    gd_run(problem, eta, max_steps=2, run_dir=run_dir, snapshot_every=1)
+    problem.net.set_theta(theta0)
+    resumed = gd_run(problem, eta, max_steps=5, run_dir=run_dir, resume=True).telemetry
+    assert resumed == whole
+
+
+def test_it_follows_gradient_descent_at_its_own_step_only():
+    problem = build_problem([3, 4, 3], "tanh", "mse", n=4, seed=0)
+    with pytest.raises(ValueError, match=r"follows gradient descent at η = 0.1"):
+        ne.train(problem.loss, ne.GradientDescent(0.2), telemetry=SelfStabilizationTelemetry(0.1), max_steps=1,
+                 progress=False)
+    with pytest.raises(ValueError, match=r"every_steps must be a positive integer"):
+        SelfStabilizationTelemetry(0.1, every_steps=0)
+    with pytest.raises(ValueError, match=r"eta must be a finite positive number"):
+        project(problem.loss, problem.theta, -1.0)
