@@ -202,7 +202,8 @@ class SelfStabilizationTelemetry:
                "projection_steps": int(projection_steps),
                "x_predicted": _finite(self.model[0]), "y_predicted": _finite(self.model[1]),
                "loss_predicted": constrained_loss + dagger.sharpness * x * x / 2,
-               "loss_predicted_by_model": _finite(constrained_loss + dagger.sharpness * np.float64(self.model[0]) ** 2 / 2)}
+               "loss_predicted_by_model": _finite(constrained_loss
+                                                  + dagger.sharpness * np.float64(self.model[0]) ** 2 / 2)}
         self.next_time = (np.floor(t / self.every_time + 1e-9) + 1) * self.every_time
         return row
 

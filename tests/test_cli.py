@@ -247,3 +247,22 @@ def test_figure_names_are_the_figures():
     from nn_eos.experiments import figures
 
     assert set(cli.FIGURE_NAMES) == set(figures.FIGURES)
+
+
+def test_spectrum_along_a_run_is_cached_and_drawn(tmp_path, capsys):
+    text = TINY[:TINY.index("[telemetry]")].replace("max_steps = 12", "max_steps = 4")
+    out = tmp_path / "run"
+    cli.main(["train", write(tmp_path, text), "--out", str(out), "--no-progress"])
+    cli.main(["analyze", str(out), "--spectrum", "--lanczos-steps", "12", "--probes", "3"])
+    assert "spectrum of hessian at 3 snapshots" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "spectrum.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 2, 4] and all(len(row["nodes"]) == 3 for row in rows)
+    for row in rows:                                     # each probe's Gauss weights sum to 1
+        assert np.allclose(np.sum(row["weights"], axis=1), 1.0)
+    before = (out / "spectrum.jsonl").read_text()
+    cli.main(["analyze", str(out), "--spectrum", "--lanczos-steps", "12", "--probes", "3"])
+    assert (out / "spectrum.jsonl").read_text() == before                      # cached: nothing computed again
+    cli.main(["analyze", str(out), "--spectrum", "ggn", "--lanczos-steps", "12", "--probes", "3"])
+    assert "spectrum of ggn" in capsys.readouterr().out
+    cli.main(["plot", str(out), "--figure", "spectrum"])
+    assert (out / "figures" / "spectrum.png").exists()

@@ -87,3 +87,41 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
             f.write(json.dumps(rows[step]) + "\n")
             f.flush()
     return columns([rows[s] for s in steps])
+
+
+def spectrum_run(run_dir, kind="hessian", every=1, skip=0, steps=80, probes=10, seed=0, device=None,
+                 progress=True):
+    """The spectral density of ∇²L̃ ('hessian'), G or H at a run's θ snapshots by stochastic Lanczos quadrature
+    (nn_eos.spectrum.spectral_density: ``steps`` Lanczos steps from ``probes`` probes), as a list of rows
+    {step, t, kind, nodes, weights, …} cached in ``spectrum.jsonl`` beside the run: a second call computes only
+    the snapshots (or settings) it has not seen. The loss is rebuilt from the run's config (runs made by
+    ``nn-eos train`` or ``nn-eos sweep``), on ``device`` if given, else on the device the run recorded.
+    """
+    from tqdm.auto import tqdm
+
+    from .. import spectrum
+    from ..curvature import KINDS
+    from .config import rebuild_loss
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown curvature kind {kind!r}; expected one of {KINDS}")
+    loss = rebuild_loss(run_dir, device)
+    _, metrics, _, result = load_run(run_dir)
+    times = dict(zip(np.asarray(metrics.get("step", []), dtype=int).tolist(), metrics.get("t", [])))
+    if result is not None:
+        times[result["steps"]] = result["t"]
+    settings = {"kind": kind, "steps": steps, "probes": probes, "seed": seed}
+    cache = os.path.join(run_dir, "spectrum.jsonl")
+    rows = {row["step"]: row for row in read_rows(cache)
+            if all(row.get(key) == value for key, value in settings.items())}
+    wanted = [s for s in snapshot_steps(run_dir) if s >= skip and s % every == 0]
+    with open(cache, "a") as f:
+        for step in tqdm([s for s in wanted if s not in rows], disable=not progress,
+                         desc=f"spectrum of {os.path.basename(os.fspath(run_dir))}"):
+            operator = loss.operator(kind, loss.net.check_theta(load_snapshot(run_dir, step)))
+            density = spectrum.spectral_density(operator, steps=steps, probes=probes, seed=seed)
+            rows[step] = {"step": int(step), "t": float(times.get(step, np.nan)), **settings,
+                          "nodes": density.nodes.tolist(), "weights": density.weights.tolist()}
+            f.write(json.dumps(rows[step]) + "\n")
+            f.flush()
+    return [rows[s] for s in wanted]

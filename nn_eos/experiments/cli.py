@@ -16,7 +16,7 @@ from ..backend import DEVICES, keep_freed_memory
 
 FIGURE_NAMES = ("loss", "sharpness", "rho", "projections", "entering", "peak_curvature", "cusp", "sharpness_G_H",
                 "overlap", "K_layers", "components", "chi2", "r_chi", "jacobian_norms", "r_jacobian", "power_law",
-                "self_stabilization")
+                "self_stabilization", "spectrum")
 
 
 class UserError(Exception):
@@ -114,7 +114,7 @@ def _analyze_run(run_dir, args):
     cfg, metrics, telemetry, result = load_run(run_dir)
     print(f"{run_dir}: {len(metrics.get('step', []))} steps, "
           f"{'status ' + result['status'] if result else 'not finished'}")
-    if args.eos or not args.alignment:
+    if args.eos or not (args.alignment or args.spectrum):
         if not telemetry:
             print("  no telemetry in this run (add a [telemetry] section to the config)")
         elif "x" in telemetry[0]:
@@ -140,6 +140,22 @@ def _analyze_run(run_dir, args):
         print(f"  alignment over {len(series['step'])} snapshots: max ρ(K) = {np.nanmax(series['overlap_ratio']):.3f}, "
               f"E‖K‖² from {series['K_norm2'][0]:.4g} to {series['K_norm2'][-1]:.4g}, "
               f"P^1_Δ,J grew ×{np.nanmax(np.array(first) / first[0]):.2f}")
+    if args.spectrum:
+        from .analysis import spectrum_run
+
+        try:
+            rows = spectrum_run(run_dir, kind=args.spectrum, every=args.every, skip=args.spectrum_skip,
+                                steps=args.lanczos_steps, probes=args.probes, device=args.device)
+        except FileNotFoundError as error:
+            raise UserError(str(error)) from None
+        if not rows:
+            print("  no snapshots to analyse (train with train.snapshot_every)")
+            return
+        top = [max(node for node, weight in zip(sum(row["nodes"], []), sum(row["weights"], [])) if weight > 0)
+               for row in rows]
+        print(f"  spectrum of {args.spectrum} at {len(rows)} snapshots ({args.lanczos_steps} Lanczos steps × "
+              f"{args.probes} probes, cached in spectrum.jsonl): largest Ritz value from {top[0]:.4g} to "
+              f"{top[-1]:.4g}; `nn-eos plot {run_dir} --figure spectrum` draws the densities")
 
 
 def _plot(args):
@@ -254,6 +270,12 @@ def build_parser():
                          help="--alignment: relative residual of the λ_1 solves of ∇²L̃, G and H (default "
                               "%(default)g, where λ_1 comes out to ~1e-7: its error goes like the square); rows "
                               "cached at a looser tol are computed again")
+    analyze.add_argument("--spectrum", nargs="?", const="hessian", choices=("hessian", "ggn", "residual"),
+                         help="the spectral density of ∇²L̃ (or ggn, residual) at the run's snapshots by stochastic "
+                              "Lanczos quadrature, cached in spectrum.jsonl (runs made by nn-eos train or sweep)")
+    analyze.add_argument("--lanczos-steps", type=int, default=80, help="--spectrum: Lanczos steps per probe")
+    analyze.add_argument("--probes", type=int, default=10, help="--spectrum: random probes")
+    analyze.add_argument("--spectrum-skip", type=int, default=0, help="--spectrum: skip snapshots before this step")
     analyze.add_argument("--device", choices=DEVICES, help=DEVICE_HELP.format(fallback="the device the run used"))
 
     plot = command("plot", "the papers' figures of a run or a sweep, as PNG and PDF",
@@ -263,6 +285,8 @@ def build_parser():
                    "  2024 paper, after `nn-eos analyze --alignment`: sharpness_G_H (Figures 1, 6–9),\n"
                    "    overlap (2, 10–13), K_layers (3, 14–18), components (4, 19–22), chi2 (23–27),\n"
                    "    r_chi (28–32), jacobian_norms (33–37), r_jacobian (38–42), power_law (Table 2);\n"
+                   "  beyond the papers: self_stabilization (runs with [self_stabilization]), spectrum (after\n"
+                   "    `nn-eos analyze --spectrum`);\n"
                    "  and loss, sharpness. A sweep's runs are coloured by dataset size, learning rate or\n"
                    "  number of classes, as in the papers.", _plot, listing=True)
     plot.add_argument("path", help="a run directory, a folder of runs (the demo's --out), or a sweep folder")

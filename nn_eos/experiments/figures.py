@@ -363,11 +363,50 @@ def self_stabilization(records, legend):
     return fig
 
 
+def spectrum(records, legend):
+    """The spectral density of ∇²L̃ (or G, H) along each run, one line per analysed snapshot, coloured by t, on a log
+    scale: the top outliers separating from the bulk (after ``nn-eos analyze --spectrum``)."""
+    from ..rundir import read_rows
+    from ..spectrum import Density
+
+    runs = []
+    for r in records:
+        path = os.path.join(r.run_dir, "spectrum.jsonl")
+        rows = sorted({row["step"]: row for row in read_rows(path)}.values(), key=lambda row: row["step"]) \
+            if os.path.exists(path) else []
+        if rows:
+            runs.append((r, rows))
+    if not runs:
+        return None
+    fig, axes = plots.subplots(1, len(runs), squeeze=False, figsize=(5.2 * len(runs), 4.2))
+    for ax, (r, rows) in zip(axes[0], runs):
+        densities = [Density(np.array(row["nodes"]), np.array(row["weights"]), 0) for row in rows]
+        nodes = np.concatenate([d.nodes[d.weights > 0] for d in densities])
+        low, high = nodes.min(), nodes.max()
+        margin = 0.05 * (high - low or 1.0)
+        grid = np.linspace(low - margin, high + margin, 1000)
+        width = (high - low or 1.0) / 150
+        colours = plots.colours(len(rows))
+        for row, density, colour in zip(rows, densities, colours):
+            ax.plot(grid, np.maximum(density.smoothed(grid, width), 1e-12), color=colour, lw=1.0,
+                    label=f"t = {row['t']:.3g}")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=1e-6)
+        ax.set_xlabel(r"$\lambda$")
+        ax.set_ylabel("spectral density")
+        ax.set_title(f"{r.name}: {rows[0]['kind']}, {rows[0]['steps']} Lanczos steps × {rows[0]['probes']} probes",
+                     fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("Spectral density along the run (stochastic Lanczos quadrature)")
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {"loss": loss, "sharpness": sharpness, "rho": rho, "projections": projections, "entering": entering,
            "peak_curvature": peak_curvature, "cusp": cusp, "sharpness_G_H": sharpness_G_H, "overlap": overlap,
            "K_layers": K_layers, "components": components, "chi2": chi2, "r_chi": r_chi,
            "jacobian_norms": jacobian_norms, "r_jacobian": r_jacobian, "power_law": power_law,
-           "self_stabilization": self_stabilization}
+           "self_stabilization": self_stabilization, "spectrum": spectrum}
 
 
 def build(path, names=None, device=None):
