@@ -12,7 +12,8 @@ figures, the demo, the ``nn-eos`` command) and may use matplotlib, tqdm, dask.
 """
 
 from ._version import __version__
-from . import alignment, datasets, eos
+from . import alignment, datasets, eos, self_stabilization, spectrum
+from .adaptive import Adam, RMSProp
 from .activations import ELU, Activation, ReLU, Tanh, register_activation
 from .backend import gpu_available
 from .conv import AvgPool2d, Conv2d, MaxPool2d
@@ -33,7 +34,8 @@ __all__ = [
     # curvature and eigenpairs
     "EigenResult", "NonConvergenceWarning", "TrainingLoss", "top_eigenpairs",
     # dynamics
-    "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "Run", "TrainingInterrupted", "load_run", "train",
+    "Adam", "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "RMSProp", "Run", "TrainingInterrupted",
+    "load_run", "train",
     # measurements and data
-    "alignment", "datasets", "eos", "gpu_available", "__version__",
+    "alignment", "datasets", "eos", "gpu_available", "self_stabilization", "spectrum", "__version__",
 ]

@@ -240,12 +240,15 @@ def has_fixed_step(config):
 
 
 def from_config(config):
-    """Rebuild an integrator from ``Integrator.config()``."""
+    """Rebuild an integrator from ``Integrator.config()`` (these three, and adaptive.py's Adam and RMSProp)."""
+    from .adaptive import Adam, RMSProp          # adaptive.py builds on this module: looked up here, not imported
+
+    known = {**INTEGRATORS, Adam.name: Adam, RMSProp.name: RMSProp}
     settings = dict(config)
     name = settings.pop("name", None)
-    if name not in INTEGRATORS:
-        raise ValueError(f"unknown integrator {name!r}; expected one of {sorted(INTEGRATORS)}")
-    return INTEGRATORS[name](**settings)
+    if name not in known:
+        raise ValueError(f"unknown integrator {name!r}; expected one of {sorted(known)}")
+    return known[name](**settings)
 
 
 __all__ = ["AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "exponential_coefficient", "from_config"]

@@ -23,6 +23,8 @@ CASES = {
     "exponential_euler.py": ["--n", "60", "--hidden", "8", "--max-time", "2"],
     "jacobian_alignment.py": ["--sizes", "60", "120", "--hidden", "8", "8", "8", "--max-time", "12",
                               "--snapshot-every", "3"],
+    "adaptive_edge.py": ["--n", "60", "--steps", "12", "--every", "4", "--skip", "4", "--adam-lrs", "0.001",
+                         "--rmsprop-lrs", "0.0001"],
     "self_stabilization.py": ["--n", "60", "--steps", "4", "--configs", "relu2"],
     "progressive_sharpening.py": ["--sizes", "60", "--nets", "8", "--activations", "tanh", "relu",
                                   "--criteria", "mse", "--max-time", "1"],
