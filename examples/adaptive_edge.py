@@ -1,6 +1,6 @@
 """Do full-batch Adam and RMSProp train at the edge of their preconditioned sharpness? Measured on dice.
 
-    python examples/adaptive_edge.py [--n 1000] [--steps 600] [--adam-lrs 0.001 0.0003] [--rmsprop-lrs 0.0001]
+    python examples/adaptive_edge.py [--n 1000] [--steps 400] [--adam-lrs 0.01 0.003] [--rmsprop-lrs 0.001]
 
 Cohen et al. (2022) found that under full-batch Adam the preconditioned sharpness λ₁(P⁻¹∇²L̃) rises to the
 threshold (2 + 2β₁)/((1 − β₁)η) — 38/η at β₁ = 0.9 — and hovers there; under RMSProp the threshold is 2/η
@@ -60,11 +60,11 @@ def verdicts(steps, ratio, skip):
 def main():
     parser = script_parser(__doc__)
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--every", type=int, default=10, help="measure λ₁(P⁻¹∇²L̃) every this many steps")
     parser.add_argument("--skip", type=int, default=50, help="leave out measurements before this step")
-    parser.add_argument("--adam-lrs", type=float, nargs="*", default=[0.001, 0.0003])
-    parser.add_argument("--rmsprop-lrs", type=float, nargs="*", default=[0.0001])
+    parser.add_argument("--adam-lrs", type=float, nargs="*", default=[0.01, 0.003])
+    parser.add_argument("--rmsprop-lrs", type=float, nargs="*", default=[0.001])
     parser.add_argument("--seed", type=int, default=0)
     add_device(parser)
     parser.add_argument("--out", default="out/adaptive_edge")

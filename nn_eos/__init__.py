@@ -12,8 +12,9 @@ figures, the demo, the ``nn-eos`` command) and may use matplotlib, tqdm, dask.
 """
 
 from ._version import __version__
-from . import alignment, datasets, eos, self_stabilization, spectrum
+from . import alignment, datasets, eos, self_stabilization, spectrum, stochastic
 from .adaptive import Adam, RMSProp
+from .stochastic import SGD
 from .activations import ELU, Activation, ReLU, Tanh, register_activation
 from .backend import gpu_available
 from .conv import AvgPool2d, Conv2d, MaxPool2d
@@ -34,8 +35,9 @@ __all__ = [
     # curvature and eigenpairs
     "EigenResult", "NonConvergenceWarning", "TrainingLoss", "top_eigenpairs",
     # dynamics
-    "Adam", "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "RMSProp", "Run", "TrainingInterrupted",
+    "Adam", "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "RMSProp", "Run", "SGD", "TrainingInterrupted",
     "load_run", "train",
     # measurements and data
-    "alignment", "datasets", "eos", "gpu_available", "self_stabilization", "spectrum", "__version__",
+    "alignment", "datasets", "eos", "gpu_available", "self_stabilization", "spectrum", "stochastic",
+    "__version__",
 ]

@@ -240,10 +240,12 @@ def has_fixed_step(config):
 
 
 def from_config(config):
-    """Rebuild an integrator from ``Integrator.config()`` (these three, and adaptive.py's Adam and RMSProp)."""
-    from .adaptive import Adam, RMSProp          # adaptive.py builds on this module: looked up here, not imported
+    """Rebuild an integrator from ``Integrator.config()`` (these three, adaptive.py's Adam and RMSProp,
+    stochastic.py's SGD)."""
+    from .adaptive import Adam, RMSProp          # these build on this module: looked up here, not imported
+    from .stochastic import SGD
 
-    known = {**INTEGRATORS, Adam.name: Adam, RMSProp.name: RMSProp}
+    known = {**INTEGRATORS, Adam.name: Adam, RMSProp.name: RMSProp, SGD.name: SGD}
     settings = dict(config)
     name = settings.pop("name", None)
     if name not in known:

@@ -25,6 +25,7 @@ CASES = {
                               "--snapshot-every", "3"],
     "adaptive_edge.py": ["--n", "60", "--steps", "12", "--every", "4", "--skip", "4", "--adam-lrs", "0.001",
                          "--rmsprop-lrs", "0.0001"],
+    "stochastic_edge.py": ["--n", "60", "--batch-sizes", "10", "30", "--steps", "6", "--every", "3", "--batches", "2"],
     "self_stabilization.py": ["--n", "60", "--steps", "4", "--configs", "relu2"],
     "progressive_sharpening.py": ["--sizes", "60", "--nets", "8", "--activations", "tanh", "relu",
                                   "--criteria", "mse", "--max-time", "1"],

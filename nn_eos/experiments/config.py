@@ -7,7 +7,7 @@ or a missing data path is reported with the key and the file.
                   subset_seed, standardize, segment, stride
     [net]         arch = "mlp" | "alexnet" | "vgg11" | "vgg16", hidden, width, activation, init, seed, dtype
     [criterion]   name = "cross_entropy" | "mse"
-    [integrator]  name = "gd" | "adaptive_flow" | "exponential_euler" | "adam" | "rmsprop" and its settings
+    [integrator]  name = "gd" | "adaptive_flow" | "exponential_euler" | "adam" | "rmsprop" | "sgd" and its settings
     [train]       until_loss, max_steps, max_time, snapshot_every, threads (BLAS threads; default 1)
     [telemetry]   k, every_time, n_classes, tol, method, lambda_min (optional: the 2022 paper's telemetry)
     [self_stabilization]  every_steps, tol, eig_tol, max_projection_steps (optional, gd only, instead of
@@ -31,7 +31,8 @@ SCHEMA = {
     "criterion": {"name": str},
     "integrator": {"name": str, "lr": (int, float), "lr_max": (int, float), "safety": (int, float), "k": int,
                    "tol": (int, float), "maxiter": int, "method": str, "stop": str, "beta1": (int, float),
-                   "beta2": (int, float), "eps": (int, float), "sharpness_every": int},
+                   "beta2": (int, float), "eps": (int, float), "sharpness_every": int, "batch_size": int,
+                   "seed": int, "batches": int},
     "train": {"until_loss": (int, float), "max_steps": int, "max_time": (int, float), "snapshot_every": int,
               "threads": int},
     "telemetry": {"k": int, "every_time": (int, float), "n_classes": int, "tol": (int, float), "method": str,
