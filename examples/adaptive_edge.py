@@ -81,7 +81,7 @@ def main():
             ax.plot(steps, ratio, label=f"{name} (final loss {final:.3g})")
             for claim, (verdict, ours) in zip(("1. rises to the threshold", "2. hovers at it"),
                                               verdicts(steps, ratio, args.skip)):
-                lines.append(f"| {name} | {claim} | {PAPER} | {ours} | {verdict} |")
+                lines.append(f"| {name} | {claim} | {PAPER} | {ours.replace('|', chr(92) + '|')} | {verdict} |")
                 print(f"  {claim}: {ours} → {verdict}")
     ax.axhline(1.0, color="k", ls="--", lw=0.8)
     ax.axvline(args.skip, color="0.6", ls=":", lw=0.8)

@@ -79,7 +79,7 @@ def main():
         ax.plot(steps, lam * args.lr / 2, ls=":", color=line[0].get_color(), label=f"b = {b}: λ₁(∇²L̃)")
         results, below[b] = verdicts(bs, lam, args.lr)
         for claim, (verdict, ours) in zip(claims, results):
-            lines.append(f"| {b} | {claim} | {PAPER} | {ours} | {verdict} |")
+            lines.append(f"| {b} | {claim} | {PAPER} | {ours.replace('|', chr(92) + '|')} | {verdict} |")
             print(f"  {claim}: {ours} → {verdict}")
     finite = {b: v for b, v in below.items() if np.isfinite(v)}
     if len(finite) >= 2:
