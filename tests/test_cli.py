@@ -266,3 +266,16 @@ def test_spectrum_along_a_run_is_cached_and_drawn(tmp_path, capsys):
     assert "spectrum of ggn" in capsys.readouterr().out
     cli.main(["plot", str(out), "--figure", "spectrum"])
     assert (out / "figures" / "spectrum.png").exists()
+
+
+def test_an_adam_run_from_a_config_draws_its_preconditioned_sharpness(tmp_path):
+    adam = 'name = "adam"\nlr = 0.01\nsharpness_every = 2'
+    text = TINY[:TINY.index("[telemetry]")].replace('name = "gd"\nlr = 0.5', adam)
+    out = tmp_path / "run"
+    cli.main(["train", write(tmp_path, text.replace("max_steps = 12", "max_steps = 4")), "--out", str(out),
+              "--no-progress"])
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [("preconditioned_sharpness" in row) for row in metrics] == [True, False, True, False]
+    assert metrics[0]["threshold"] == pytest.approx(38 / 0.01)
+    cli.main(["plot", str(out), "--figure", "sharpness"])
+    assert (out / "figures" / "sharpness.png").exists()

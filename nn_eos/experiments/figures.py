@@ -269,8 +269,28 @@ def loss(records, legend):
     return plots.panel_grid([r"training loss $\tilde{L}$"], lines, "Training loss", legend_title=legend, logy=(0,))
 
 
+def _adaptive_sharpness(runs, legend):
+    """Full-batch Adam and RMSProp runs: λ₁(P⁻¹∇²L̃) where measured, the threshold (2 + 2β₁)/((1 − β₁)η) dashed."""
+    def measured(r):
+        return np.isfinite(np.asarray(r.metrics["preconditioned_sharpness"], dtype=float))
+
+    lines = _lines(runs, legend, lambda r: np.asarray(r.metrics["t"])[measured(r)],
+                   lambda r: [np.asarray(r.metrics["preconditioned_sharpness"], dtype=float)[measured(r)]])
+    fig = plots.panel_grid([r"$\lambda_1(P^{-1}\nabla^2\tilde L)$"], lines,
+                           r"Preconditioned sharpness (its threshold $(2 + 2\beta_1)/((1 - \beta_1)\eta)$ dashed)",
+                           legend_title=legend, logy=(0,))
+    for (_, colour, _, _, _), r in zip(lines, runs):
+        threshold = np.asarray(r.metrics["threshold"], dtype=float)
+        fig.axes[0].axhline(threshold[np.isfinite(threshold)][0], color=colour, ls="--", lw=0.8)
+    return fig
+
+
 def sharpness(records, legend):
     runs = _telemetry_runs(records)
+    adaptive = [r for r in records if "preconditioned_sharpness" in r.metrics
+                and np.any(np.isfinite(np.asarray(r.metrics["preconditioned_sharpness"], dtype=float)))]
+    if not runs and adaptive:
+        return _adaptive_sharpness(adaptive, legend)
     if not runs:
         return peak_curvature(records, legend)
     lines = _lines(runs, legend, lambda r: [row["t"] for row in r.telemetry],
