@@ -279,7 +279,9 @@ def test_extending_a_finished_run_keeps_its_last_telemetry_row(tmp_path):
     assert [r["step"] for r in first] == [0, 1, 2]
     extended = run(4, run_dir=tmp_path / "r", resume=True).telemetry
     assert [r["step"] for r in extended] == [0, 1, 2, 3, 4]
-    assert [r["eigenvalues"] for r in extended] == [r["eigenvalues"] for r in whole]
+    # equal to rounding: on the strict stand-in a restored θ sits elsewhere in memory, and NumPy's SIMD sums round
+    # by alignment (the bit-identical resume is checked on NumPy by test_resume_after_sigkill_is_bit_identical)
+    np.testing.assert_allclose([r["eigenvalues"] for r in extended], [r["eigenvalues"] for r in whole], rtol=1e-12)
 
 
 def test_run_directory_guards(tmp_path):
