@@ -6,7 +6,8 @@
     x_{t+1} = −(1 + η y_t) x_t       y_{t+1} = y_t + η (α_t − β_t x_t² / 2)        (the predicted dynamics)
 
 :func:`sharpness_terms` measures S, u, ∇S, α, β at one θ; :func:`project` is proj_M; :func:`predicted_step`
-is the model; :class:`SelfStabilizationTelemetry` runs all three beside gradient descent in ``nn_eos.train``.
+is the model; :class:`SelfStabilizationTelemetry` runs all three beside gradient descent in ``nn_eos.train``;
+:func:`central_flow` integrates Cohen et al.'s central flow, dθ/dt = −(∇L̃ + (σ²/2)∇S), and its loss prediction.
 """
 
 import warnings
@@ -237,3 +238,48 @@ class SelfStabilizationTelemetry:
                 sharpness=sharpness, vector=state["constrained_vector"], gradient=state["constrained_gradient"],
                 sharpness_gradient=state["constrained_sharpness_gradient"], alpha=alpha, beta=beta,
                 converged=bool(converged))
+
+
+@dataclass
+class CentralFlowPoint:
+    """One point of the central flow: θ(t) and what is measured there (docs/self_stabilization.md, "Central flow")."""
+
+    t: float
+    theta: object                # θ(t), on the loss's device
+    loss: float                  # L̃(θ(t))
+    sharpness: float             # S(θ(t))
+    sigma2: float                # σ²(t), the variance of the oscillation along u the flow stands for
+    predicted_loss: float        # L̃(θ(t)) + σ² S / 2: GD's time-averaged loss, as the flow predicts it
+
+
+def central_flow(loss, theta, eta, steps, substeps=1, eig_tol=1e-8):
+    """The central flow of gradient descent at step η (Cohen, Damian, Talwalkar, Kolter & Lee, ICLR 2025) with one
+    eigenvalue at the edge, by explicit Euler with Δt = η / substeps for ``steps`` units of η (docs/self_stabilization.md):
+
+        dθ/dt = −(∇L̃ + (σ²/2) ∇S)     σ² = max(2α/β, 0) where S ≥ 2/η, else 0      (α = −∇L̃·∇S, β = ‖∇S‖²)
+
+    σ² is what keeps S at 2/η (dS/dt = α − βσ²/2 = 0); after each Euler step, S is put back on 2/η by one Newton
+    step along ∇S if it went above. Returns the :class:`CentralFlowPoint` at t = 0, η, 2η, …, steps·η.
+    """
+    eta = check_step(eta, "eta")
+    steps, substeps = int(steps), int(substeps)
+    if steps < 0 or substeps < 1:
+        raise ValueError(f"steps must be ≥ 0 and substeps ≥ 1, got {steps}, {substeps}")
+    edge, dt = 2.0 / eta, eta / substeps
+    theta = loss.net.check_theta(theta).copy()
+    terms = sharpness_terms(loss, theta, tol=eig_tol)
+    points = []
+    for k in range(steps * substeps + 1):
+        sigma2 = max(2 * terms.alpha / terms.beta, 0.0) if terms.sharpness >= edge * (1 - 1e-6) else 0.0
+        if k % substeps == 0:
+            value = loss.value(theta=theta)
+            points.append(CentralFlowPoint(t=k * dt, theta=theta, loss=value, sharpness=terms.sharpness,
+                                           sigma2=sigma2, predicted_loss=value + sigma2 * terms.sharpness / 2))
+        if k == steps * substeps:
+            break
+        theta = theta - dt * (terms.gradient + (sigma2 / 2) * terms.sharpness_gradient)
+        terms = sharpness_terms(loss, theta, previous=terms.vector, tol=eig_tol)
+        if terms.sharpness > edge:                      # back onto S = 2/η: one Newton step along ∇S
+            theta = theta - ((terms.sharpness - edge) / terms.beta) * terms.sharpness_gradient
+            terms = sharpness_terms(loss, theta, previous=terms.vector, tol=eig_tol)
+    return points

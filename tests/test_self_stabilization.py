@@ -10,7 +10,8 @@ from hypothesis import assume, given, strategies as st
 import nn_eos as ne
 from checks import TOL, assert_close, build_problem, central_difference
 from nn_eos.backend import to_numpy
-from nn_eos.self_stabilization import (SelfStabilizationTelemetry, predicted_step, project, sharpness_terms)
+from nn_eos.self_stabilization import (SelfStabilizationTelemetry, central_flow, predicted_step, project,
+                                       sharpness_terms)
 
 
 def dense_top(loss, theta):
@@ -119,3 +120,29 @@ def test_it_follows_gradient_descent_at_its_own_step_only():
         SelfStabilizationTelemetry(0.1, every_steps=0)
     with pytest.raises(ValueError, match=r"eta must be a finite positive number"):
         project(problem.loss, problem.theta, -1.0)
+
+
+def test_the_central_flow_is_gradient_flow_below_the_edge_and_holds_the_edge_on_it():
+    problem = build_problem([4, 6, 3], "tanh", "cross_entropy", n=8, seed=1)
+    loss, theta0 = problem.loss, problem.theta
+    S = sharpness_terms(loss, theta0).sharpness
+    below = central_flow(loss, theta0, eta=1.0 / S, steps=2, substeps=2)      # 2/η = 2S: far below the edge
+    assert [p.t for p in below] == pytest.approx([0.0, 1 / S, 2 / S]) and all(p.sigma2 == 0 for p in below)
+    theta = theta0.copy()
+    for _ in range(2):                                   # two Euler steps of gradient flow per unit of η
+        theta = theta - (0.5 / S) * to_numpy(loss.gradient(theta))
+    assert_close(below[1].theta, theta, TOL["exact"], "central flow below the edge = gradient flow")
+    assert below[0].predicted_loss == below[0].loss == pytest.approx(loss.value(theta=theta0))
+    terms = sharpness_terms(loss, theta0)
+    assert terms.alpha > 0                              # this problem sharpens at θ₀ (α = 0.27)
+    eta = 2 / S                                         # θ₀ on the edge: S = 2/η
+    points = central_flow(loss, theta0, eta, steps=3)
+    assert points[0].sigma2 == pytest.approx(2 * terms.alpha / terms.beta, rel=1e-6)
+    assert points[0].predicted_loss == pytest.approx(points[0].loss + points[0].sigma2 * points[0].sharpness / 2)
+    for p in points:                                     # the flow stays on S ≤ 2/η, and on it while α > 0
+        assert p.sharpness <= (2 / eta) * (1 + 1e-6)
+        assert p.sigma2 == 0 or p.sharpness >= (2 / eta) * (1 - 1e-6)
+    sigma2, dt = points[0].sigma2, 1e-5                 # σ² = 2α/β is what holds S still: dS/dt = α − βσ²/2 = 0
+    moved = sharpness_terms(loss, theta0 - dt * to_numpy(terms.gradient + sigma2 / 2 * terms.sharpness_gradient))
+    flowed = sharpness_terms(loss, theta0 - dt * to_numpy(terms.gradient))
+    assert abs(moved.sharpness - S) / dt < 1e-3 * abs(flowed.sharpness - S) / dt
