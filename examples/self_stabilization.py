@@ -94,7 +94,7 @@ def central_flow_claim(config, c, eta, seed, n, device, out, window=5):
     if not len(reached):
         return CLAIM_5, "not testable: S never reaches 2/η", "not testable", flow
     averaged = np.convolve(c["loss"], np.ones(window) / window, mode="same")
-    after = slice(reached[0], len(c["loss"]) - window // 2)          # where the centred window is whole
+    after = slice(max(reached[0], window // 2), len(c["loss"]) - window // 2)    # where the window is whole
     error = float(np.median(np.abs(np.asarray(flow["predicted_loss"])[after] / averaged[after] - 1)))
     return (CLAIM_5, f"median relative error {error:.3f} over steps {reached[0]}–{len(c['loss']) - window // 2 - 1}",
             "holds" if error <= 0.1 else "does NOT hold", flow)
@@ -157,7 +157,7 @@ def flow_figure(config, c, flow, eta, path):
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     steps = np.arange(len(flow["loss"]))
     left.plot(c["step"], c["loss"], color="0.7", label="GD")
-    left.plot(c["step"], np.convolve(c["loss"], np.ones(5) / 5, mode="same"), label="GD, 5-step average")
+    left.plot(c["step"][2:-2], np.convolve(c["loss"], np.ones(5) / 5, mode="valid"), label="GD, 5-step average")
     left.plot(steps, flow["predicted_loss"], ls="--", label="central flow: L̃ + σ²S/2")
     left.plot(steps, flow["loss"], ls=":", label="central flow: L̃(θ(t))")
     left.set_yscale("log")

@@ -252,14 +252,16 @@ class CentralFlowPoint:
     predicted_loss: float        # L̃(θ(t)) + σ² S / 2: GD's time-averaged loss, as the flow predicts it
 
 
-def central_flow(loss, theta, eta, steps, substeps=1, eig_tol=1e-8):
+def central_flow(loss, theta, eta, steps, substeps=1, eig_tol=1e-8, edge_tol=1e-3):
     """The central flow of gradient descent at step η (Cohen, Damian, Talwalkar, Kolter & Lee, ICLR 2025) with one
     eigenvalue at the edge, by explicit Euler with Δt = η / substeps for ``steps`` units of η (docs/self_stabilization.md):
 
         dθ/dt = −(∇L̃ + (σ²/2) ∇S)     σ² = max(2α/β, 0) where S ≥ 2/η, else 0      (α = −∇L̃·∇S, β = ‖∇S‖²)
 
     σ² is what keeps S at 2/η (dS/dt = α − βσ²/2 = 0); after each Euler step, S is put back on 2/η by one Newton
-    step along ∇S if it went above. Returns the :class:`CentralFlowPoint` at t = 0, η, 2η, …, steps·η.
+    step along ∇S if it went above. "On the edge" is S ≥ (1 − edge_tol) 2/η: the Newton step lands within that of
+    2/η, and a flow judged off the edge by its rounding would alternate between σ² = 0 and 2α/β. Returns the
+    :class:`CentralFlowPoint` at t = 0, η, 2η, …, steps·η.
     """
     eta = check_step(eta, "eta")
     steps, substeps = int(steps), int(substeps)
@@ -270,7 +272,7 @@ def central_flow(loss, theta, eta, steps, substeps=1, eig_tol=1e-8):
     terms = sharpness_terms(loss, theta, tol=eig_tol)
     points = []
     for k in range(steps * substeps + 1):
-        sigma2 = max(2 * terms.alpha / terms.beta, 0.0) if terms.sharpness >= edge * (1 - 1e-6) else 0.0
+        sigma2 = max(2 * terms.alpha / terms.beta, 0.0) if terms.sharpness >= edge * (1 - edge_tol) else 0.0
         if k % substeps == 0:
             value = loss.value(theta=theta)
             points.append(CentralFlowPoint(t=k * dt, theta=theta, loss=value, sharpness=terms.sharpness,

@@ -141,7 +141,7 @@ def test_the_central_flow_is_gradient_flow_below_the_edge_and_holds_the_edge_on_
     assert points[0].predicted_loss == pytest.approx(points[0].loss + points[0].sigma2 * points[0].sharpness / 2)
     for p in points:                                     # the flow stays on S ≤ 2/η, and on it while α > 0
         assert p.sharpness <= (2 / eta) * (1 + 1e-6)
-        assert p.sigma2 == 0 or p.sharpness >= (2 / eta) * (1 - 1e-6)
+        assert p.sigma2 == 0 or p.sharpness >= (2 / eta) * (1 - 1e-3)     # on the edge, to edge_tol
     sigma2, dt = points[0].sigma2, 1e-5                 # σ² = 2α/β is what holds S still: dS/dt = α − βσ²/2 = 0
     moved = sharpness_terms(loss, theta0 - dt * to_numpy(terms.gradient + sigma2 / 2 * terms.sharpness_gradient))
     flowed = sharpness_terms(loss, theta0 - dt * to_numpy(terms.gradient))
