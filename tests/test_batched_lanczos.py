@@ -81,3 +81,25 @@ def test_tight_tolerance_keeps_clustered_tops_exact():
     assert np.max(np.abs(loose - exact) / exact) > 1e-5                  # the failure the default avoids
     top = backend.to_numpy(batched_top_eigenvalue(matvec, n, d, xp, np.float64))
     np.testing.assert_allclose(top, exact, rtol=1e-9)
+
+
+def test_a_wide_gap_stops_early_and_exactly():
+    """Operators whose top eigenvalue stands 10× above the rest converge within the first checks: the stopping test
+    (the residual |β_m s_m|, sharpened by the Ritz gap) ends every example by m = 16, far before d = 200, each
+    answer to 1e-9: a stopping test that never fires, or fires before convergence, fails here."""
+    rng = np.random.default_rng(1)
+    n, d = 6, 200
+    spectra = np.concatenate([np.full((n, 1), 10.0), rng.uniform(0, 1, (n, d - 1))], axis=1)
+    bases = np.linalg.qr(rng.standard_normal((n, d, d)))[0]
+    mats = (bases * spectra[:, None, :]) @ bases.transpose(0, 2, 1)
+    xp = backend.module_for(backend.default_device())
+    mats_on_device = xp.asarray(mats)
+    calls = []
+
+    def matvec(V, rows):
+        calls.append(len(rows))
+        return xp.einsum("nab,nb->na", mats_on_device[rows], V)
+
+    top = backend.to_numpy(batched_top_eigenvalue(matvec, n, d, xp, np.float64))
+    np.testing.assert_allclose(top, 10.0, rtol=1e-9)
+    assert len(calls) <= 16, len(calls)
