@@ -32,7 +32,8 @@ def top_ritz(alpha, beta, xp):
     """Top two eigenvalues θ_1 ≥ θ_2 of each T_m, and the last component s_m of its top unit eigenvector.
 
     The eigenvalues by a batched ``eigvalsh``; s_m by two steps of inverse
-    iteration from u = 1, ``u ← (T − σ I)⁻¹ u / ‖·‖`` with σ just above θ_1,
+    iteration from u = 1, ``u ← (T − σ I)⁻¹ u / ‖·‖`` with σ just above θ_1 (1e-10 of the spectrum's scale,
+    16 ulps in float32),
     solved by the recurrence of the factorisation ``T − σ I = L D Lᵀ``
     (negative definite, so stable without pivoting): O(m) per example where
     a full ``eigh`` would cost O(m³).
@@ -43,7 +44,8 @@ def top_ritz(alpha, beta, xp):
     theta2 = theta[:, -2] if m > 1 else xp.full_like(theta1, -np.inf)
     # the shift's floor keeps 1/(θ − σ) finite for a zero T (a dead example: every s = 0)
     scale = xp.maximum(xp.abs(theta).max(axis=1), np.finfo(alpha.dtype).tiny ** 0.5)
-    sigma = theta1 + 1e-10 * scale
+    # 1e-10 of the scale above θ_1; in float32 at least 16 ulps, or σ would round to θ_1 and a pivot to zero
+    sigma = theta1 + max(1e-10, 16 * float(np.finfo(alpha.dtype).eps)) * scale
     d = [alpha[:, 0] - sigma]                                    # pivots of T − σ I = L D Lᵀ
     for j in range(1, m):
         d.append(alpha[:, j] - sigma - beta[:, j - 1] ** 2 / d[-1])

@@ -34,6 +34,8 @@ def test_top_ritz_of_a_zero_matrix_is_finite(dtype):
     """A dead example (every σ' = 0) gives T = 0: θ_1 = θ_2 = 0, and no overflow in the inverse iteration."""
     theta1, theta2, s_last = top_ritz(np.zeros((2, 5), dtype), np.zeros((2, 4), dtype), np)
     assert (theta1 == 0).all() and (theta2 == 0).all() and np.isfinite(s_last).all()
+    theta1, theta2, s_last = top_ritz(np.full((2, 1), 3.0, dtype), np.zeros((2, 0), dtype), np)   # a 1 × 1 T
+    assert (theta1 == 3).all() and (theta2 == -np.inf).all() and theta2.dtype == dtype and (np.abs(s_last) == 1).all()
 
 
 def test_converged_examples_leave_the_active_set():
@@ -103,3 +105,60 @@ def test_a_wide_gap_stops_early_and_exactly():
     top = backend.to_numpy(batched_top_eigenvalue(matvec, n, d, xp, np.float64))
     np.testing.assert_allclose(top, 10.0, rtol=1e-9)
     assert len(calls) <= 16, len(calls)
+
+
+def _gap_operators(n, d, seed, scale=1.0):
+    rng = np.random.default_rng(seed)
+    spectra = scale * np.concatenate([np.full((n, 1), 10.0), rng.uniform(0, 1, (n, d - 1))], axis=1)
+    bases = np.linalg.qr(rng.standard_normal((n, d, d)))[0]
+    return (bases * spectra[:, None, :]) @ bases.transpose(0, 2, 1)
+
+
+def _solve(mats, dtype=np.float64, **kwargs):
+    xp = backend.module_for(backend.default_device())
+    on_device = xp.asarray(mats.astype(dtype))
+    calls = []
+
+    def matvec(V, rows):
+        calls.append(len(rows))
+        return xp.einsum("nab,nb->na", on_device[rows], V)
+
+    return batched_top_eigenvalue(matvec, len(mats), mats.shape[1], xp, dtype, **kwargs), calls
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e4])
+def test_the_tolerance_is_relative(scale):
+    """Spectra scaled by 1e-4 and 1e4 stop after the same products as unscaled ones, and are as accurate: the
+    stopping test compares the error estimate with tol · |θ_1|, not with tol."""
+    mats = _gap_operators(4, 60, seed=2)
+    top, calls = _solve(mats)
+    scaled_top, scaled_calls = _solve(scale * mats)
+    assert scaled_calls == calls
+    np.testing.assert_allclose(backend.to_numpy(scaled_top), scale * backend.to_numpy(top), rtol=1e-9)
+    np.testing.assert_allclose(backend.to_numpy(scaled_top), 10 * scale, rtol=1e-9)
+
+
+def test_same_seed_same_answer_and_float32_stays_float32():
+    mats = _gap_operators(3, 40, seed=3)
+    first, _ = _solve(mats, seed=5)
+    again, _ = _solve(mats, seed=5)
+    np.testing.assert_array_equal(backend.to_numpy(first), backend.to_numpy(again))     # bit for bit
+    narrow, _ = _solve(mats, dtype=np.float32)
+    assert backend.to_numpy(narrow).dtype == np.float32
+    np.testing.assert_allclose(backend.to_numpy(narrow), 10.0, rtol=1e-5)
+    alpha = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
+    T = tridiagonal(alpha, np.arange(1, 9, dtype=np.float32).reshape(2, 4), np)
+    assert T.dtype == np.float32 and np.array_equal(T, T.transpose(0, 2, 1))        # the whole symmetric matrix
+
+
+def test_top_ritz_rows_of_very_different_scales():
+    """Each example's inverse iteration is shifted by its own scale: rows of 1e-6 and 1e4 in one batch both get
+    s_m right (a shift scaled by the largest row would swamp the small one)."""
+    rng = np.random.default_rng(4)
+    m = 12
+    alpha = np.stack([1e-6 * rng.standard_normal(m), 1e4 * rng.standard_normal(m)])
+    beta = np.stack([1e-6 * np.abs(rng.standard_normal(m - 1)), 1e4 * np.abs(rng.standard_normal(m - 1))])
+    _, _, s_last = top_ritz(alpha, beta, np)
+    w, V = np.linalg.eigh(tridiagonal(alpha, beta, np))
+    separated = (w[:, -1] - w[:, -2]) > 1e-3 * np.abs(w).max(axis=1)
+    np.testing.assert_allclose(np.abs(s_last)[separated], np.abs(V[separated, -1, -1]), rtol=1e-6)
