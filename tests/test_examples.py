@@ -55,6 +55,12 @@ def test_example_runs(case, tmp_path):
         assert re.search(r"\d+ of 2 configurations sharpen strongly \(λ_1 at least ×2 by t = 1\)", table), table
 
 
+# the dry runs name their device (--device cpu), so the strict pass would repeat the NumPy pass's run exactly
+same_in_every_pass = pytest.mark.skipif(os.environ.get("NN_EOS_DEVICE") == "strict",
+                                        reason="runs with --device cpu: the NumPy pass of the suite covers it")
+
+
+@same_in_every_pass
 def test_the_gpu_check_dry_runs_on_the_cpu(tmp_path):
     """bench/gpu_check.py runs once per lent GPU, rarely: its CPU dry run (seconds-scale sizes) keeps it working."""
     bench = os.path.join(os.path.dirname(EXAMPLES), "bench", "gpu_check.py")
@@ -66,6 +72,7 @@ def test_the_gpu_check_dry_runs_on_the_cpu(tmp_path):
     assert "λ_1 of residual, blocks of 8" in (tmp_path / "report.md").read_text()
 
 
+@same_in_every_pass
 def test_the_gpu_breakdown_dry_runs_on_the_cpu(tmp_path):
     """bench/gpu_parts.py, which says where a device's time goes, also runs only where a GPU is lent: its CPU dry
     run keeps every part working (the exponential-Euler blocks are left to gpu_check's dry run, for time)."""
