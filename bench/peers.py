@@ -236,6 +236,30 @@ def jax_settings(jax):
             f"precision '{jax.config.jax_default_matmul_precision}', jit")
 
 
+def jax_mlp(net, jax):
+    """Our MLP (dense layers, ELU between them) in JAX: ``pairs(flat)`` turns a (P,) array of ours into the list of
+    (A, b) per dense layer; ``forward(p, X)`` the outputs; ``loss(p, X, y)`` the mean cross-entropy."""
+    import jax.numpy as jnp
+
+    def pairs(flat):
+        return [tuple(jnp.asarray(np.array(a)) for a in layer.split(part))
+                for layer, part in zip(net.layers, net._slices(np.asarray(flat))) if layer.num_params]
+
+    def forward(p, X):
+        h = X
+        for j, (A, b) in enumerate(p):
+            h = h @ A.T + b
+            if j + 1 < len(p):
+                h = jax.nn.elu(h)
+        return h
+
+    def loss(p, X, y):
+        z = forward(p, X)
+        return jnp.mean(jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, y[:, None], axis=-1)[:, 0])
+
+    return pairs, forward, loss
+
+
 def jax_mlp_rows(problem, reference, tol):
     """JAX's rows for our MLP (dense layers and ELU), jitted, on JAX's default device: or ``([], reason)``."""
     try:
@@ -252,30 +276,17 @@ def jax_mlp_rows(problem, reference, tol):
     if not all(type(layer).__name__ in ("Dense", "ELU") for layer in net.layers):
         return [], "JAX peer is written for dense layers and ELU only"
 
-    def pairs(flat):
-        out = []
-        for layer, part in zip(net.layers, net._slices(np.asarray(flat))):
-            if layer.num_params:
-                A, b = layer.split(part)
-                out.append((jnp.asarray(np.array(A)), jnp.asarray(np.array(b))))
-        return out
-
+    pairs, forward_on, loss_on = jax_mlp(net, jax)
     thetas = [pairs(t) for t in problem.thetas]
     vs = pairs(problem.v)
     Vs = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[pairs(problem.V[:, j]) for j in range(K_BLOCK)])
     Xj, yj = jnp.asarray(problem.X), jnp.asarray(problem.y)
 
     def forward(p):
-        h = Xj
-        for j, (A, b) in enumerate(p):
-            h = h @ A.T + b
-            if j + 1 < len(p):
-                h = jax.nn.elu(h)
-        return h
+        return forward_on(p, Xj)
 
     def loss_fn(p):
-        z = forward(p)
-        return jnp.mean(jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, yj[:, None], axis=-1)[:, 0])
+        return loss_on(p, Xj, yj)
 
     def output_hessian(z, u):
         q = jax.nn.softmax(z, axis=-1)

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import nn_eos as ne  # noqa: E402
 from nn_eos.backend import to_numpy  # noqa: E402
 from curvature import WIDTHS, threads_line, torch_mlp_forward  # noqa: E402
-from peers import alternating, torch_parameters  # noqa: E402
+from peers import alternating, jax_mlp, torch_parameters  # noqa: E402
 from timing import SETTLE_SECONDS, median_times, table  # noqa: E402
 
 
@@ -98,20 +98,12 @@ def jax_peer(net, X, y, thetas, u, v):
     jax.config.update("jax_default_matmul_precision", "highest")
     import jax.numpy as jnp
 
-    def pairs(flat):
-        return [tuple(jnp.asarray(np.array(a)) for a in layer.split(part))
-                for layer, part in zip(net.layers, net._slices(np.asarray(flat))) if layer.num_params]
-
+    pairs, _, loss_on = jax_mlp(net, jax)
     ps, us, vs = [pairs(t) for t in thetas], pairs(u), pairs(v)
     Xj, yj = jnp.asarray(X), jnp.asarray(y)
 
     def loss_fn(p):
-        h = Xj
-        for j, (A, b) in enumerate(p):
-            h = h @ A.T + b
-            if j + 1 < len(p):
-                h = jax.nn.elu(h)
-        return jnp.mean(jax.nn.logsumexp(h, axis=-1) - jnp.take_along_axis(h, yj[:, None], axis=-1)[:, 0])
+        return loss_on(p, Xj, yj)
 
     def hvp(p, v):
         return jax.jvp(jax.grad(loss_fn), (p,), (v,))[1]
