@@ -145,13 +145,51 @@ def test_builders_give_trainable_nets_with_exact_curvature(build):
     assert_close(loss.hvp(v), central_difference(loss.gradient, theta, v), TOL["fd"], f"{build} hvp")
 
 
+def test_builders_give_the_documented_architectures():
+    """Against the published counts: CIFAR AlexNet 1,756,426 parameters (conv 5×5 64-64, dense 384-192-10);
+    VGG-16 and VGG-11 without normalisation: their convolutional features (ImageNet VGG's 14,714,688 and
+    9,220,480 parameters), then dense 512 → 10."""
+    net = ne.alexnet_like()
+    assert [repr(layer) for layer in net.layers] == [
+        "Conv2d(3, 64, kernel=(5, 5), stride=(1, 1), padding=(2, 2))", "ReLU()",
+        "MaxPool2d(kernel=(2, 2), stride=(2, 2), padding=(0, 0))",
+        "Conv2d(64, 64, kernel=(5, 5), stride=(1, 1), padding=(2, 2))", "ReLU()",
+        "MaxPool2d(kernel=(2, 2), stride=(2, 2), padding=(0, 0))", "Flatten()",
+        "Dense(4096, 384)", "ReLU()", "Dense(384, 192)", "ReLU()", "Dense(192, 10)"]
+    assert net.num_params == 1_756_426
+    assert net.spec == {"kind": "alexnet", "in_shape": [3, 32, 32], "n_classes": 10, "width": 1.0,
+                        "activation": "relu", "init": "kaiming", "gain": np.sqrt(2), "seed": 0}
+    assert ne.vgg_like(dtype="float32").num_params == 14_714_688 + 512 * 512 + 512 + 512 * 10 + 10
+    vgg11 = ne.vgg_like(depth=11, n_classes=4, dtype="float32")
+    assert vgg11.num_params == 9_220_480 + 512 * 512 + 512 + 512 * 4 + 4
+    convs = [repr(layer) for layer in vgg11.layers if isinstance(layer, Conv2d)]
+    assert convs[0] == "Conv2d(3, 64, kernel=(3, 3), stride=(1, 1), padding=(1, 1))" and len(convs) == 8
+    assert sum(isinstance(layer, MaxPool2d) for layer in vgg11.layers) == 5
+    assert vgg11.spec == {"kind": "vgg", "depth": 11, "in_shape": [3, 32, 32], "n_classes": 4, "width": 1.0,
+                          "activation": "relu", "init": "kaiming", "gain": np.sqrt(2), "seed": 0}
+
+
+def test_builders_scale_width_and_take_other_image_sizes():
+    net = ne.alexnet_like(in_shape=(1, 16, 24), n_classes=3, width=0.25)      # 16 channels, 96 and 48 units
+    assert [repr(layer) for layer in net.layers if not isinstance(layer, (MaxPool2d, ne.Flatten))][::2] == [
+        "Conv2d(1, 16, kernel=(5, 5), stride=(1, 1), padding=(2, 2))",
+        "Conv2d(16, 16, kernel=(5, 5), stride=(1, 1), padding=(2, 2))",
+        "Dense(384, 96)", "Dense(96, 48)", "Dense(48, 3)"]                    # 16 · (16/4) · (24/4) = 384
+    tiny = ne.alexnet_like(in_shape=(2, 4, 4), n_classes=2, width=1e-3)       # every count at least 1
+    assert tiny.num_params == (2 * 25 + 1) + (25 + 1) + (1 + 1) + (1 + 1) + (2 * 1 + 2)
+    vgg = ne.vgg_like(n_classes=2, width=1 / 64, activation="tanh")
+    assert [layer.F for layer in vgg.layers if isinstance(layer, Conv2d)] == [1, 1, 2, 2, 4, 4, 4, 8, 8, 8, 8, 8, 8]
+    assert repr(vgg.layers[-3]) == "Dense(8, 8)" and repr(vgg.layers[-2]) == "Tanh()"
+
+
 def test_builder_arguments():
     with pytest.raises(ValueError, match="depth must be one of"):
         ne.vgg_like(depth=13)
     with pytest.raises(ValueError, match="32×32"):
         ne.vgg_like(in_shape=(3, 28, 28))
-    with pytest.raises(ValueError, match="multiples of 4"):
-        ne.alexnet_like(in_shape=(3, 30, 30))
+    for shape in [(3, 30, 32), (3, 32, 30), (3, 30, 30), (32, 32), (1, 3, 32, 32)]:
+        with pytest.raises(ValueError, match="multiples of 4"):
+            ne.alexnet_like(in_shape=shape)
 
 
 def test_tiny_conv_net_products_match_dense_matrices():

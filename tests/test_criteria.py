@@ -66,6 +66,7 @@ def test_mse_is_the_mean_over_outputs_against_one_hot_targets():
 def test_criterion_names():
     assert isinstance(criterion("cross_entropy"), CrossEntropy) and isinstance(criterion("CE"), CrossEntropy)
     assert isinstance(criterion("mse"), MSE)
+    assert (repr(criterion("CE")), repr(criterion("mse"))) == ("CrossEntropy()", "MSE()")    # errors name them
     with pytest.raises(ValueError, match="unknown criterion 'hinge'"):
         criterion("hinge")
     with pytest.raises(TypeError, match="criterion must be"):

@@ -142,10 +142,29 @@ def test_linear_operator_uses_the_block_products(kind):
     assert_close(op.matmat(V), p.loss.curvature_product(V, kind), TOL["exact"], "matmat")
     assert_close(op.matvec(V[:, 0]), p.loss.curvature_product(V[:, 0], kind), TOL["exact"], "matvec")
     assert_close(op @ V[:, 1], p.loss.curvature_product(V[:, 1], kind), TOL["exact"], "op @ v")
+    assert_close(op.rmatmat(V), op.matmat(V), TOL["exact"], "symmetric: Mᵀ V = M V")
+    assert op.dtype == p.net.dtype
     # the operator keeps the θ it was made at
     before = to_numpy(op.matvec(V[:, 0]))
-    p.net.set_theta(p.theta + 1.0)
+    theta = p.theta
+    p.net.set_theta(theta + 1.0)
     assert_close(op.matvec(V[:, 0]), before, TOL["exact"], "operator frozen at its θ")
+    at_theta = p.loss.linear_operator(kind, theta=p.net.xp.asarray(theta))    # or made at a θ it is given
+    assert_close(at_theta.matvec(V[:, 0]), before, TOL["exact"], "operator at the θ it is given")
+
+
+def test_linear_operator_runs_one_product_per_block_and_none_to_be_made(monkeypatch):
+    p = build_problem([4, 3, 3], "tanh", "cross_entropy", n=6, seed=3)
+    calls = []
+    product = p.loss.curvature_product
+    monkeypatch.setattr(p.loss, "curvature_product", lambda V, kind, theta=None: calls.append((V.shape, kind))
+                        or product(V, kind, theta))
+    op = p.loss.linear_operator()
+    assert calls == []
+    V = p.direction(3)
+    op.matmat(V)
+    op.rmatmat(V)
+    assert calls == [(V.shape, "hessian")] * 2                    # the default kind, the block in one pass
 
 
 def test_finite_difference_step_is_in_the_sweet_spot():

@@ -152,3 +152,34 @@ def test_a_batched_lanczos_step_costs_at_most_17_device_operations_with_a_produc
     finally:
         batched_lanczos._is_check_step = original
     assert (operations[64] - operations[32]) / 32 <= 17                 # 23 when each step gathered its rows
+
+
+def test_a_network_moved_to_the_stand_in_and_cast_keeps_its_theta_and_its_layers_bound():
+    net = ne.mlp([3, 4, 2], activation="tanh", seed=1, device="cpu")
+    X = np.random.default_rng(0).standard_normal((5, 3))
+    z, theta = net(X), net.theta.copy()
+    assert net.to("strict") is net and net.device == "strict" and device_of(net.theta) == "strict"
+    np.testing.assert_array_equal(to_numpy(net.theta), theta)
+    np.testing.assert_array_equal(to_numpy(net(X)), z)                 # the layers read the moved θ
+    assert net.astype("float32") is net and net.theta.dtype == np.float32 and net.dtype == np.float32
+    np.testing.assert_array_equal(to_numpy(net.theta), theta.astype(np.float32))
+    assert net(X).dtype == np.float32 and np.allclose(to_numpy(net(X)), z, rtol=1e-5)
+    net.theta[:] = 0.0                                                 # the layers are views of θ
+    assert not np.any(to_numpy(net(X)))
+    net.to("cpu")
+    assert net.device == "cpu" and isinstance(net.theta, np.ndarray) and net.theta.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", sorted(ne.activations.ACTIVATIONS))
+def test_every_stated_derivative_of_an_activation_runs_on_the_device(name):
+    """σ, σ', σ'' and σ''' of a device array are device arrays equal to the host's (including the ones the passes
+    skip, such as ReLU's σ'' = 0, which the checker and a user's own code call)."""
+    activation = ne.activations.activation(name)
+    x = np.linspace(-2.0, 2.0, 9) + 0.05                      # away from the kink at 0
+    stated = ["sigma", "slope", "curvature"]
+    if type(activation).third_derivative is not ne.activations.Activation.third_derivative:
+        stated.append("third_derivative")
+    for function in stated:
+        on_device = getattr(activation, function)(strict.asarray(x))
+        assert device_of(on_device) == "strict", function
+        np.testing.assert_array_equal(to_numpy(on_device), getattr(activation, function)(x))

@@ -67,6 +67,9 @@ def test_eigenvalue_gradient_matches_differences_of_the_eigenvalue(problem, seed
     gradient = to_numpy(loss.eigenvalue_gradient(3.0 * vectors[:, -1]))   # any length: it is normalised
     assert_close(gradient @ w, fd, 1e-5, "⟨∇λ₁, w⟩ against differences of λ₁ along w")
     assert_close(gradient, to_numpy(loss.third(vectors[:, -1])), TOL["exact"], "∇λ₁ = ∇³L̃[u₁, u₁, ·]")
+    problem.net.set_theta(theta + 1.0)                                # at the θ it is given, not the network's
+    at_theta = loss.eigenvalue_gradient(vectors[:, -1], theta=problem.net.xp.asarray(theta))
+    assert_close(at_theta, gradient, TOL["exact"], "∇λ₁ at the θ given")
 
 
 def conv_net(seed):

@@ -2,7 +2,8 @@
 per module).
 
     pip install -e ".[mutation]"
-    python tests/mutation/run.py [--workers 2] [--only 'nn_eos.integrators*' …] [--report FILE] [--only-report]
+    python tests/mutation/run.py [--workers 2] [--only 'nn_eos.integrators*' …] [--retest] [--report FILE]
+                                 [--only-report]
 
 mutmut (configured in setup.cfg, section [mutmut]: the core modules and the test files that exercise them)
 changes one thing at a time in the core — an operator, a constant, a comparison, an argument — and runs the
@@ -12,13 +13,17 @@ The tests run on the strict stand-in device
 (``NN_EOS_DEVICE=strict``), so that a mutant mixing host and device arrays fails as it would on a GPU.
 Mutants that change no behaviour are listed with the reason in tests/mutation/equivalent.toml and count as
 killed; everything else that survives is a hole in the suite. A run is incremental (mutmut keeps ``mutants/``)
-and stops cleanly on Ctrl-C; ``--only-report`` rewrites the report from what is there.
+and stops cleanly on Ctrl-C; ``--only-report`` rewrites the report from what is there. After tests are
+added (to the listed files, or as a new file in setup.cfg's selection), ``--retest`` runs the survivors again;
+the other verdicts stand, as more tests cannot revive a killed mutant.
 
 The score of a module is (killed + timeouts + equivalent) / (mutants that tests reach). Mutants that no test
 reaches are listed apart: they are code the selected tests never run.
 """
 
 import argparse
+import configparser
+import hashlib
 import json
 import os
 import subprocess
@@ -43,6 +48,36 @@ def run_mutmut(workers, only=()):
            "OPENBLAS_NUM_THREADS": "1"}
     return subprocess.call([sys.executable, "-m", "mutmut", "run", "--max-children", str(workers), *only],
                            cwd=ROOT, env=env)
+
+
+def selection():
+    """The test files of setup.cfg's [mutmut] section, in order."""
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    return parser.get("mutmut", "pytest_add_cli_args_test_selection").split()
+
+
+def keep_verdicts_when_tests_are_added():
+    """Adding test files can kill more mutants but never revive one. mutmut (3.8) drops every verdict when the
+    test selection changes; when the selection only grew since the last run (recorded in mutants/selection.json),
+    its fingerprint in mutmut's stats is brought up to date, so the verdicts stand and mutmut collects the new
+    tests' coverage alone. Returns the files added (run ``--retest`` to give the survivors to them)."""
+    stats_path, recorded = ROOT / "mutants" / "mutmut-stats.json", ROOT / "mutants" / "selection.json"
+    files = selection()
+    old = json.loads(recorded.read_text()) if recorded.exists() else None
+    if not stats_path.exists():
+        recorded.parent.mkdir(exist_ok=True)
+        recorded.write_text(json.dumps(files))
+        return []
+    stats = json.loads(stats_path.read_text())
+    fingerprint = stats.get("config_fingerprint", {})
+    added = [f for f in files if old is not None and f not in old]
+    if old is not None and set(old) <= set(files) and "test_selection" in fingerprint:
+        # mutmut's own hash of the selection (mutmut/configuration.py, config_fingerprint)
+        fingerprint["test_selection"] = hashlib.sha256(repr(tuple(files)).encode()).hexdigest()[:12]
+        stats_path.write_text(json.dumps(stats))
+    recorded.write_text(json.dumps(files))
+    return added
 
 
 def verdicts():
@@ -119,9 +154,21 @@ def main():
     parser.add_argument("--only-report", action="store_true", help="write the report from the last run")
     parser.add_argument("--only", nargs="+", default=(), metavar="GLOB",
                         help="mutants whose names match, e.g. 'nn_eos.integrators*' (default: all)")
+    parser.add_argument("--retest", action="store_true",
+                        help="run again the mutants that survived or that no test reached (after adding tests)")
     args = parser.parse_args()
     if not args.only_report:
-        run_mutmut(args.workers, args.only)
+        added = keep_verdicts_when_tests_are_added()
+        if added:
+            print("test files added since the last run (verdicts kept; --retest runs the survivors against them):",
+                  *added)
+        only = list(args.only)
+        if args.retest:
+            only += [name for by_name in verdicts().values() for name, verdict in by_name.items()
+                     if verdict in ("survived", "no tests", "suspicious")]
+            if not only:
+                sys.exit("no survivors to retest")
+        run_mutmut(args.workers, only)
     results = verdicts()
     if not results:
         sys.exit("no mutation results in mutants/: run without --only-report first")
