@@ -188,8 +188,15 @@ def test_power_law_recovers_known_coefficients():
     assert c1 == pytest.approx(0.0017, rel=1e-10) and c2 == pytest.approx(0.23, rel=1e-10) and r2 == 1.0
     noisy = 0.0017 * sizes ** 0.23 * np.exp(np.array([0.1, -0.1, 0.05, 0.0, -0.05]))
     assert alignment.power_law(sizes, noisy)[2] < 1.0
+    log_sizes, log_noisy = np.log(sizes), np.log(noisy)          # a line's R² is the squared correlation
+    assert alignment.power_law(sizes, noisy)[2] == pytest.approx(np.corrcoef(log_sizes, log_noisy)[0, 1] ** 2,
+                                                                 rel=1e-12)
+    assert alignment.power_law([100, 400], [3, 6]) == pytest.approx((0.3, 0.5, 1.0), rel=1e-12)    # two sizes do
+    assert alignment.power_law([10, 20, 40], [5, 5, 5]) == pytest.approx((5.0, 0.0, 1.0), abs=1e-12)  # flat: R² 1
     with pytest.raises(ValueError, match="two distinct sizes"):
         alignment.power_law([5, 5], [1, 2])
+    with pytest.raises(ValueError, match="two distinct sizes"):
+        alignment.power_law([5], [1])
 
 
 def test_counterfactual_bound_removes_the_growth_of_alignment():
@@ -199,6 +206,9 @@ def test_counterfactual_bound_removes_the_growth_of_alignment():
     bound, lr = alignment.counterfactual_sharpness(series)
     np.testing.assert_allclose(bound, [0.5 * 7.0, 0.5 * (8.0 / 2 + 2.0 + 1.0)])
     assert lr == pytest.approx(2 / 3.5)
+    series["overlap_ratio"] = [None, 0.5]          # a snapshot analysed without the sharpness of G
+    bound, lr = alignment.counterfactual_sharpness(series)
+    assert np.isnan(bound[0]) and lr == pytest.approx(2 / 3.5)
 
 
 def test_analyze_run_caches_beside_the_run(tmp_path):

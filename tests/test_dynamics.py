@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -122,6 +123,46 @@ def test_adaptive_flow_keeps_the_step_below_the_edge():
     assert np.all(rho <= 0.25 + 1e-12)   # η λ_1 / 2 ≤ safety / 2
 
 
+@pytest.mark.parametrize("method", ["krylov", "lanczos", "lobpcg", "power"])
+def test_adaptive_flow_steps_by_safety_over_lambda_1_capped_by_lr_max(method):
+    """η = min(lr_max, safety / λ_1), λ_1 the largest eigenvalue by value (by |λ| for power, as documented), on a
+    quadratic whose largest |λ| is negative; a non-positive λ_1 gives lr_max."""
+    q = Quadratic([4.0, 1.0, 0.5, -10.0, 0.1, 2.0])
+    theta = q.net.theta
+    g = q.value_and_gradient(theta)[1]
+    lam = -10.0 if method == "power" else 4.0
+    new, lr, info = ne.AdaptiveGradientFlow(lr_max=1.0, safety=0.5, tol=1e-10, maxiter=2000,
+                                            method=method).step(q, theta, g)
+    assert set(info) == {"lambda_1", "eig_matvecs", "eig_converged"}
+    assert info["lambda_1"] == pytest.approx(lam, rel=1e-8) and info["eig_converged"] and info["eig_matvecs"] > 0
+    assert lr == pytest.approx(0.5 / abs(lam), rel=1e-8)
+    np.testing.assert_allclose(new, theta - lr * g, rtol=1e-15)
+    _, capped, _ = ne.AdaptiveGradientFlow(lr_max=0.01, safety=0.5, tol=1e-10, method=method).step(q, theta, g)
+    assert capped == 0.01
+    concave = Quadratic([-1.0, -2.0, -3.0])
+    _, lr, info = ne.AdaptiveGradientFlow(lr_max=0.2, safety=0.5, tol=1e-10, maxiter=2000,
+                                          method=method).step(concave, concave.net.theta, concave.net.theta)
+    assert lr == (pytest.approx(0.5 / 3.0, rel=1e-8) if method == "power" else 0.2)
+
+
+def test_adaptive_flow_defaults_are_the_papers_and_its_settings_reach_the_solver():
+    assert ne.AdaptiveGradientFlow().config() == {"name": "adaptive_flow", "lr_max": 1e-3, "safety": 0.5,
+                                                  "tol": 1e-4, "maxiter": 200, "method": "krylov",
+                                                  "stop": "residual"}
+    for name in ("lr_max", "safety"):
+        with pytest.raises(ValueError, match=f"^{name} must be a finite positive number"):
+            ne.AdaptiveGradientFlow(**{name: -1.0})
+    q = Quadratic(np.linspace(1.0, 9.0, 12))
+    theta, g = q.net.theta, q.value_and_gradient(q.net.theta)[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                     # an unconverged solve is reported in info, not warned
+        _, _, info = ne.AdaptiveGradientFlow(tol=1e-14, maxiter=1).step(q, theta, g)
+    assert not info["eig_converged"]
+    loose = ne.AdaptiveGradientFlow(tol=1e-2).step(q, theta, g)[2]["eig_matvecs"]
+    tight = ne.AdaptiveGradientFlow(tol=1e-12, maxiter=2000).step(q, theta, g)[2]["eig_matvecs"]
+    assert loose < tight
+
+
 def test_telemetry_projections_and_loss_changes():
     p = build_problem([5, 6, 4], "tanh", "cross_entropy", n=15, seed=9)
     tele = Telemetry(k=6, every_time=0.5, tol=1e-10, maxiter=5000)
@@ -183,6 +224,8 @@ def test_integrators_rebuild_from_their_config():
         assert from_config(integrator.config()).config() == integrator.config()
     with pytest.raises(ValueError, match="unknown integrator"):
         from_config({"name": "rk4"})
+    with pytest.raises(ValueError, match="unknown integrator None"):
+        from_config({"lr": 0.1})                                    # a config without a name
     with pytest.raises(ValueError, match="lr must be a finite positive number"):
         ne.GradientDescent(0)
 
