@@ -28,6 +28,7 @@ rounding level (ritz.within_tol, docs/integrators.md).
 import warnings
 
 import numpy as np
+from scipy.sparse.linalg import ArpackNoConvergence
 
 from . import backend
 from .krylov import block_krylov
@@ -240,6 +241,11 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
                                     **_eigsh_limits(linalg, A, v0, k, tol, maxiter))
         except Breakdown:
             pass            # cupyx divides by a zero β and hands the operator NaN: see below
+        except ArpackNoConvergence as error:
+            # maxiter restarts were not enough: ARPACK raises, with the pairs it has (on the host); completed
+            # to k at random, they are judged below like any answer (converged=False, with the residuals)
+            have = error.eigenvectors if error.eigenvectors.size else None
+            theta, X = xp.zeros(k, dtype=dtype), start_block(P, k, have, seed, xp, dtype)
         except Exception as error:
             if "Starting vector is zero" not in str(error):
                 raise

@@ -143,6 +143,7 @@ def test_linear_operator_uses_the_block_products(kind):
     assert_close(op.matvec(V[:, 0]), p.loss.curvature_product(V[:, 0], kind), TOL["exact"], "matvec")
     assert_close(op @ V[:, 1], p.loss.curvature_product(V[:, 1], kind), TOL["exact"], "op @ v")
     assert_close(op.rmatmat(V), op.matmat(V), TOL["exact"], "symmetric: Mᵀ V = M V")
+    assert_close(op.rmatvec(V[:, 0]), op.matvec(V[:, 0]), TOL["exact"], "symmetric: Mᵀ v = M v")
     assert op.dtype == p.net.dtype
     # the operator keeps the θ it was made at
     before = to_numpy(op.matvec(V[:, 0]))
