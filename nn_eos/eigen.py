@@ -32,7 +32,7 @@ from scipy.sparse.linalg import ArpackNoConvergence
 
 from . import backend
 from .krylov import block_krylov
-from .ritz import (NOT_FINITE, TINY, EigenResult, rayleigh_ritz, residual_norms, within_tol,  # noqa: F401
+from .ritz import (NOT_FINITE, ROUNDING, TINY, EigenResult, rayleigh_ritz, residual_norms, within_tol,  # noqa: F401
                    sorted_result, start_block)
 from .validation import check_integer
 
@@ -165,8 +165,11 @@ def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
     """LOBPCG (scipy, or cupyx on the GPU) for the k largest algebraic eigenvalues.
 
     scipy's ``tol`` is absolute; ours is relative to |λ|, so the solver is called
-    with ``tol · |λ_k|`` from the Rayleigh–Ritz estimate of the start block and
-    called again, warm, in the rare case that the relative residuals still miss.
+    with ``tol · |λ_k|`` from the Rayleigh–Ritz estimate of the start block (but
+    not below the rounding floor of :func:`nn_eos.ritz.within_tol`: in float32 a
+    tol of 1e-12 ran all maxiter iterations three times, 9018 products where 38
+    reach rounding) and called again, warm, in the rare case that the relative
+    residuals still miss.
     """
     linalg = backend.scipy_linalg_module(xp)
     P = A.size
@@ -175,11 +178,13 @@ def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
     theta, X, AX = rayleigh_ritz(X, AX, xp)
     iterations = 0
     for _ in range(3):
+        # scipy's absolute tol: ours times |λ_k|, but not below rounding (ritz.within_tol), which it cannot reach
         scale = float(xp.min(xp.abs(theta[:k])))
+        rounding = ROUNDING * np.sqrt(P) * np.finfo(dtype).eps * float(xp.max(xp.abs(theta)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # scipy's own non-convergence note: we judge below
-            out = linalg.lobpcg(A.linear_operator(), X, tol=tol * max(scale, TINY) / 4, maxiter=maxiter,
-                                largest=True, retResidualNormsHistory=True)
+            out = linalg.lobpcg(A.linear_operator(), X, tol=max(tol * max(scale, TINY), rounding) / 4,
+                                maxiter=maxiter, largest=True, retResidualNormsHistory=True)
         X = out[1]
         # for tiny problems scipy solves densely and returns no history: count that as one iteration
         iterations += max(len(out[2]), 1) if len(out) > 2 else 1

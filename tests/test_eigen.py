@@ -400,3 +400,18 @@ def test_no_eigenpairs_are_not_converged_ones():
     assert not within_tol(np.zeros(0), np.zeros(0), 1e-6, np.float64, 10)
     assert within_tol(np.array([1e-9]), np.array([2.0]), 1e-6, np.float64, 10)
     assert not within_tol(np.array([1e-5]), np.array([2.0]), 1e-6, np.float64, 10)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_float32_operators_get_float32_answers_converged_at_float32_rounding(method):
+    """A float32 operator is solved in float32 (start block, restarts, results), and a tol below float32's
+    rounding is met at rounding (ROUNDING √P eps max|λ|, ritz.within_tol) instead of never."""
+    M = matrix_with_spectrum(np.concatenate([[9.0, 7.0, 6.0], np.linspace(-2.0, 2.0, 37)]), seed=2)
+    A = device_xp.asarray(M.astype(np.float32))
+    operator = ne.eigen.BlockOperator(lambda V: A @ V, like=A[:, 0])
+    res = top_eigenpairs(operator, 3, method=method, tol=1e-12, maxiter=3000, warn=False)
+    assert res.values.dtype == np.float32 and res.vectors.dtype == np.float32
+    assert res.converged
+    # regression (lobpcg): a tol below rounding cost 9018 products (maxiter, three times) where 38 reach rounding
+    assert res.matvecs <= 2 * top_eigenpairs(operator, 3, method=method, tol=1e-4, maxiter=3000).matvecs
+    np.testing.assert_allclose(to_numpy(res.values), [9.0, 7.0, 6.0], rtol=1e-5)
