@@ -36,18 +36,20 @@ MOVES = ("asarray", "array", "ascontiguousarray", "asfortranarray")   # host →
 HOST_READS = ("item", "tolist")                                         # methods that hand back host values
 VIEWS = ("reshape", "transpose", "swapaxes", "squeeze", "view", "moveaxis",   # functions and methods that
          "broadcast_to", "may_share_memory")                                  # launch nothing on CuPy
-COUNTS = collections.Counter()                          # "operations", "host_reads", "uploads" (host → device)
+REQUIRED = {"take_along_axis": (2, "axis")}      # arguments CuPy requires where NumPy has a default: (position, name)
+COUNTS = collections.Counter()         # "operations", "host_reads", "uploads" (host → device), "promotions"
 
 
 @contextlib.contextmanager
 def counting():
-    """Count device operations and host reads inside a ``with`` block: yields a Counter filled at its end."""
+    """Count device operations, host reads, uploads and float32/float64 promotions (:func:`_promotes`) inside a
+    ``with`` block: yields a Counter filled at its end."""
     before = COUNTS.copy()
     result = collections.Counter()
     try:
         yield result
     finally:
-        result.update({key: COUNTS[key] - before[key] for key in ("operations", "host_reads", "uploads")})
+        result.update({key: COUNTS[key] - before[key] for key in ("operations", "host_reads", "uploads", "promotions")})
 
 
 def _read():
@@ -193,6 +195,12 @@ class StrictArray:
         _refuse("DLPack export")
 
 
+def _promotes(a, b):
+    """Whether an operation meets float arrays of two precisions: in a float32 pass, a float64 temporary promotes
+    the work (on a GPU, float64 runs at a fraction of float32's rate) though a float32 buffer hides it at the end."""
+    return bool(getattr(b, "ndim", 0) and a.ndim and a.dtype.kind == b.dtype.kind == "f" and a.dtype != b.dtype)
+
+
 def _binary(name):
     op = getattr(operator, name if name not in ("and", "or") else f"{name}_")
 
@@ -201,6 +209,7 @@ def _binary(name):
         if other is NotImplemented:
             return other
         COUNTS["operations"] += 1
+        COUNTS["promotions"] += _promotes(self._a, other)
         return wrap(op(self._a, other))
 
     def reflected(self, other):
@@ -208,6 +217,7 @@ def _binary(name):
         if other is NotImplemented:
             return other
         COUNTS["operations"] += 1
+        COUNTS["promotions"] += _promotes(self._a, other)
         return wrap(op(other, self._a))
 
     def inplace(self, other):
@@ -246,8 +256,12 @@ class _Namespace(types.ModuleType):
         if isinstance(value, type) or not callable(value):
             return value                               # dtypes, constants (float64, inf, newaxis)
         moving = name in MOVES
+        required = REQUIRED.get(name)
 
         def function(*args, **kwargs):
+            if required and len(args) <= required[0] and required[1] not in kwargs:
+                raise TypeError(f"{name}() missing required argument '{required[1]}' (CuPy has no default for "
+                                f"it; the CuPy stand-in NN_EOS_DEVICE=strict asks for it as CuPy does)")
             if name not in VIEWS:
                 COUNTS["operations"] += 1
             if moving and any(isinstance(a, np.ndarray) for a in args):

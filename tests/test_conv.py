@@ -49,22 +49,24 @@ def test_maxpool_passes(kernel, stride, padding, n, C, H, seed):
 def direct_pool(x, kernel, stride, padding, reduce):
     """Each window's ``reduce`` over the entries of x it covers (padding covers none), by loops."""
     n, C, H, W = x.shape
-    Ho, Wo = (H + 2 * padding - kernel) // stride + 1, (W + 2 * padding - kernel) // stride + 1
+    ph, pw = padding if isinstance(padding, tuple) else (padding, padding)
+    Ho, Wo = (H + 2 * ph - kernel) // stride + 1, (W + 2 * pw - kernel) // stride + 1
     y = np.empty((n, C, Ho, Wo))
     for i in range(Ho):
         for j in range(Wo):
-            r0, c0 = i * stride - padding, j * stride - padding
+            r0, c0 = i * stride - ph, j * stride - pw
             window = x[:, :, max(r0, 0):r0 + kernel, max(c0, 0):c0 + kernel]
             y[:, :, i, j] = reduce(window, axis=(-2, -1))
     return y
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-@pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 1, 1), (2, 1, 1), (3, 2, 1)])
+@pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 1, 1), (2, 1, 1), (3, 2, 1), (2, 1, (1, 0)),
+                                                     (2, 1, (0, 1))])
 def test_maxpool_forward_is_the_maximum_of_the_entries_each_window_covers(kernel, stride, padding, sign):
     """Against loops, on inputs of one sign: with all entries negative, a padded window's maximum must still be
     an entry of x, whatever the padding is filled with."""
-    x = sign * (np.random.default_rng(kernel + padding).random((2, 3, 5, 6)) + 0.5)
+    x = sign * (np.random.default_rng(kernel).random((2, 3, 5, 6)) + 0.5)
     y = MaxPool2d(kernel, stride, padding).forward(x, Cache())
     np.testing.assert_array_equal(y, direct_pool(x, kernel, stride, padding, np.max))
 
@@ -117,6 +119,21 @@ def test_conv_net_curvature(pool):
     assert_close(to_numpy(loss.ggn(V)) + to_numpy(loss.residual(V)), loss.hvp(V), TOL["exact"], "G + H")
     chunked = ne.TrainingLoss(net, "cross_entropy", X, y, chunk_size=2)
     assert_close(chunked.hvp(V), loss.hvp(V), TOL["exact"], "chunked")
+
+
+@pytest.mark.parametrize("pool", [AvgPool2d, MaxPool2d])
+def test_a_float32_conv_net_stays_in_float32(pool):
+    """Every pass of a float32 net returns float32 (a float64 intermediate, such as max-pooling's one-hot
+    scatter, would promote the products and double their memory)."""
+    rng = np.random.default_rng(2)
+    net = conv_net(pool=pool).astype("float32")
+    X, y = rng.standard_normal((3, 2, 6, 6)), rng.integers(0, 4, 3)
+    V = net.xp.asarray(rng.standard_normal((net.num_params, 2)).astype(np.float32))
+    for criterion in ("cross_entropy", "mse"):
+        loss = ne.TrainingLoss(net, criterion, X, y)
+        for name, result in [("gradient", loss.gradient()), ("hvp", loss.hvp(V)), ("ggn", loss.ggn(V)),
+                             ("residual", loss.residual(V)), ("third", loss.third(V[:, 0]))]:
+            assert result.dtype == np.float32, (criterion, name)
 
 
 def test_conv_shape_errors():

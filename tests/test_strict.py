@@ -28,6 +28,8 @@ def test_the_stand_in_refuses_what_cupy_refuses():
         strict.matmul(a, np.ones((3, 3)))
     with pytest.raises(TypeError):
         scipy.linalg.eigh(a)
+    with pytest.raises(TypeError, match="missing required argument 'axis'"):
+        strict.take_along_axis(a, strict.zeros((3, 1), dtype=int))     # NumPy ≥ 2.3 defaults axis to -1
     # what a device array may do
     assert isinstance(a @ a + 2.0 * a - np.float64(1), StrictArray)
     assert isinstance(strict.asarray(np.ones(3)), StrictArray)          # host → device
@@ -183,3 +185,21 @@ def test_every_stated_derivative_of_an_activation_runs_on_the_device(name):
         on_device = getattr(activation, function)(strict.asarray(x))
         assert device_of(on_device) == "strict", function
         np.testing.assert_array_equal(to_numpy(on_device), getattr(activation, function)(x))
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+@pytest.mark.parametrize("criterion", ["cross_entropy", "mse"])
+def test_a_float32_network_computes_in_float32_throughout(pool, criterion):
+    """No pass of a float32 net meets a float64 array on the device (the results, written into float32 buffers,
+    would hide it): gradient, the three curvature products and third derivatives, on a conv net with pooling."""
+    from nn_eos.conv import AvgPool2d, Conv2d, MaxPool2d
+    layers = [Conv2d(2, 3, 3, padding=1), ne.ELU(), (MaxPool2d if pool == "max" else AvgPool2d)(2, padding=(1, 0)),
+              ne.Flatten(), ne.Dense(3 * 4 * 3, 5), ne.Tanh(), ne.Dense(5, 3)]
+    net = ne.Sequential(layers, (2, 6, 6), dtype="float32", device="strict")
+    rng = np.random.default_rng(0)
+    loss = ne.TrainingLoss(net, criterion, rng.standard_normal((4, 2, 6, 6)), rng.integers(0, 3, 4))
+    V = strict.asarray(rng.standard_normal((net.num_params, 2)).astype(np.float32))
+    with counting() as counts:
+        results = [loss.gradient(), loss.hvp(V), loss.ggn(V), loss.residual(V), loss.third(V[:, 0], V[:, 1])]
+    assert all(r.dtype == np.float32 for r in results)
+    assert counts["promotions"] == 0
