@@ -103,7 +103,8 @@ def batched_top_eigenvalue(matvec, n, d, xp, dtype, tol=1e-9, start=None, seed=0
     q = xp.asarray(rng.standard_normal((n, d)), dtype=dtype)
     q /= xp.linalg.norm(q, axis=1, keepdims=True)
     if start is not None:
-        q = xp.asarray(start, dtype=dtype)[None, :] / xp.linalg.norm(start) + 0.05 * q
+        start = xp.asarray(start, dtype=dtype)                   # a host start vector goes to the device
+        q = start[None, :] / xp.linalg.norm(start) + 0.05 * q
         q /= xp.linalg.norm(q, axis=1, keepdims=True)
     top = np.zeros(n)
     rows = np.arange(n)                                         # the examples still iterating (host indices)

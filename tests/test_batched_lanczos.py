@@ -162,3 +162,41 @@ def test_top_ritz_rows_of_very_different_scales():
     w, V = np.linalg.eigh(tridiagonal(alpha, beta, np))
     separated = (w[:, -1] - w[:, -2]) > 1e-3 * np.abs(w).max(axis=1)
     np.testing.assert_allclose(np.abs(s_last)[separated], np.abs(V[separated, -1, -1]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_float32_runs_in_float32_on_the_device(warm):
+    """Every array of the recurrence (start, q pair, α, β) is float32 for a float32 operator: on the strict
+    stand-in no step meets a float64 array (a float64 buffer would promote each product's work)."""
+    from nn_eos.strict import counting, strict
+
+    mats = strict.asarray(_gap_operators(3, 40, seed=3).astype(np.float32))
+    start = np.ones(40) if warm else None                     # a host start vector (float64) is cast, not mixed
+
+    def matvec(V, rows):
+        return strict.einsum("nab,nb->na", mats[rows], V)
+
+    with counting() as counts:
+        top = batched_top_eigenvalue(matvec, 3, 40, strict, np.float32, tol=1e-5, start=start)
+    assert top.dtype == np.float32 and counts["promotions"] == 0
+    np.testing.assert_allclose(backend.to_numpy(top), 10.0, rtol=1e-5)
+
+
+def test_a_start_vector_near_the_common_top_eigenvector_warm_starts_every_example():
+    """Operators sharing their top eigenvector e (λ = 10, the rest in [0, 9]): started from e at any scale (5%
+    random mixed in), every example needs at most half the products of a cold start, for the same answer."""
+    n, d = 4, 60
+    rng = np.random.default_rng(6)
+    e = np.linalg.qr(rng.standard_normal((d, 1)))[0][:, 0]
+    rest = np.eye(d) - np.outer(e, e)
+    mats = []
+    for _ in range(n):
+        B = rest @ np.linalg.qr(rng.standard_normal((d, d)))[0]
+        mats.append(10 * np.outer(e, e) + (B * rng.uniform(0, 9, d)) @ B.T)
+    mats = np.array(mats)
+    cold, cold_calls = _solve(mats)
+    warm, warm_calls = _solve(mats, start=e)
+    small, small_calls = _solve(mats, start=1e-3 * e)
+    assert len(warm_calls) <= len(cold_calls) / 2 and small_calls == warm_calls
+    for top in (cold, warm, small):
+        np.testing.assert_allclose(backend.to_numpy(top), 10.0, rtol=1e-9)
