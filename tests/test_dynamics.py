@@ -91,7 +91,8 @@ def dense_hessian(loss, theta):
 
 
 def test_exponential_euler_follows_the_gradient_flow_better_than_gd():
-    """Against a stiff Radau reference of dθ/dt = −∇L̃(θ), after the same number of gradient evaluations.
+    """Against a reference solution of dθ/dt = −∇L̃(θ) (LSODA, which turns stiff where it must: it agrees with
+    Radau to 1e-10 here at a tenth of the cost), after the same number of gradient evaluations.
 
     Each method is compared with the reference at the time t it claims to have
     reached (GD: t = nη; exponential Euler: t = Σ Δt).
@@ -105,7 +106,7 @@ def test_exponential_euler_follows_the_gradient_flow_better_than_gd():
     ee = ne.train(loss, ne.ExponentialEuler(k=3, lr_max=lr, tol=1e-10, maxiter=2000), until_loss=0.0,
                   max_steps=steps, progress=False, theta=theta0)
     T = max(gd.t, ee.t)
-    reference = solve_ivp(lambda t, th: -to_numpy(loss.gradient(th)), (0, T), theta0, method="Radau",
+    reference = solve_ivp(lambda t, th: -to_numpy(loss.gradient(th)), (0, T), theta0, method="LSODA",
                           jac=lambda t, th: -dense_hessian(loss, th), rtol=1e-10, atol=1e-12, dense_output=True)
     error_gd = np.linalg.norm(to_numpy(gd.theta) - reference.sol(gd.t))
     error_ee = np.linalg.norm(to_numpy(ee.theta) - reference.sol(ee.t))
