@@ -94,7 +94,7 @@ def test_the_stand_in_counts_device_operations_host_reads_and_uploads():
         total = float(b.sum())             # a reduction (a 0-d device array, as in CuPy), then a host read
         strict.asarray(np.ones(3))         # an upload
     assert isinstance(b.sum(), StrictArray) and total == 36.0
-    assert counts == {"operations": 4, "host_reads": 1, "uploads": 1}
+    assert counts == {"operations": 4, "host_reads": 1, "uploads": 1, "promotions": 0}
 
 
 def test_a_warm_product_reads_nothing_back_and_block_krylov_a_few_numbers_per_iteration():
