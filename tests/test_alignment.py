@@ -164,6 +164,49 @@ def test_layerwise_jacobian_norms_stop_early_and_stay_exact(shape):
     assert ours[3] == 0.0 and len(calls) < min(shape) / 2
 
 
+@pytest.mark.parametrize("shape", [(160, 240), (240, 160), (100, 300)])     # both sides of a ≤ 2b
+def test_layerwise_jacobian_norms_warm_start_pay_and_tol_reaches_lanczos(shape):
+    """The warm start (the top singular vector of A diag(rms s)) needs fewer products than a cold start of the
+    same batched solve; a looser tol fewer still; in float32 on the device nothing meets a float64 array."""
+    from nn_eos.strict import counting, strict
+
+    rng = np.random.default_rng(shape[1])
+    u, v = rng.standard_normal(shape[0]), rng.standard_normal(shape[1])           # a dominant direction, as a
+    A = rng.standard_normal(shape) / np.sqrt(shape[1]) + 3 * np.outer(u, v) / np.sqrt(np.prod(shape))  # trained
+    s = rng.uniform(0.8, 1, size=(6, shape[1])) * rng.uniform(0, 1, shape[1]) ** 2  # layer has; units of
+                                                                                   # very different slopes
+    original = alignment.batched_top_eigenvalue
+    calls = {}
+
+    def solve(label, cold=False, **kwargs):
+        calls[label] = 0
+
+        def counted(matvec, *args, **solver_kwargs):
+            if cold:
+                solver_kwargs["start"] = None
+            return original(lambda v, *rows: calls.__setitem__(label, calls[label] + 1) or matvec(v, *rows), *args,
+                            **solver_kwargs)
+        alignment.batched_top_eigenvalue = counted
+        try:
+            return to_numpy(alignment.layerwise_jacobian_norm2(A, s, np, dense_below=0, **kwargs))
+        finally:
+            alignment.batched_top_eigenvalue = original
+
+    warm, cold = solve("warm"), solve("cold", cold=True)
+    loose = solve("loose", tol=1e-3)
+    reference = np.array([np.linalg.svd(A * s[n][None, :], compute_uv=False)[0] ** 2 for n in range(6)])
+    np.testing.assert_allclose(warm, reference, rtol=1e-8)
+    np.testing.assert_allclose(cold, reference, rtol=1e-8)
+    np.testing.assert_allclose(loose, reference, rtol=2e-2)    # a loose tol may stop low in a cluster (documented)
+    assert calls["loose"] < calls["warm"] < calls["cold"]
+    with counting() as counts:
+        narrow = alignment.layerwise_jacobian_norm2(strict.asarray(A.astype(np.float32)),
+                                                    strict.asarray(s.astype(np.float32)), strict, dense_below=0,
+                                                    tol=1e-5)
+    assert narrow.dtype == np.float32 and counts["promotions"] == 0
+    np.testing.assert_allclose(to_numpy(narrow), reference, rtol=1e-4)
+
+
 def test_chunked_analysis_equals_whole():
     net = ne.mlp([5, 6, 6, 3], activation="tanh", seed=1)
     rng = np.random.default_rng(0)
