@@ -130,7 +130,7 @@ def _dtype(operator, V0):
     return np.dtype("float64")
 
 
-def power_iteration(A, k, V0, tol, maxiter, seed, guard, xp, dtype, stop="residual"):
+def power_iteration(A, k, V0, tol, maxiter, seed, guard, xp, dtype, stop):
     """Block power iteration with Rayleigh–Ritz (2024 paper, section 7.1, improved).
 
     Each iteration: ``W = A V`` (one block product), Ritz pairs of the block,
@@ -258,7 +258,7 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
             # The Krylov space closed on an invariant subspace that Lanczos cannot restart from (the
             # zero operator, H of a linear model): ARPACK says so, cupyx's eigsh returns NaN. Block power
             # iteration has no such failure, so it answers instead, on both backends.
-            result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, 0, xp, dtype)
+            result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, 0, xp, dtype, "residual")
             result.method = "lanczos"
             return result
         X, _ = xp.linalg.qr(X)

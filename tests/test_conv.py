@@ -199,6 +199,25 @@ def test_builders_scale_width_and_take_other_image_sizes():
     assert repr(vgg.layers[-3]) == "Dense(8, 8)" and repr(vgg.layers[-2]) == "Tanh()"
 
 
+def test_every_window_setting_and_channel_count_is_checked_by_name():
+    for kernel in [(0, 3), (3, 0)]:
+        with pytest.raises(ValueError, match="kernel and stride must be positive"):
+            Conv2d(1, 1, kernel)
+    for stride in [(0, 1), (1, 0)]:
+        with pytest.raises(ValueError, match="kernel and stride must be positive"):
+            MaxPool2d(2, stride)
+    with pytest.raises(ValueError, match="^stride must be a non-negative integer"):
+        Conv2d(1, 1, 3, stride=1.5)
+    with pytest.raises(ValueError, match="^padding must be a non-negative integer"):
+        Conv2d(1, 1, 3, padding=-1)
+    for channels in [(0, 2), (2, 0)]:
+        with pytest.raises(ValueError, match="Conv2d needs positive channel counts"):
+            Conv2d(*channels, 3)
+    for shape in [(1, 2, 5), (1, 5, 2)]:                        # the window fits one side only
+        with pytest.raises(ValueError, match="does not fit"):
+            ne.Sequential([Conv2d(1, 1, 3), ne.Flatten()], shape)
+
+
 def test_builder_arguments():
     with pytest.raises(ValueError, match="depth must be one of"):
         ne.vgg_like(depth=13)

@@ -84,3 +84,29 @@ def test_cross_entropy_products_stay_accurate_in_float32_when_the_softmax_satura
                                                  xp.asarray(u.astype(np.float32))))
     assert single.dtype == np.float32
     assert np.abs(single - exact).max() <= 1e-4 * np.abs(exact).max()
+
+
+def test_cross_entropy_third_derivatives_stay_accurate_in_float32_when_the_softmax_saturates():
+    """The same saturation for ∂³l[a, b, ·]: a and b are shifted by their entries at the argmax before they are
+    centred, which keeps the result to a few float32 ulps (docs/third.md)."""
+    z = np.array([[12.0, 0.0, -3.0, 1.0], [0.5, 14.0, 1.0, -2.0]])
+    y = np.array([0, 1])
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((2, 3, 2, 4)) + 5.0
+    exact = host(CrossEntropy().third_product(xp.asarray(z), xp.asarray(y), xp.asarray(a), xp.asarray(b)))
+    single = host(CrossEntropy().third_product(*(xp.asarray(v.astype(np.float32)) for v in (z, y, a, b))))
+    assert single.dtype == np.float32
+    assert np.abs(single - exact).max() <= 1e-5 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "mse"])
+def test_every_derivative_of_a_float32_output_is_float32(name):
+    crit = criterion(name)
+    rng = np.random.default_rng(2)
+    z = xp.asarray(rng.standard_normal((3, 4)).astype(np.float32))
+    y = xp.asarray(np.array([0, 3, 1]))
+    u = xp.asarray(rng.standard_normal((2, 3, 4)).astype(np.float32))
+    results = {"value": crit.value(z, y), "gradient": crit.gradient(z, y), "hessian": crit.hessian(z, y),
+               "hessian_product": crit.hessian_product(z, y, u), "output_hessian": crit.output_hessian(z, y)(u),
+               "sqrt_hessian": crit.sqrt_hessian(z, y), "third_product": crit.third_product(z, y, u, u)}
+    assert {key: value.dtype for key, value in results.items()} == {key: np.float32 for key in results}

@@ -152,6 +152,8 @@ def test_linear_operator_uses_the_block_products(kind):
     assert_close(op.matvec(V[:, 0]), before, TOL["exact"], "operator frozen at its θ")
     at_theta = p.loss.linear_operator(kind, theta=p.net.xp.asarray(theta))    # or made at a θ it is given
     assert_close(at_theta.matvec(V[:, 0]), before, TOL["exact"], "operator at the θ it is given")
+    product = {"hessian": p.loss.hvp, "ggn": p.loss.ggn, "residual": p.loss.residual}[kind]
+    assert_close(product(V[:, 0], theta=p.net.xp.asarray(theta)), before, TOL["exact"], "product at the θ given")
 
 
 def test_linear_operator_runs_one_product_per_block_and_none_to_be_made(monkeypatch):

@@ -160,6 +160,7 @@ def test_a_network_moved_to_the_stand_in_and_cast_keeps_its_theta_and_its_layers
     net = ne.mlp([3, 4, 2], activation="tanh", seed=1, device="cpu")
     X = np.random.default_rng(0).standard_normal((5, 3))
     z, theta = net(X), net.theta.copy()
+    assert repr(net) == "Sequential([Dense(3, 4), Tanh(), Dense(4, 2)], P=26, float64, cpu)"
     assert net.to("strict") is net and net.device == "strict" and device_of(net.theta) == "strict"
     np.testing.assert_array_equal(to_numpy(net.theta), theta)
     np.testing.assert_array_equal(to_numpy(net(X)), z)                 # the layers read the moved θ
