@@ -338,6 +338,8 @@ def test_every_eigenpair_of_a_small_operator_converges_even_a_zero_one(method, m
         warnings.simplefilter("error", ne.NonConvergenceWarning)
         result = ne.top_eigenpairs(device_operator(M), k, method=method)
     assert result.converged
+    if method == "lanczos":                                         # dense: one block product of the identity
+        assert (result.iterations, result.matvecs) == (1, 6)
     exact = np.linalg.eigvalsh(M)
     order = np.argsort(-np.abs(exact)) if method == "power" or method == "krylov" else np.argsort(-exact)
     expected = np.sort(exact[order[:k]])[::-1]
@@ -417,4 +419,82 @@ def test_float32_operators_get_float32_answers_converged_at_float32_rounding(met
     assert res.converged
     # regression (lobpcg): a tol below rounding cost 9018 products (maxiter, three times) where 38 reach rounding
     assert res.matvecs <= 2 * top_eigenpairs(operator, 3, method=method, tol=1e-4, maxiter=3000).matvecs
+    # on the stand-in nothing meets a float64 array, on the Krylov route or the dense one (k ≥ P − 1)
+    from nn_eos.strict import counting, strict
+    for size, k in [(40, 3), (4, 3)]:
+        B = strict.asarray(M[:size, :size].astype(np.float32))
+        with counting() as counts:
+            small = top_eigenpairs(ne.eigen.BlockOperator(lambda V: B @ V, like=B[:, 0]), k, method=method,
+                                   tol=1e-12, maxiter=3000, warn=False)
+        assert small.values.dtype == np.float32 and counts["promotions"] == 0, (size, counts)
     np.testing.assert_allclose(to_numpy(res.values), [9.0, 7.0, 6.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", [1, 3])
+def test_the_zero_operator_has_converged_zero_eigenpairs(method, k):
+    """H of a linear model is zero: ARPACK's Krylov space closes at once (lanczos answers by power iteration
+    then, under its own name); every method returns k orthonormal eigenvectors of eigenvalue 0, converged."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonConvergenceWarning)
+        res = top_eigenpairs(device_operator(np.zeros((30, 30))), k, method=method, tol=1e-8)
+    assert res.converged and res.method == method and isinstance(res.iterations, int) and res.iterations >= 1
+    np.testing.assert_array_equal(to_numpy(res.values), np.zeros(k))
+    vectors = to_numpy(res.vectors)
+    assert vectors.shape == (30, k) and vectors.dtype == np.float64
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(k), atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_warm_started_from_the_last_answer_needs_fewer_products(method):
+    """One step later on a crowded spectrum (50, 45, 42, 40, then up to 39): the previous eigenvectors (for
+    lanczos, their sum as ARPACK's one start vector) save products against a cold start, same answer."""
+    P, k = 60, 2
+    rng = np.random.default_rng(0)
+    eigenvalues = np.concatenate([[50.0, 45.0, 42.0, 40.0], rng.uniform(0, 39, P - 4)])
+    Q, _ = np.linalg.qr(rng.standard_normal((P, P)))
+    S = rng.standard_normal((P, P))
+    Q2 = Q @ np.linalg.qr(np.eye(P) + 1e-4 * (S - S.T))[0]
+    before = device_operator((Q * eigenvalues) @ Q.T)
+    after = device_operator((Q2 * (eigenvalues * (1 + 1e-3 * rng.standard_normal(P)))) @ Q2.T)
+    previous = top_eigenpairs(before, k, tol=1e-8, method=method, maxiter=3000)
+    warm = top_eigenpairs(after, k, V0=previous.vectors, tol=1e-8, method=method, maxiter=3000)
+    cold = top_eigenpairs(after, k, tol=1e-8, method=method, maxiter=3000)
+    assert warm.converged and cold.converged and warm.matvecs <= 0.8 * cold.matvecs, (warm.matvecs, cold.matvecs)
+    np.testing.assert_allclose(to_numpy(warm.values), to_numpy(cold.values), rtol=1e-7)
+    if method != "krylov":                         # (which draws random directions to grow its space)
+        again = top_eigenpairs(after, k, V0=previous.vectors, tol=1e-8, method=method, maxiter=3000, seed=99)
+        assert again.matvecs == warm.matvecs       # k start vectors given: no random one is drawn, the seed is moot
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_seed_decides_the_random_start_of_every_method(method):
+    """On the host, so that equal means bit for bit: the same seed, the same vectors; another seed, others."""
+    M = matrix_with_spectrum(np.linspace(5, 0, 40), seed=2)
+    op = ne.eigen.BlockOperator(lambda V: M @ V, like=np.zeros(40))
+    a, b, c = (top_eigenpairs(op, 2, seed=s, tol=1e-3, maxiter=3, method=method, warn=False) for s in (7, 7, 8))
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    assert not np.array_equal(a.vectors, c.vectors)
+
+
+def test_eigsh_limits_mean_the_same_on_both_backends():
+    """SciPy's eigsh takes a relative tol and counts restarts; cupyx's takes an absolute tol and counts Lanczos
+    steps: the conversion (tol · ‖A v0‖/‖v0‖ ≤ |λ_1|, maxiter · ncv with cupyx's ncv) checked with a module that
+    says it is cupyx's, on an operator whose ‖A v0‖/‖v0‖ is known."""
+    from types import SimpleNamespace
+
+    from nn_eos.eigen import CountingOperator, _eigsh_limits
+
+    P = 100
+    A = CountingOperator(ne.eigen.BlockOperator(lambda V: 3.0 * V, like=np.zeros(P)), P, np, np.float64)
+    v0 = np.random.default_rng(0).standard_normal(P)
+    scipy_like = SimpleNamespace(__name__="scipy.sparse.linalg")
+    cupyx_like = SimpleNamespace(__name__="cupyx.scipy.sparse.linalg")
+    assert _eigsh_limits(scipy_like, A, v0, 2, 1e-6, 50) == {"tol": 1e-7, "maxiter": 50}
+    limits = _eigsh_limits(cupyx_like, A, v0, 2, 1e-6, 50)
+    assert limits["tol"] == pytest.approx(3e-7, rel=1e-12) and limits["maxiter"] == 50 * 34     # ncv = k + 32
+    assert _eigsh_limits(cupyx_like, A, v0, 40, 1e-6, None) == {"tol": pytest.approx(3e-7), "maxiter": None}
+    assert _eigsh_limits(cupyx_like, A, v0, 60, 1e-6, 2)["maxiter"] == 2 * 99                  # ncv ≤ P − 1
+    assert _eigsh_limits(SimpleNamespace(__name__="cupyx", RELATIVE_TOL=True), A, v0, 2, 1e-6, 5)["maxiter"] == 5
+    zero = CountingOperator(ne.eigen.BlockOperator(lambda V: 0.0 * V, like=np.zeros(P)), P, np, np.float64)
+    assert _eigsh_limits(cupyx_like, zero, v0, 2, 1e-6, 5)["tol"] > 0                         # never 0
