@@ -1,13 +1,14 @@
 """The 2024 paper's decomposition: identities that must hold to rounding, on random nets and data."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 from hypothesis import assume, given
 
 import nn_eos as ne
-from checks import TOL, assert_close, problems
+from checks import TOL, assert_close, build_problem, problems
 from nn_eos import alignment, backend
 from nn_eos.experiments import analysis
 from nn_eos.backend import to_numpy
@@ -223,6 +224,62 @@ def test_layerwise_terms_need_an_mlp():
         alignment.dense_layers(net)
     rep = alignment.analyze(net, "mse", np.ones((2, 3)), np.array([0, 1]))
     assert np.all(np.isnan(rep.chi2)) and np.isfinite(rep.K_norm2) and len(rep.K_layer_norm2) == 2
+    assert rep.chi2.shape == rep.jacobian_norm2.shape == rep.r_chi.shape == (1,)        # i = 1..L−1
+    from nn_eos.conv import Conv2d
+    single = ne.Sequential([Conv2d(1, 2, 3), ne.Flatten()], (1, 3, 3))                  # not an MLP, L = 1
+    rep = alignment.analyze(single, "mse", np.ones((2, 1, 3, 3)), np.array([0, 1]))
+    assert rep.chi2.shape == (0,) and len(rep.K_layer_norm2) == 1
+
+
+def test_analyze_at_the_theta_it_is_given_in_chunks_with_its_options():
+    p = build_problem([4, 6, 5, 3], "elu", "cross_entropy", n=11, seed=2, check_kinks=False)
+    theta = p.theta
+    reference = alignment.analyze(p.net, "cross_entropy", p.X, p.y, tol=1e-10)
+    p.net.set_theta(theta + 0.5)
+    sizes = []
+    original = alignment.per_example_quantities
+    alignment.per_example_quantities = lambda net, crit, X, y: sizes.append(len(X)) or original(net, crit, X, y)
+    try:
+        at_theta = alignment.analyze(p.net, "cross_entropy", p.X, p.y, theta=p.net.xp.asarray(theta), tol=1e-10,
+                                     chunk_size=4)
+    finally:
+        alignment.per_example_quantities = original
+    assert sizes == [4, 4, 3]                                  # the data in chunks of chunk_size
+    assert at_theta.K_norm2 == pytest.approx(reference.K_norm2, rel=1e-12)
+    np.testing.assert_allclose(at_theta.r_delta_jacobian, reference.r_delta_jacobian, rtol=1e-10)
+    for kind in ("hessian", "ggn", "residual"):
+        assert at_theta.sharpness[kind] == pytest.approx(reference.sharpness[kind], rel=1e-8)
+    assert reference.eigenvectors is None                      # kept only when asked for
+    kept = alignment.analyze(p.net, "cross_entropy", p.X, p.y, eigenvectors=True)
+    assert set(kept.eigenvectors) == {"hessian", "ggn", "residual"}
+    with pytest.raises(ValueError, match="tol must be positive, got 0"):
+        alignment.analyze(p.net, "cross_entropy", p.X, p.y, tol=0)
+
+
+@pytest.mark.parametrize("activation", ["relu", "elu"])
+def test_a_dead_layer_gives_nan_ratios_without_warnings(activation):
+    """Biases that switch off every unit of a hidden layer make Δ^i = 0 below it: ratios 0/0 are NaN, and the
+    analysis says nothing else (no RuntimeWarning)."""
+    net = ne.mlp([3, 4, 4, 2], activation=activation, seed=0)
+    A, b = net.layers[0].split(net.theta)
+    b[...] = -1e3                                              # every pre-activation of the first layer ≪ 0
+    X, y = np.random.default_rng(0).standard_normal((5, 3)), np.array([0, 1, 0, 1, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep = alignment.analyze(net, "cross_entropy", X, y, sharpness=False)
+    assert np.isnan(rep.r_delta_jacobian).any() or np.isnan(rep.r_chi).any()
+
+
+@pytest.mark.parametrize("activation", ["relu", "elu", "tanh"])
+def test_a_float32_analysis_computes_in_float32(activation):
+    """On the strict stand-in: no step of the decomposition of a float32 net meets a float64 array."""
+    from nn_eos.strict import counting
+
+    net = ne.mlp([5, 7, 6, 3], activation=activation, seed=1, dtype="float32", device="strict")
+    X, y = np.random.default_rng(1).standard_normal((6, 5)), np.array([0, 1, 2, 0, 1, 2])
+    with counting() as counts:
+        rep = alignment.analyze(net, "cross_entropy", X, y, tol=1e-4)
+    assert counts["promotions"] == 0 and np.isfinite(rep.K_norm2)
 
 
 def test_power_law_recovers_known_coefficients():
