@@ -74,7 +74,7 @@ class _WarmEigen:
     """The largest eigenpairs of ∇²L̃ at each step (by value; by |λ| for power), warm-started from the previous
     step's vectors."""
 
-    def __init__(self, k, tol, maxiter, method="power", stop="residual"):
+    def __init__(self, k, tol, maxiter, method, stop):
         self.k, self.tol, self.maxiter, self.method, self.stop = k, tol, maxiter, method, stop
         self.vectors = None
 

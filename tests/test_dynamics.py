@@ -65,6 +65,10 @@ def test_exponential_coefficient():
     assert exponential_coefficient(1e-12, dt) == pytest.approx(dt, rel=1e-12)
     assert exponential_coefficient(-50.0, dt) == dt          # clamped: negative curvature moves like GD
     assert np.all(exponential_coefficient(np.array([1e3, 10.0, 1.0]), dt) <= dt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # λ = 0, e^{huge}: no RuntimeWarning either
+        values = exponential_coefficient(np.array([0.0, -1e6, 1e6, 5.0, 1.0]), dt)
+    np.testing.assert_allclose(values, [dt, dt, 1e-6, (1 - np.exp(-0.5)) / 5.0, 1 - np.exp(-0.1)], rtol=1e-15)
 
 
 def test_exponential_euler_with_all_pairs_is_the_exact_flow_of_a_quadratic():
@@ -220,6 +224,41 @@ def test_loss_along_a_direction():
     assert values[2] == pytest.approx(p.loss.value(theta=p.theta + 0.2 * d))
 
 
+def test_exponential_euler_defaults_are_the_papers_and_its_settings_reach_the_solver():
+    """k defaults to the number of outputs (the paper's choice), named errors, warm starts from the last step,
+    the paper's eigenvalue stop for power."""
+    assert ne.ExponentialEuler().config() == {"name": "exponential_euler", "k": None, "lr_max": 0.01, "tol": 1e-3,
+                                              "maxiter": 200, "method": "krylov", "stop": "residual"}
+    with pytest.raises(ValueError, match="^k must be"):
+        ne.ExponentialEuler(k=0)
+    with pytest.raises(ValueError, match="^lr_max must be a finite positive number"):
+        ne.ExponentialEuler(lr_max=0)
+    p = build_problem([4, 6, 3], "tanh", "cross_entropy", n=10, seed=4)
+    theta = p.net.xp.asarray(p.theta)
+    g = p.loss.gradient(theta)
+    integrator = ne.ExponentialEuler(lr_max=1.0, tol=1e-8, maxiter=2000)
+    _, _, first = integrator.step(p.loss, theta, g)
+    assert integrator.eigen.k == 3 + 1                        # k = O = 3, and λ_{k+1}
+    _, _, again = integrator.step(p.loss, theta, g)           # warm: the last step's vectors are the answer
+    assert again["eig_matvecs"] < first["eig_matvecs"] / 2
+    products = {stop: ne.ExponentialEuler(k=2, tol=1e-6, maxiter=2000, method="power", stop=stop).step(
+        p.loss, theta, g)[2]["eig_matvecs"] for stop in ("residual", "eigenvalues")}
+    assert products["eigenvalues"] < products["residual"]
+
+
+@pytest.mark.parametrize("integrator", [lambda: ne.GradientDescent(0.1), lambda: ne.AdaptiveGradientFlow(tol=1e-4),
+                                        lambda: ne.ExponentialEuler(k=2, lr_max=0.1, tol=1e-4)])
+def test_a_float32_step_computes_in_float32(integrator):
+    """On the strict stand-in: no step of a float32 run meets a float64 array, and θ stays float32."""
+    from nn_eos.strict import counting
+
+    p = build_problem([4, 6, 3], "tanh", "cross_entropy", n=10, seed=4, dtype="float32", device="strict")
+    theta = p.net.theta.copy()
+    with counting() as counts:
+        new_theta, _, _ = integrator().step(p.loss, theta, p.loss.gradient(theta))
+    assert new_theta.dtype == np.float32 and counts["promotions"] == 0
+
+
 def test_integrators_rebuild_from_their_config():
     for integrator in (ne.GradientDescent(0.1), ne.AdaptiveGradientFlow(), ne.ExponentialEuler(k=3)):
         assert from_config(integrator.config()).config() == integrator.config()
@@ -340,22 +379,28 @@ def test_run_directory_guards(tmp_path):
     assert result["status"] == "max_steps" and list(metrics["step"]) == [0, 1]
 
 
+@pytest.mark.parametrize("spectrum", ["negative_top", "negative_next"])
 @pytest.mark.parametrize("method", ["power", "krylov", "lanczos", "lobpcg"])
-def test_exponential_euler_step_picks_and_orders_eigenpairs_as_documented(method):
+def test_exponential_euler_step_picks_and_orders_eigenpairs_as_documented(method, spectrum):
     """One step on a quadratic whose largest |λ| is negative, against the rule written out from eigh: by value
     (λ_1..λ_k integrated exactly, Δt = min(1/λ_{k+1}, lr_max)) for every method but power, which ranks by |λ|
     (the k of largest |λ| integrated exactly, Δt = min(1/|λ_{k+1}|, lr_max))."""
-    quad = Quadratic(np.concatenate([[-40.0, 10.0, 6.0, 3.0], np.linspace(0.1, 1.0, 16)]), seed=3)
+    if spectrum == "negative_top":                         # the largest |λ| is negative
+        quad = Quadratic(np.concatenate([[-40.0, 10.0, 6.0, 3.0], np.linspace(0.1, 1.0, 16)]), seed=3)
+    else:                                                    # λ_{k+1} by value is negative: Δt = lr_max
+        quad = Quadratic(np.concatenate([[10.0, 6.0, -2.5, -3.0], np.linspace(-5.0, -4.0, 16)]), seed=3)
     theta = quad.net.theta.copy()
     _, g = quad.value_and_gradient(theta)
     k, lr_max = 2, 1.0
     integrator = ne.ExponentialEuler(k=k, lr_max=lr_max, tol=1e-12, maxiter=5000, method=method)
-    new_theta, dt, _ = integrator.step(quad, theta, g)
+    new_theta, dt, info = integrator.step(quad, theta, g)
 
     w, U = np.linalg.eigh(quad.A)
     order = np.argsort(-np.abs(w) if method == "power" else -w, kind="stable")[:k + 1]
     lam, V = w[order], U[:, order]
-    expected_dt = min(1.0 / abs(lam[k]), lr_max)
+    expected_dt = min(1.0 / abs(lam[k]), lr_max) if method == "power" or lam[k] > 0 else lr_max
+    assert set(info) == {"lambda_1", "eig_matvecs", "eig_converged"} and info["eig_converged"]
+    assert info["lambda_1"] == pytest.approx(w.max() if method != "power" else lam[np.argmax(lam)], rel=1e-10)
     c = V[:, :k].T @ g
     residual = g - V[:, :k] @ c
     expected = theta - V[:, :k] @ (exponential_coefficient(lam[:k], expected_dt) * c) - expected_dt * residual
