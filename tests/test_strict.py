@@ -204,3 +204,19 @@ def test_a_float32_network_computes_in_float32_throughout(pool, criterion):
         results = [loss.gradient(), loss.hvp(V), loss.ggn(V), loss.residual(V), loss.third(V[:, 0], V[:, 1])]
     assert all(r.dtype == np.float32 for r in results)
     assert counts["promotions"] == 0
+
+
+def test_an_operators_products_never_read_the_device_back():
+    """An eigensolver's products at a fixed θ neither scan their directions for NaN (a sync per product) nor read
+    anything else back: the operator of any kind (∇²L̃ by default) makes no host read once its θ's passes exist."""
+    net = ne.mlp([3, 5, 2], activation="tanh", seed=0, device="strict")
+    rng = np.random.default_rng(0)
+    loss = ne.TrainingLoss(net, "cross_entropy", rng.standard_normal((6, 3)), rng.integers(0, 2, 6))
+    V = strict.asarray(rng.standard_normal((net.num_params, 2)))
+    for kind in ("hessian", "ggn", "residual"):
+        op = loss.operator(kind)
+        op.matmat(V)                                              # the passes at θ, once
+        with counting() as counts:
+            op.matmat(V)
+        assert counts["host_reads"] == 0, kind
+    np.testing.assert_array_equal(to_numpy(loss.operator().matmat(V)), to_numpy(loss.hvp(V)))
