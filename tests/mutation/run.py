@@ -14,8 +14,9 @@ The tests run on the strict stand-in device
 Mutants that change no behaviour are listed with the reason in tests/mutation/equivalent.toml and count as
 killed; everything else that survives is a hole in the suite. A run is incremental (mutmut keeps ``mutants/``)
 and stops cleanly on Ctrl-C; ``--only-report`` rewrites the report from what is there. After tests are
-added (to the listed files, or as a new file in setup.cfg's selection), ``--retest`` runs the survivors again;
-the other verdicts stand, as more tests cannot revive a killed mutant.
+added or edited (in the listed files, or as a new file in setup.cfg's selection), ``--retest`` maps the tests
+to the functions they reach again and runs the survivors; the other verdicts stand, as more tests cannot
+revive a killed mutant.
 
 The score of a module is (killed + timeouts + equivalent) / (mutants that tests reach). Mutants that no test
 reaches are listed apart: they are code the selected tests never run.
@@ -78,6 +79,17 @@ def keep_verdicts_when_tests_are_added():
         stats_path.write_text(json.dumps(stats))
     recorded.write_text(json.dumps(files))
     return added
+
+
+def forget_coverage():
+    """Make mutmut map every test to the functions it reaches again. It records the mapping once per test name
+    (mutants/mutmut-stats.json), so a test edited to reach a new function would not be run on that function's
+    mutants; the verdicts (mutants/*.meta) stay."""
+    stats_path = ROOT / "mutants" / "mutmut-stats.json"
+    if stats_path.exists():
+        stats = json.loads(stats_path.read_text())
+        stats["tests_by_mangled_function_name"], stats["duration_by_test"] = {}, {}
+        stats_path.write_text(json.dumps(stats))
 
 
 def verdicts():
@@ -155,7 +167,8 @@ def main():
     parser.add_argument("--only", nargs="+", default=(), metavar="GLOB",
                         help="mutants whose names match, e.g. 'nn_eos.integrators*' (default: all)")
     parser.add_argument("--retest", action="store_true",
-                        help="run again the mutants that survived or that no test reached (after adding tests)")
+                        help="map the tests again, then run the mutants that survived or that no test reached "
+                             "(after adding or editing tests)")
     args = parser.parse_args()
     if not args.only_report:
         added = keep_verdicts_when_tests_are_added()
@@ -164,6 +177,7 @@ def main():
                   *added)
         only = list(args.only)
         if args.retest:
+            forget_coverage()
             only += [name for by_name in verdicts().values() for name, verdict in by_name.items()
                      if verdict in ("survived", "no tests", "suspicious")]
             if not only:
