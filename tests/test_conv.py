@@ -194,6 +194,14 @@ def test_builders_scale_width_and_take_other_image_sizes():
         "Dense(384, 96)", "Dense(96, 48)", "Dense(48, 3)"]                    # 16 · (16/4) · (24/4) = 384
     tiny = ne.alexnet_like(in_shape=(2, 4, 4), n_classes=2, width=1e-3)       # every count at least 1
     assert tiny.num_params == (2 * 25 + 1) + (25 + 1) + (1 + 1) + (1 + 1) + (2 * 1 + 2)
+    tiny_vgg = ne.vgg_like(n_classes=2, width=1e-3)
+    assert repr(tiny_vgg.layers[-3]) == "Dense(1, 1)"                        # 512 · 1e-3 rounds to 0: at least 1
+    for build in (ne.alexnet_like, ne.vgg_like):                              # the settings reach the network
+        net = build(width=1 / 32, dtype="float32", gain=3.0, seed=4)
+        assert net.dtype == np.float32 and net.spec["gain"] == 3.0 and net.spec["seed"] == 4
+        assert net.device == ne.backend.default_device()
+        on_cpu = build(width=1 / 32, device="cpu")
+        assert on_cpu.device == "cpu" and isinstance(on_cpu.theta, np.ndarray)
     vgg = ne.vgg_like(n_classes=2, width=1 / 64, activation="tanh")
     assert [layer.F for layer in vgg.layers if isinstance(layer, Conv2d)] == [1, 1, 2, 2, 4, 4, 4, 8, 8, 8, 8, 8, 8]
     assert repr(vgg.layers[-3]) == "Dense(8, 8)" and repr(vgg.layers[-2]) == "Tanh()"

@@ -130,7 +130,9 @@ def test_cusp_scan_spans_the_quadratic_models_quarter_along_the_top_eigenvector(
     theta = p.theta
     w, U = np.linalg.eigh(dense_hessian(p.loss, theta))
     p.net.set_theta(theta + 1.0)
-    deltas, change, lam = cusp_scan(p.loss, p.net.xp.asarray(theta), points=11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                   # λ_1 to its default tol, without a warning
+        deltas, change, lam = cusp_scan(p.loss, p.net.xp.asarray(theta), points=11)
     assert lam == pytest.approx(w[-1], rel=1e-6)
     span = np.sqrt(0.5 / w[-1])
     np.testing.assert_allclose(deltas, np.linspace(-span, span, 11), rtol=1e-6)
@@ -176,6 +178,8 @@ def test_bulk_claim_uses_rho_n_minus_one_falls_back_to_rho_one_and_judges_by_its
     assert claim["edge_index"] == 1 and claim["holds"] is True
     assert bulk_claim(fallback[:2], n_classes=4) == {"rows": 0, "holds": None, "edge_index": None}
     assert bulk_claim(fallback, n_classes=2)["edge_index"] == 1                  # ρ_{n_c−1} is ρ_1
+    second_only = rows_with([[0.9, 0.9, 0.1]] * 3, top=[0.0] * 3, bulk=bulk)     # ρ_2 above, ρ_3 not: ρ_1
+    assert bulk_claim(second_only, n_classes=4)["edge_index"] == 1
 
 
 def test_describe_bulk_claim_says_which_rows_and_the_verdict():
