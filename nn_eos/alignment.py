@@ -214,7 +214,7 @@ def alignment_ratio(product_norm2, first_norm2, second_norm2):
     ``M_2``; the means run over the N examples. A layer whose norms vanish (Δ
     behind dead ReLUs) gives 0/0 = NaN, reported as such.
     """
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore"):        # ‖M_1 M_2‖ ≤ ‖M_1‖ ‖M_2‖: a zero below means 0/0, never x/0
         return product_norm2.mean(axis=1) / (first_norm2.mean(axis=1) * second_norm2.mean(axis=1))
 
 
@@ -290,7 +290,7 @@ def analyze(net, criterion, X, y, theta=None, sharpness=True, chunk_size=None, t
     theta = net.theta if theta is None else net.check_theta(theta)
     K2, delta2, chi2, J2 = _over_all_examples(loss, criterion, theta)
     L = delta2.shape[0]
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore"):        # Δ^i carries the factor χ^i (eq. 5): χ^i = 0 means 0/0
         delta_over_chi2 = delta2[:L - 1] / chi2                               # ‖Δ^i / χ^i‖², eq. 5
     report = AlignmentReport(K_norm2=float(K2.mean()), K_layer_norm2=delta2.mean(axis=1), chi2=chi2.mean(axis=1),
                              jacobian_norm2=J2.mean(axis=1),

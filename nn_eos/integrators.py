@@ -153,7 +153,7 @@ def exponential_coefficient(lam, dt):
     """
     lam = np.asarray(lam, dtype=np.float64)
     x = lam * dt
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with np.errstate(over="ignore"):               # e^{−x} of a very negative x: the clamp below takes Δt
         coefficient = np.where(x != 0, -np.expm1(-x) / np.where(lam != 0, lam, 1.0), dt)
     return np.minimum(coefficient, dt)
 
