@@ -110,3 +110,4 @@ def test_every_derivative_of_a_float32_output_is_float32(name):
                "hessian_product": crit.hessian_product(z, y, u), "output_hessian": crit.output_hessian(z, y)(u),
                "sqrt_hessian": crit.sqrt_hessian(z, y), "third_product": crit.third_product(z, y, u, u)}
     assert {key: value.dtype for key, value in results.items()} == {key: np.float32 for key in results}
+    np.testing.assert_allclose(host(results["output_hessian"]), host(results["hessian_product"]), rtol=1e-6)

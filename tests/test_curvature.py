@@ -133,9 +133,10 @@ def test_mse_ggn_of_a_linear_model_is_known_in_closed_form():
     assert_close(p.loss.ggn(v), np.concatenate([W[:, :3].ravel(), W[:, 3]]), TOL["exact"], "closed-form G v")
 
 
+@pytest.mark.parametrize("device", [None, "cpu"])          # the suite's device, and SciPy's LinearOperator
 @pytest.mark.parametrize("kind", ["hessian", "ggn", "residual"])
-def test_linear_operator_uses_the_block_products(kind):
-    p = build_problem([4, 3, 3], "tanh", "cross_entropy", n=6, seed=3)
+def test_linear_operator_uses_the_block_products(kind, device):
+    p = build_problem([4, 3, 3], "tanh", "cross_entropy", n=6, seed=3, device=device)
     op = p.loss.linear_operator(kind)
     V = p.direction(3)
     assert op.shape == (p.net.num_params,) * 2

@@ -145,9 +145,13 @@ def test_adaptive_flow_steps_by_safety_over_lambda_1_capped_by_lr_max(method):
     _, capped, _ = ne.AdaptiveGradientFlow(lr_max=0.01, safety=0.5, tol=1e-10, method=method).step(q, theta, g)
     assert capped == 0.01
     concave = Quadratic([-1.0, -2.0, -3.0])
-    _, lr, info = ne.AdaptiveGradientFlow(lr_max=0.2, safety=0.5, tol=1e-10, maxiter=2000,
+    _, lr, info = ne.AdaptiveGradientFlow(lr_max=1.0, safety=0.5, tol=1e-10, maxiter=2000,
                                           method=method).step(concave, concave.net.theta, concave.net.theta)
-    assert lr == (pytest.approx(0.5 / 3.0, rel=1e-8) if method == "power" else 0.2)
+    assert lr == (pytest.approx(0.5 / 3.0, rel=1e-8) if method == "power" else 1.0)
+    flat = Quadratic([0.5, 0.2, 0.1])                              # 0 < λ_1 < 1: safety / λ_1 = 1
+    _, lr, _ = ne.AdaptiveGradientFlow(lr_max=10.0, safety=0.5, tol=1e-10, maxiter=2000,
+                                       method=method).step(flat, flat.net.theta, flat.net.theta)
+    assert lr == pytest.approx(1.0, rel=1e-8)
 
 
 def test_adaptive_flow_defaults_are_the_papers_and_its_settings_reach_the_solver():

@@ -495,6 +495,8 @@ def test_eigsh_limits_mean_the_same_on_both_backends():
     assert _eigsh_limits(scipy_like, A, v0, 2, 1e-6, 50) == {"tol": 1e-7, "maxiter": 50}
     limits = _eigsh_limits(cupyx_like, A, v0, 2, 1e-6, 50)
     assert limits["tol"] == pytest.approx(3e-7, rel=1e-12) and limits["maxiter"] == 50 * 34     # ncv = k + 32
+    assert _eigsh_limits(cupyx_like, A, v0, 20, 1e-6, 3)["maxiter"] == 3 * 52                 # k + 32 > 2k
+    assert _eigsh_limits(cupyx_like, A, v0, 40, 1e-6, 3)["maxiter"] == 3 * 80                 # 2k > k + 32
     assert _eigsh_limits(cupyx_like, A, v0, 40, 1e-6, None) == {"tol": pytest.approx(3e-7), "maxiter": None}
     assert _eigsh_limits(cupyx_like, A, v0, 60, 1e-6, 2)["maxiter"] == 2 * 99                  # ncv ≤ P − 1
     assert _eigsh_limits(SimpleNamespace(__name__="cupyx", RELATIVE_TOL=True), A, v0, 2, 1e-6, 5)["maxiter"] == 5
