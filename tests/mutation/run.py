@@ -74,7 +74,7 @@ def keep_verdicts_when_tests_are_added():
     fingerprint = stats.get("config_fingerprint", {})
     added = [f for f in files if old is not None and f not in old]
     if old is not None and set(old) <= set(files) and "test_selection" in fingerprint:
-        # mutmut's own hash of the selection (mutmut/configuration.py, config_fingerprint)
+        # mutmut's own hash of the selection (its Config.config_fingerprint, group "test_selection")
         fingerprint["test_selection"] = hashlib.sha256(repr(tuple(files)).encode()).hexdigest()[:12]
         stats_path.write_text(json.dumps(stats))
     recorded.write_text(json.dumps(files))
