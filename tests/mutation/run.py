@@ -60,9 +60,9 @@ def selection():
 
 def keep_verdicts_when_tests_are_added():
     """Adding test files can kill more mutants but never revive one. mutmut (3.8) drops every verdict when the
-    test selection changes; when the selection only grew since the last run (recorded in mutants/selection.json),
-    its fingerprint in mutmut's stats is brought up to date, so the verdicts stand and mutmut collects the new
-    tests' coverage alone. Returns the files added (run ``--retest`` to give the survivors to them)."""
+    test selection changes; when the selection only grew since the last run (recorded as selection.json in
+    mutmut's directory), its fingerprint in mutmut's stats is brought up to date, so the verdicts stand and
+    mutmut collects the new tests' coverage alone. Returns the files added (run ``--retest`` to give the survivors to them)."""
     stats_path, recorded = ROOT / "mutants" / "mutmut-stats.json", ROOT / "mutants" / "selection.json"
     files = selection()
     old = json.loads(recorded.read_text()) if recorded.exists() else None
@@ -83,7 +83,7 @@ def keep_verdicts_when_tests_are_added():
 
 def forget_coverage():
     """Make mutmut map every test to the functions it reaches again. It records the mapping once per test name
-    (mutants/mutmut-stats.json), so a test edited to reach a new function would not be run on that function's
+    (its mutmut-stats.json), so a test edited to reach a new function would not be run on that function's
     mutants; the verdicts (mutants/*.meta) stay."""
     stats_path = ROOT / "mutants" / "mutmut-stats.json"
     if stats_path.exists():
