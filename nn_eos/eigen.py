@@ -32,8 +32,8 @@ from scipy.sparse.linalg import ArpackNoConvergence
 
 from . import backend
 from .krylov import block_krylov
-from .ritz import (NOT_FINITE, ROUNDING, TINY, EigenResult, rayleigh_ritz, residual_norms, within_tol,  # noqa: F401
-                   sorted_result, start_block)
+from .ritz import (NOT_FINITE, TINY, EigenResult, rayleigh_ritz, residual_norms, rounding_floor,  # noqa: F401
+                   sorted_result, start_block, within_tol)
 from .validation import check_integer
 
 METHODS = ("power", "krylov", "lobpcg", "lanczos")
@@ -180,10 +180,10 @@ def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
     for _ in range(3):
         # scipy's absolute tol: ours times |λ_k|, but not below rounding (ritz.within_tol), which it cannot reach
         scale = float(xp.min(xp.abs(theta[:k])))
-        rounding = ROUNDING * np.sqrt(P) * np.finfo(dtype).eps * float(xp.max(xp.abs(theta)))
+        floor = rounding_floor(theta, dtype, P)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # scipy's own non-convergence note: we judge below
-            out = linalg.lobpcg(A.linear_operator(), X, tol=max(tol * max(scale, TINY), rounding) / 4,
+            out = linalg.lobpcg(A.linear_operator(), X, tol=max(tol * max(scale, TINY), floor) / 4,
                                 maxiter=maxiter, largest=True, retResidualNormsHistory=True)
         X = out[1]
         # for tiny problems scipy solves densely and returns no history: count that as one iteration

@@ -80,13 +80,18 @@ def residual_norms(values, vectors, A_vectors, xp):
 ROUNDING = 100      # an eigenpair whose residual is below ROUNDING · √P · eps · max|λ| is exact to rounding
 
 
+def rounding_floor(values, dtype, P):
+    """``ROUNDING √P eps max_i |λ_i|``: the residual norm below which an eigenpair is exact to rounding."""
+    return ROUNDING * np.sqrt(P) * np.finfo(dtype).eps * float(np.abs(backend.to_numpy(values)).max())
+
+
 def within_tol(norms, values, tol, dtype, P):
     """Whether every pair has converged: ``‖A v_j − λ_j v_j‖ ≤ max(tol |λ_j|, ROUNDING √P eps max_i |λ_i|)``,
     from the relative residual norms of :func:`residual_norms` and the eigenvalues (host or device)."""
     norms, values = np.asarray(norms), np.abs(backend.to_numpy(values))
     if not len(norms):
         return False
-    rounding = ROUNDING * np.sqrt(P) * np.finfo(dtype).eps * values.max() / np.maximum(values, TINY)
+    rounding = rounding_floor(values, dtype, P) / np.maximum(values, TINY)
     return bool((norms < np.maximum(tol, rounding)).all())
 
 

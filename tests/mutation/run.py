@@ -62,7 +62,8 @@ def keep_verdicts_when_tests_are_added():
     """Adding test files can kill more mutants but never revive one. mutmut (3.8) drops every verdict when the
     test selection changes; when the selection only grew since the last run (recorded as selection.json in
     mutmut's directory), its fingerprint in mutmut's stats is brought up to date, so the verdicts stand and
-    mutmut collects the new tests' coverage alone. Returns the files added (run ``--retest`` to give the survivors to them)."""
+    mutmut collects the new tests' coverage alone. Returns the files added (``--retest`` gives the survivors to
+    them)."""
     stats_path, recorded = ROOT / "mutants" / "mutmut-stats.json", ROOT / "mutants" / "selection.json"
     files = selection()
     old = json.loads(recorded.read_text()) if recorded.exists() else None
