@@ -46,7 +46,8 @@ class Problem:
 
     @property
     def v(self):
-        return self.V[:, 0]
+        """The first direction, contiguous (a column view would be strided, and slower for every contender)."""
+        return np.ascontiguousarray(self.V[:, 0])
 
 
 def alternating(call):
