@@ -51,7 +51,7 @@ class Breakdown(ArithmeticError):
 class CountingOperator:
     """Wraps a block operator: checks every answer's shape and values, counts matvecs."""
 
-    def __init__(self, operator, size, xp, dtype, check_finite=True):
+    def __init__(self, operator, size, xp, dtype, check_finite):
         self.apply = operator.matmat if hasattr(operator, "matmat") else operator
         self.size, self.xp, self.dtype = size, xp, dtype
         self.check_finite = check_finite     # False: the solver finds NaN in its own small matrices (no sync)
@@ -235,7 +235,6 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
         iterations = 1
     else:
         linalg = backend.scipy_linalg_module(xp)
-        v0 = None
         if V0 is not None:
             v0 = xp.asarray(V0, dtype=dtype).reshape(P, -1).sum(axis=1)
         else:
@@ -332,8 +331,7 @@ def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None,
     if method == "power":
         result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, guard, xp, dtype, stop)
     elif method == "krylov":
-        result = block_krylov(A, k, V0, tol, maxiter or 1000, seed, guard, xp, dtype, block=block,
-                              which=which or "LM")
+        result = block_krylov(A, k, V0, tol, maxiter or 1000, seed, guard, xp, dtype, which or "LM", block=block)
     elif method == "lobpcg":
         result = lobpcg(A, k, V0, tol, maxiter or 200, seed, xp, dtype)
     else:

@@ -46,8 +46,7 @@ def _new_directions(W, Q, xp, drop=1e-10):
     return W
 
 
-def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, max_basis=None, block=None, keep=None,
-                 which="LM"):
+def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, max_basis=None, block=None, keep=None):
     """Thick-restarted block Krylov iteration with Rayleigh–Ritz on the whole basis.
 
     The basis Q (orthonormal), A Q and T = Qᵀ A Q are kept. Each iteration
@@ -140,13 +139,13 @@ def default_block(xp):
 
 
 def _first_block(P, b, block, V0, seed, xp, dtype):
-    """The start: ``block`` random vectors cold; warm, ``block`` random mixtures of V0's columns, or V0's own
-    block (topped up to b) when ``block ≥ b``."""
+    """The start, ``block`` (≤ b) columns: random ones cold; warm, random mixtures of V0's columns, or V0's own
+    block (topped up to b) when ``block = b``."""
     if V0 is not None and block < b:
         V0 = xp.asarray(V0, dtype=dtype).reshape(P, -1)
         mix = np.random.default_rng(seed).standard_normal((V0.shape[1], block))
         V0 = V0 @ xp.asarray(mix, dtype=dtype)
-    return start_block(P, b if V0 is not None and block >= b else min(block, b), V0, seed, xp, dtype)
+    return start_block(P, block, V0, seed, xp, dtype)
 
 
 def _expansion(basis, theta, S, norms, tol, block, xp):
@@ -216,7 +215,7 @@ class _KrylovBasis:
         S = self.xp.asarray(S, dtype=self.dtype)
         return self.Q @ S, self.AQ @ S
 
-    def check_residuals(self, theta, S, k, tol, exact=False):
+    def check_residuals(self, theta, S, k, tol, exact):
         """Relative residuals of the Ritz pairs, whether the top k are below tol, and the Ritz vectors
         ``(X, A X)`` when they were formed (else None).
 

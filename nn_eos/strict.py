@@ -145,6 +145,7 @@ class StrictArray:
     def __setitem__(self, key, value):
         COUNTS["operations"] += 1
         value = _operand(value) if not isinstance(value, (list, tuple)) else unwrap(value)
+        COUNTS["promotions"] += _promotes(self._a, value)   # a float64 result written into a float32 buffer
         self._a[unwrap(key)] = value
 
     def __len__(self):

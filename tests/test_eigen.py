@@ -488,7 +488,8 @@ def test_eigsh_limits_mean_the_same_on_both_backends():
     from nn_eos.eigen import CountingOperator, _eigsh_limits
 
     P = 100
-    A = CountingOperator(ne.eigen.BlockOperator(lambda V: 3.0 * V, like=np.zeros(P)), P, np, np.float64)
+    A = CountingOperator(ne.eigen.BlockOperator(lambda V: 3.0 * V, like=np.zeros(P)), P, np, np.float64,
+                          check_finite=True)
     v0 = np.random.default_rng(0).standard_normal(P)
     scipy_like = SimpleNamespace(__name__="scipy.sparse.linalg")
     cupyx_like = SimpleNamespace(__name__="cupyx.scipy.sparse.linalg")
@@ -500,5 +501,173 @@ def test_eigsh_limits_mean_the_same_on_both_backends():
     assert _eigsh_limits(cupyx_like, A, v0, 40, 1e-6, None) == {"tol": pytest.approx(3e-7), "maxiter": None}
     assert _eigsh_limits(cupyx_like, A, v0, 60, 1e-6, 2)["maxiter"] == 2 * 99                  # ncv ≤ P − 1
     assert _eigsh_limits(SimpleNamespace(__name__="cupyx", RELATIVE_TOL=True), A, v0, 2, 1e-6, 5)["maxiter"] == 5
-    zero = CountingOperator(ne.eigen.BlockOperator(lambda V: 0.0 * V, like=np.zeros(P)), P, np, np.float64)
+    zero = CountingOperator(ne.eigen.BlockOperator(lambda V: 0.0 * V, like=np.zeros(P)), P, np, np.float64,
+                          check_finite=True)
     assert _eigsh_limits(cupyx_like, zero, v0, 2, 1e-6, 5)["tol"] > 0                         # never 0
+
+
+KRYLOV_FLOAT32_PATHS = {
+    # name: (spectrum, k, top_eigenpairs arguments); V0 is a float64 host array of the top eigenvectors, roughed up
+    "warm start, block < k": (np.concatenate([[9.0, 7.0, 6.0], np.linspace(-2.0, 2.0, 37)]), 3, dict(block=1)),
+    "warm start, block ≥ k": (np.concatenate([[9.0, 7.0, 6.0], np.linspace(-2.0, 2.0, 37)]), 3, dict(block=3)),
+    "thick restarts": (np.concatenate([1.0 - 0.01 * np.arange(12), 0.5 * np.linspace(-1.0, 1.0, 68)]), 2, {}),
+    # A = 2 I: one vector spans an invariant space (tol above what float32 estimates of its residual can see)
+    "past an invariant subspace": (np.full(40, 2.0), 2, dict(tol=1e-2)),
+}
+
+
+@pytest.mark.parametrize("path", KRYLOV_FLOAT32_PATHS)
+def test_krylov_computes_in_float32_on_every_path(path):
+    """A float32 operator keeps block Krylov in float32 on every path: a float64 warm start is converted rather
+    than mixed in (both start routes), and the thick restarts' re-orthonormalisation and the random directions
+    taken past an invariant subspace are float32 too. On the stand-in no operation meets a float64 array."""
+    from nn_eos.strict import counting, strict
+    eigenvalues, k, arguments = KRYLOV_FLOAT32_PATHS[path]
+    M = matrix_with_spectrum(eigenvalues, seed=3)
+    B = strict.asarray(M.astype(np.float32))
+    V0 = None
+    if path.startswith("warm"):
+        V0 = expected_top(M, k, "krylov")[1] + 1e-3 * np.random.default_rng(0).standard_normal((len(M), k))
+    with counting() as counts:
+        res = top_eigenpairs(ne.eigen.BlockOperator(lambda V: B @ V, like=B[:, 0]), k, method="krylov", V0=V0,
+                             **{"tol": 1e-4, "maxiter": 2000, **arguments})
+    assert res.converged and res.values.dtype == np.float32 and res.vectors.dtype == np.float32
+    assert counts["promotions"] == 0, counts
+    if path == "thick restarts":
+        assert res.matvecs > 22             # more products than the basis holds (max(5 (k + guard), k + guard + 20))
+    np.testing.assert_allclose(to_numpy(res.values), expected_top(M, k, "krylov")[0], rtol=1e-3)
+
+
+def test_krylov_basis_grows_in_place_as_one_column_major_block():
+    """The basis and its products are kept column-major and grown in place, so ``Q`` and ``A Q`` are always
+    one contiguous block — each product with them reads the basis where it lies, without a copy."""
+    from nn_eos.krylov import _KrylovBasis
+    rng = np.random.default_rng(0)
+    M = matrix_with_spectrum(np.linspace(1.0, 2.0, 30), seed=0)
+    basis = _KrylovBasis(30, 12, np, np.float64)
+    for c in (3, 2, 4):
+        R = rng.standard_normal((30, c))
+        W = np.linalg.qr(R - basis.Q @ (basis.Q.T @ R))[0]              # orthonormal, orthogonal to Q
+        basis.add(W, M @ W)
+        assert basis.Q.flags.f_contiguous and basis.AQ.flags.f_contiguous
+        assert np.shares_memory(basis.Q, basis._Q) and np.shares_memory(basis.AQ, basis._AQ)
+    np.testing.assert_allclose(basis.T, basis.Q.T @ M @ basis.Q, atol=1e-12)
+
+
+def test_krylov_directions_taken_past_an_invariant_subspace_are_seeded():
+    """Past an invariant subspace krylov draws fresh directions: from the seed too, so a run is repeatable bit
+    for bit (A = 2 I: one vector spans an invariant space, and which eigenvectors come out is the draw's)."""
+    operator = device_operator(2.0 * np.eye(30))
+    runs = [top_eigenpairs(operator, 3, method="krylov", tol=1e-6, seed=seed) for seed in (5, 5, 6)]
+    assert all(run.converged for run in runs)
+    np.testing.assert_array_equal(to_numpy(runs[0].vectors), to_numpy(runs[1].vectors))
+    assert not np.allclose(to_numpy(runs[0].vectors), to_numpy(runs[2].vectors))
+
+
+def _orthonormal_basis(P, m, seed):
+    return np.linalg.qr(np.random.default_rng(seed).standard_normal((P, m)))[0]
+
+
+def test_new_directions_keep_a_small_real_component_and_put_the_strongest_first():
+    """A direction whose part outside span(Q) is small (1e-6 of it) but far above rounding is new: it is kept,
+    normalised; and the directions come out strongest first (the basis may take only the first few)."""
+    from nn_eos.krylov import _new_directions
+    P, Q = 39, _orthonormal_basis(39, 20, seed=0)
+    outside = _orthonormal_basis(P, 40, seed=1)[:, 20:]
+    outside = outside - Q @ (Q.T @ outside)
+    outside = np.linalg.qr(outside)[0][:, :2]                                # two unit directions orthogonal to Q
+    inside = Q @ np.random.default_rng(2).standard_normal((20, 2))
+    W = np.stack([inside[:, 0] + 1e-6 * outside[:, 0], inside[:, 1] + 0.5 * outside[:, 1]], axis=1)
+    R = to_numpy(_new_directions(device_xp.asarray(W), device_xp.asarray(Q), device_xp))
+    assert R.shape[1] == 2
+    np.testing.assert_allclose(R.T @ R, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(Q.T @ R, 0, atol=1e-12)
+    assert abs(R[:, 0] @ outside[:, 1]) > 1 - 1e-9 and abs(R[:, 1] @ outside[:, 0]) > 1 - 1e-9
+
+
+def test_new_directions_of_directions_inside_the_basis_are_none():
+    from nn_eos.krylov import _new_directions
+    Q = _orthonormal_basis(30, 10, seed=0)
+    W = Q @ np.random.default_rng(1).standard_normal((10, 3))
+    assert _new_directions(device_xp.asarray(W), device_xp.asarray(Q), device_xp).shape == (30, 0)
+
+
+def test_new_directions_of_nearly_parallel_columns_are_orthonormal_to_rounding():
+    """Two columns 1e-5 apart, orthogonal to Q: SVQB divides by a λ of 1e-10, which magnifies its own rounding
+    to ~1e-6, so a second pass is needed for ``WᵀW = I`` to 1e-12 though the projection removed nothing."""
+    from nn_eos.krylov import _new_directions
+    rng = np.random.default_rng(0)
+    Q = _orthonormal_basis(50, 5, seed=0)
+    w, dw = rng.standard_normal(50), rng.standard_normal(50)
+    W = np.stack([w, w + 1e-5 * dw], axis=1)
+    W = W - Q @ (Q.T @ W)                          # orthogonal to Q already: one projection removes nothing
+    R = to_numpy(_new_directions(device_xp.asarray(W), device_xp.asarray(Q), device_xp))
+    assert R.shape[1] == 2
+    np.testing.assert_allclose(R.T @ R, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(Q.T @ R, 0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_new_directions_drop_what_only_rounding_puts_outside_the_basis_in_float32(seed):
+    """As in float64 (above), with float32's rounding: the resolution of eigh's λ is float32's, not float64's."""
+    from nn_eos.krylov import _new_directions
+    rng = np.random.default_rng(seed)
+    Q = device_xp.asarray(np.linalg.qr(rng.standard_normal((39, 32)))[0].astype(np.float32))
+    R = to_numpy(_new_directions(device_xp.asarray(rng.standard_normal((39, 8)).astype(np.float32)), Q,
+                                 device_xp))
+    assert R.shape[1] == 7 and R.dtype == np.float32
+    np.testing.assert_allclose(R.T @ R, np.eye(7), atol=1e-5)
+    np.testing.assert_allclose(to_numpy(Q).T @ R, 0, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lobpcg", "lanczos"])
+def test_iterations_count_the_solvers_own_products(method):
+    """Iterations of lobpcg are scipy's (each one product): every call to the operator but our own two — the
+    start block's Rayleigh–Ritz and the last one — when it converges in one run; those of lanczos are ARPACK's
+    calls to the operator, all of them (it reports no restarts)."""
+    M = matrix_with_spectrum(np.concatenate([[9.0, 7.0, 6.0], np.linspace(-2.0, 2.0, 57)]), seed=1)
+    A = device_xp.asarray(M)
+    calls = []
+    operator = ne.eigen.BlockOperator(lambda V: calls.append(1) or A @ V, like=A[:, 0])
+    res = top_eigenpairs(operator, 3, method=method, tol=1e-10)
+    assert res.converged and res.iterations > 3
+    assert res.iterations == len(calls) - (2 if method == "lobpcg" else 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_plain_function_runs_where_and_in_the_dtype_its_start_lies(dtype):
+    """An operator that is a plain function has no device or dtype of its own: the solve runs on V0's device in
+    V0's dtype; a bound method of a TrainingLoss (``loss.hvp``) runs in its loss's dtype."""
+    M = matrix_with_spectrum(np.concatenate([[9.0, 7.0], np.linspace(-2.0, 2.0, 28)]), seed=0)
+    A = device_xp.asarray(M.astype(dtype))
+    V0 = device_xp.asarray(np.random.default_rng(0).standard_normal((30, 2)).astype(dtype))
+    for method in METHODS:
+        res = top_eigenpairs(lambda V: A @ V, 2, method=method, V0=V0, tol=1e-4)
+        assert type(res.vectors) is type(V0) and res.values.dtype == dtype, method
+    p = build_problem([3, 4, 2], "tanh", "cross_entropy", n=5, seed=0)
+    p.net.astype(dtype)
+    res = top_eigenpairs(p.loss.hvp, 1, method="krylov", tol=1e-4)
+    assert res.values.dtype == dtype and type(res.vectors) is type(p.net.theta)
+
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_lanczos_starts_eigsh_from_a_vector_in_the_operators_dtype(monkeypatch, warm):
+    """eigsh's start vector v0 (random, or the sum of V0's columns) is in the operator's dtype: a float64 v0 for a
+    float32 operator would be a float64 temporary (and on cupyx, float64 Lanczos vectors)."""
+    from types import SimpleNamespace
+    from nn_eos import backend
+    real, seen = backend.scipy_linalg_module, []
+
+    def spying(xp):
+        module = real(xp)
+        names = {name: getattr(module, name) for name in ("LinearOperator", "RELATIVE_TOL") if hasattr(module, name)}
+        return SimpleNamespace(__name__=module.__name__, **names,
+                               eigsh=lambda A, **kw: seen.append(kw["v0"].dtype) or module.eigsh(A, **kw))
+
+    monkeypatch.setattr(backend, "scipy_linalg_module", spying)
+    M = matrix_with_spectrum(np.concatenate([[9.0, 7.0], np.linspace(-2.0, 2.0, 28)]), seed=0)
+    A = device_xp.asarray(M.astype(np.float32))
+    V0 = np.random.default_rng(0).standard_normal((30, 2)) if warm else None
+    res = top_eigenpairs(ne.eigen.BlockOperator(lambda V: A @ V, like=A[:, 0]), 2, method="lanczos", V0=V0, tol=1e-4)
+    assert res.converged and seen == [np.float32]
