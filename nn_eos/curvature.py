@@ -238,7 +238,7 @@ class TrainingLoss:
             if chunk_out is not out:
                 out += chunk_out
 
-    def _evaluate(self, Xc, yc, theta, backward, frozen=False, whole=True):
+    def _evaluate(self, Xc, yc, theta, backward, frozen, whole):
         """The forward pass at θ over X_c and, if ``backward``, the backward pass from ``δ^L = (1/N) ∂l/∂z``,
         as an :class:`_Evaluation`: the one kept from an earlier call when it ran at this θ, else run now."""
         net = self.net
@@ -276,7 +276,7 @@ class TrainingLoss:
     def _theta_in_effect(self, theta):
         return self.net.theta if theta is None else self.net.check_theta(theta, scan=False)
 
-    def _keep(self, caches, z, theta, backward, frozen=False, whole=True):
+    def _keep(self, caches, z, theta, backward, whole, frozen=False):
         """Keep an evaluation over the whole dataset (in one chunk) for the products after it at the same θ."""
         evaluation = _Evaluation(caches=caches, z=z, backward=backward,
                                  theta=theta if frozen else self._theta_in_effect(theta).copy(), frozen=frozen,

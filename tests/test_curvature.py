@@ -249,6 +249,9 @@ def test_shared_passes_are_not_reused_after_anything_changed():
     np.testing.assert_array_equal(to_numpy(p.loss.hvp(V)), fresh())
     p.net.astype("float32")
     assert to_numpy(p.loss.hvp(V)).dtype == np.float32
+    np.testing.assert_array_equal(to_numpy(p.loss.hvp(V)), fresh())  # not the float64 passes, rounded
+    p.net.to("strict" if p.net.device == "cpu" else "cpu")    # another device: the data move too
+    np.testing.assert_array_equal(to_numpy(p.loss.hvp(V)), fresh())
 
 
 def test_no_call_outside_the_loss_makes_its_kept_passes_stale():
@@ -309,3 +312,100 @@ def test_products_at_one_z_share_the_output_hessian_and_not_after_it_changed(mon
     moved = to_numpy(p.loss.hvp(V))
     assert len(softmaxes) == 4 and np.abs(moved - first).max() > 0
     np.testing.assert_array_equal(moved, to_numpy(ne.TrainingLoss(p.net, p.loss.criterion, p.X, p.y).hvp(V)))
+
+
+def _recording(monkeypatch, names):
+    """Record the examples (forward) or directions (r_forward) of every pass of ``names`` through a network."""
+    seen = {name: [] for name in names}
+    for name in names:
+        original = getattr(ne.Sequential, name)
+
+        def recorded(self, first, *args, _name=name, _original=original, **kwargs):
+            seen[_name].append(first.shape[0])
+            return _original(self, first, *args, **kwargs)
+
+        monkeypatch.setattr(ne.Sequential, name, recorded)
+    return seen
+
+
+def test_products_run_in_the_blocks_of_directions_and_chunks_of_examples_their_plan_allows(monkeypatch):
+    """Within max_memory a product runs ⌈k / directions⌉ blocks of at most ``plan.directions`` directions, each
+    over ⌈N / examples⌉ chunks of at most ``plan.examples`` examples — no block or chunk larger, none repeated —
+    and gets the unchunked result."""
+    p = build_problem([4, 5, 5, 3], "tanh", "cross_entropy", n=40, seed=3)
+    V = p.direction(6)
+    expected = to_numpy(p.loss.hvp(V))
+    for budget in (16384, 98304):                      # (3 examples, 3 directions) and (40 examples, 3 directions)
+        loss = ne.TrainingLoss(p.net, p.loss.criterion, p.X, p.y, max_memory=budget)
+        plan = loss.plan(6)
+        assert plan.directions < 6
+        seen = _recording(monkeypatch, ["forward", "r_forward"])
+        result = to_numpy(loss.hvp(V))
+        monkeypatch.undo()
+        blocks, chunks = -(-6 // plan.directions), -(-40 // plan.examples)
+        assert len(seen["r_forward"]) == blocks * chunks and sum(seen["r_forward"]) == 6 * chunks
+        assert max(seen["r_forward"]) <= plan.directions and max(seen["forward"]) <= plan.examples
+        np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_a_product_in_one_chunk_never_reuses_passes_over_a_chunk_of_the_examples():
+    """With max_memory that holds all examples for one direction but not for 11, a block of 11 runs in chunks;
+    a single product at the same θ afterwards must run its own passes over all the examples."""
+    p = build_problem([4, 5, 5, 3], "tanh", "cross_entropy", n=40, seed=3)
+    loss = ne.TrainingLoss(p.net, p.loss.criterion, p.X, p.y, max_memory=49152)
+    assert loss.plan(11).examples < 40 and loss.plan(1).examples == 40
+    V = p.direction(11)
+    expected = to_numpy(p.loss.hvp(V[:, 0]))
+    loss.hvp(V)
+    np.testing.assert_allclose(to_numpy(loss.hvp(V[:, 0])), expected, rtol=1e-12, atol=1e-14)
+    loss.gradient()
+    np.testing.assert_allclose(to_numpy(loss.ggn(V[:, 0])), to_numpy(p.loss.ggn(V[:, 0])), rtol=1e-12, atol=1e-14)
+
+
+def test_gauss_newton_products_run_no_backward_pass(monkeypatch):
+    """G v = Jᵀ H_z l J v needs the forward pass and J v only: no backward pass (docs/curvature.md)."""
+    p = build_problem([4, 5, 5, 3], "tanh", "cross_entropy", n=7, seed=3)
+    seen = _recording(monkeypatch, ["forward", "backward"])
+    V = p.direction(2)
+    p.loss.ggn(V), p.loss.ggn(V, theta=p.net.xp.asarray(p.theta + 0.1))
+    assert seen == {"forward": [7, 7], "backward": []}
+
+
+def test_data_already_on_the_device_in_the_dtype_are_not_copied():
+    import numpy
+    p = build_problem([4, 5, 3], "tanh", "cross_entropy", n=7, seed=3, device="cpu")
+    X = numpy.random.default_rng(0).random((7, 4))
+    loss = ne.TrainingLoss(p.net, p.loss.criterion, X, p.y)
+    assert numpy.shares_memory(loss._data()[0], X)
+
+
+def test_max_memory_errors_name_it():
+    p = build_problem([4, 5, 3], "tanh", "cross_entropy", n=7, seed=3)
+    with pytest.raises(ValueError, match=r"max_memory \(bytes\) must be a positive integer"):
+        ne.TrainingLoss(p.net, p.loss.criterion, p.X, p.y, max_memory=-1)
+
+
+def test_a_product_at_a_theta_given_checks_theta_and_the_directions_once_each():
+    """On a device every finite-check of θ or V is a host read (a sync): a product at a θ given makes two, the
+    network's check of θ and the check of V — the kept passes are matched against θ without another."""
+    from nn_eos.strict import counting
+    p = build_problem([4, 5, 3], "tanh", "cross_entropy", n=7, seed=3, device="strict")
+    theta, v = p.net.xp.asarray(p.theta + 0.1), p.net.xp.asarray(p.direction())
+    p.loss.hvp(v, theta=theta)
+    for product in (p.loss.hvp, p.loss.ggn, p.loss.residual):
+        with counting() as counts:
+            product(v, theta=theta)
+        assert counts["host_reads"] == 2, (product.__name__, counts)
+
+
+def test_a_direction_on_the_device_in_the_dtype_is_read_where_it_lies(monkeypatch):
+    """A (P,) direction already on the network's device in its dtype goes into the passes without a copy."""
+    import numpy
+    p = build_problem([4, 5, 3], "tanh", "cross_entropy", n=7, seed=3, device="cpu")
+    v = numpy.random.default_rng(0).standard_normal(p.net.num_params)
+    received = []
+    r_forward = ne.Sequential.r_forward
+    monkeypatch.setattr(ne.Sequential, "r_forward", lambda self, V, caches: received.append(V) or r_forward(
+        self, V, caches))
+    p.loss.hvp(v)
+    assert received and numpy.shares_memory(received[0], v)
