@@ -111,3 +111,29 @@ def test_every_derivative_of_a_float32_output_is_float32(name):
                "sqrt_hessian": crit.sqrt_hessian(z, y), "third_product": crit.third_product(z, y, u, u)}
     assert {key: value.dtype for key, value in results.items()} == {key: np.float32 for key in results}
     np.testing.assert_allclose(host(results["output_hessian"]), host(results["hessian_product"]), rtol=1e-6)
+
+
+def test_cross_entropy_of_rows_far_apart_is_computed_row_by_row():
+    """The softmax is shifted by each row's own maximum: rows 2000 apart (one example's logits near 1000,
+    another's near −1000) give every derivative exactly as each row alone does, finite."""
+    z = np.array([[1000.0, 999.0, 998.0], [-1000.0, -1001.0, -999.0]])
+    y = np.array([0, 2])
+    u = np.random.default_rng(0).standard_normal((2, 2, 3))
+    crit = CrossEntropy()
+    together = {"gradient": crit.gradient(xp.asarray(z), xp.asarray(y)),
+                "hessian_product": crit.hessian_product(xp.asarray(z), xp.asarray(y), xp.asarray(u)),
+                "hessian": crit.hessian(xp.asarray(z), xp.asarray(y))}
+    for i in range(2):
+        alone = {"gradient": crit.gradient(xp.asarray(z[i:i + 1]), xp.asarray(y[i:i + 1]))[0],
+                 "hessian_product": crit.hessian_product(xp.asarray(z[i:i + 1]), xp.asarray(y[i:i + 1]),
+                                                         xp.asarray(u[:, i:i + 1]))[:, 0],
+                 "hessian": crit.hessian(xp.asarray(z[i:i + 1]), xp.asarray(y[i:i + 1]))[0]}
+        for key, value in alone.items():
+            row = host(together[key])[:, i] if key == "hessian_product" else host(together[key])[i]
+            assert np.isfinite(row).all(), key
+            np.testing.assert_allclose(row, host(value), rtol=1e-12, atol=1e-15, err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "Cross-Entropy", "crossentropy", "CE", "ce"])
+def test_every_spelling_of_cross_entropy_is_it(name):
+    assert isinstance(criterion(name), CrossEntropy)
