@@ -296,7 +296,7 @@ def _check_arguments(method, k, P, V0, tol, stop, guard, block, which):
     if block is not None and method != "krylov":
         raise ValueError(f"block is for method='krylov' only; got block={block!r} with method={method!r}")
     natural = "LM" if method in ("power", "krylov") else "LA"
-    if which not in (None, natural) and not (method == "krylov" and which in ("LM", "LA")):
+    if which not in (None, natural) and not (method == "krylov" and which == "LA"):     # krylov ranks both ways
         raise ValueError(f"which must be 'LM' or 'LA' for method='krylov', {natural!r} for method={method!r}; "
                          f"got {which!r}")
     return int(k), check_integer(guard, "guard", low=0), check_integer(block, "block", optional=True)

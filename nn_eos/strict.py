@@ -288,8 +288,20 @@ def _linalg_module():
 
         def __init__(self, shape, matvec, rmatvec=None, matmat=None, rmatmat=None, dtype=None):
             self.shape, self.dtype = tuple(shape), np.dtype(dtype or np.float64)
-            self.matvec, self.rmatvec = matvec, rmatvec or matvec
-            self.matmat, self.rmatmat = matmat or matvec, rmatmat or rmatvec or matvec
+            self.matvec, self.rmatvec = matvec, rmatvec or self._undefined("rmatvec")
+            # as cupyx's: without matmat a block goes column by column through matvec; no adjoint unless given
+            self.matmat = matmat or self._by_columns(matvec)
+            self.rmatmat = rmatmat or (self._by_columns(rmatvec) if rmatvec else self._undefined("rmatmat"))
+
+        @staticmethod
+        def _by_columns(function):
+            return lambda V: wrap(np.hstack([unwrap(function(V[:, j:j + 1])) for j in range(V.shape[1])]))
+
+        @staticmethod
+        def _undefined(name):
+            def refuse(V):
+                raise NotImplementedError(f"{name} is not defined")
+            return refuse
 
         def dot(self, V):
             return self.matvec(V) if V.ndim == 1 else self.matmat(V)

@@ -209,6 +209,10 @@ def test_bad_arguments():
             top_eigenpairs(lambda V: V * np.nan, 2, V0=np.eye(5)[:, :2], method=method)
     with pytest.raises(ValueError, match="guard must be"):
         top_eigenpairs(op, 2, guard=-1)
+    with pytest.raises(ValueError, match="tol must be positive, got 0"):
+        top_eigenpairs(op, 2, tol=0.0)
+    with pytest.raises(ValueError, match=r"V0 must have shape \(5,\) or \(5, m\).*got None"):
+        top_eigenpairs(op, 2, V0=[[1.0, 0.0]] * 5)                    # not an array
 
 
 def test_eigenvalue_stopping_is_looser_but_keeps_eigenvalues_accurate():
@@ -621,16 +625,18 @@ def test_new_directions_drop_what_only_rounding_puts_outside_the_basis_in_float3
 
 
 @pytest.mark.parametrize("method", ["lobpcg", "lanczos"])
-def test_iterations_count_the_solvers_own_products(method):
+@pytest.mark.parametrize("P", [60, 12])
+def test_iterations_count_the_solvers_own_products(method, P):
     """Iterations of lobpcg are scipy's (each one product): every call to the operator but our own two — the
-    start block's Rayleigh–Ritz and the last one — when it converges in one run; those of lanczos are ARPACK's
-    calls to the operator, all of them (it reports no restarts)."""
-    M = matrix_with_spectrum(np.concatenate([[9.0, 7.0, 6.0], np.linspace(-2.0, 2.0, 57)]), seed=1)
+    start block's Rayleigh–Ritz and the last one — when it converges in one run (P = 12 < 5k: scipy solves
+    densely, from one product, and counts as one iteration); those of lanczos are ARPACK's calls to the
+    operator, all of them (it reports no restarts)."""
+    M = matrix_with_spectrum(np.concatenate([[9.0, 7.0, 6.0], np.linspace(-2.0, 2.0, P - 3)]), seed=1)
     A = device_xp.asarray(M)
     calls = []
     operator = ne.eigen.BlockOperator(lambda V: calls.append(1) or A @ V, like=A[:, 0])
     res = top_eigenpairs(operator, 3, method=method, tol=1e-10)
-    assert res.converged and res.iterations > 3
+    assert res.converged and res.iterations >= (1 if P < 15 else 4)
     assert res.iterations == len(calls) - (2 if method == "lobpcg" else 0)
 
 
@@ -671,3 +677,39 @@ def test_lanczos_starts_eigsh_from_a_vector_in_the_operators_dtype(monkeypatch, 
     V0 = np.random.default_rng(0).standard_normal((30, 2)) if warm else None
     res = top_eigenpairs(ne.eigen.BlockOperator(lambda V: A @ V, like=A[:, 0]), 2, method="lanczos", V0=V0, tol=1e-4)
     assert res.converged and seen == [np.float32]
+
+
+def test_the_documented_defaults_are_the_ones_used():
+    """seed=0, and maxiter = 1000 block products for power iteration (here on a spectrum it cannot converge on:
+    λ = ±1 rank alike by |λ|, and the block of one swings between their eigenvectors)."""
+    M = matrix_with_spectrum(np.concatenate([[1.0, -1.0], np.linspace(-0.1, 0.1, 8)]), seed=0)
+    operator = device_operator(M)
+    default, seeded = top_eigenpairs(operator, 2, tol=1e-3), top_eigenpairs(operator, 2, tol=1e-3, seed=0)
+    np.testing.assert_array_equal(to_numpy(default.vectors), to_numpy(seeded.vectors))
+    stuck = top_eigenpairs(operator, 1, method="power", tol=1e-10, warn=False)
+    assert not stuck.converged and stuck.iterations == 1000 and stuck.matvecs == 1000
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_operator_answering_in_another_dtype_is_read_in_the_solves(method):
+    """A float32 solve whose operator answers in float64 gets float32 eigenpairs; an answer that is not an array
+    is refused by name."""
+    M = matrix_with_spectrum(np.concatenate([[9.0, 7.0], np.linspace(-2.0, 2.0, 28)]), seed=0)
+    A = device_xp.asarray(M)
+    like = device_xp.asarray(np.zeros(30, dtype=np.float32))
+    res = top_eigenpairs(ne.eigen.BlockOperator(lambda V: A @ V.astype(np.float64), like=like), 2, method=method,
+                         tol=1e-4)
+    assert res.values.dtype == np.float32 and res.vectors.dtype == np.float32
+    with pytest.raises((TypeError, ValueError), match="the operator returned"):   # (on a device: not its array)
+        top_eigenpairs(ne.eigen.BlockOperator(lambda V: to_numpy(V).tolist(), like=like), 2, method=method)
+
+
+def test_lobpcg_iterations_add_up_over_its_three_runs():
+    """maxiter = 2 is too few: lobpcg runs scipy three times (warm each time), and its iterations are all of
+    them — every operator call but its own four (the start's Rayleigh–Ritz and one after each run)."""
+    M = matrix_with_spectrum(np.concatenate([[9.0, 7.0, 6.0], np.linspace(-2.0, 2.0, 57)]), seed=1)
+    A = device_xp.asarray(M)
+    calls = []
+    operator = ne.eigen.BlockOperator(lambda V: calls.append(1) or A @ V, like=A[:, 0])
+    res = top_eigenpairs(operator, 3, method="lobpcg", tol=1e-10, maxiter=2, warn=False)
+    assert not res.converged and res.iterations == len(calls) - 4 > 9

@@ -220,3 +220,18 @@ def test_an_operators_products_never_read_the_device_back():
             op.matmat(V)
         assert counts["host_reads"] == 0, kind
     np.testing.assert_array_equal(to_numpy(loss.operator().matmat(V)), to_numpy(loss.hvp(V)))
+
+
+def test_the_stand_ins_linear_operator_is_as_strict_as_cupyxs():
+    """As cupyx's LinearOperator: without matmat a block goes column by column through matvec (one call per
+    column), and without rmatvec there is no adjoint — nothing assumes the operator symmetric."""
+    from nn_eos.strict import sparse_linalg
+    M = strict.asarray(np.arange(12.0).reshape(4, 3))
+    calls = []
+    op = sparse_linalg().LinearOperator((4, 3), matvec=lambda v: calls.append(v.shape) or M @ v, dtype=np.float64)
+    V = strict.asarray(np.eye(3)[:, :2])
+    np.testing.assert_array_equal(to_numpy(op.matmat(V)), np.arange(12.0).reshape(4, 3)[:, :2])
+    assert calls == [(3, 1), (3, 1)]
+    for adjoint in (op.rmatvec, op.rmatmat):
+        with pytest.raises(NotImplementedError, match="is not defined"):
+            adjoint(strict.asarray(np.ones((4, 1))))
