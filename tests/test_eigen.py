@@ -713,3 +713,39 @@ def test_lobpcg_iterations_add_up_over_its_three_runs():
     operator = ne.eigen.BlockOperator(lambda V: calls.append(1) or A @ V, like=A[:, 0])
     res = top_eigenpairs(operator, 3, method="lobpcg", tol=1e-10, maxiter=2, warn=False)
     assert not res.converged and res.iterations == len(calls) - 4 > 9
+
+
+def test_krylov_with_a_full_block_starts_from_v0s_own_first_columns():
+    """With block = k + guard the start is V0's own block — its first k + guard columns, not mixtures of all of
+    them: exact eigenvectors first (then anything) converge on the first product."""
+    M = matrix_with_spectrum(np.concatenate([[9.0, 7.0, 6.0], np.linspace(-2.0, 2.0, 37)]), seed=0)
+    U = expected_top(M, 3, "krylov")[1]
+    V0 = np.concatenate([U, np.random.default_rng(1).standard_normal((40, 2))], axis=1)
+    res = top_eigenpairs(device_operator(M), 3, method="krylov", block=3, V0=device_xp.asarray(V0), tol=1e-8)
+    assert res.converged and res.matvecs == 3
+
+
+@pytest.mark.parametrize("case, passes, eighs", [("orthonormal", 1, 0), ("well conditioned", 1, 1),
+                                                 ("partly inside the basis", 2, 1)])
+def test_new_directions_make_one_pass_unless_the_projection_removed_much(monkeypatch, case, passes, eighs):
+    """Each pass reads the whole basis twice (the main cost of an iteration besides the product), so residuals
+    orthogonal to Q take one: none of SVQB when already orthonormal, one SVQB when well conditioned; a second
+    pass ("twice is enough") only after the projection removed much of a column."""
+    from nn_eos import backend, krylov
+    rng = np.random.default_rng(0)
+    Q = _orthonormal_basis(60, 10, seed=0)
+    W = rng.standard_normal((60, 3))
+    W = W - Q @ (Q.T @ W)                                            # orthogonal to Q
+    if case == "orthonormal":
+        W = np.linalg.qr(W)[0]
+    if case == "partly inside the basis":
+        W = W + Q @ rng.standard_normal((10, 3))
+    grams, eigh = [], np.linalg.eigh
+    to_numpy = backend.to_numpy
+    monkeypatch.setattr(backend, "to_numpy", lambda a: grams.append(1) or to_numpy(a))
+    monkeypatch.setattr(np.linalg, "eigh", lambda a: grams.append("eigh") or eigh(a))
+    R = to_numpy(krylov._new_directions(device_xp.asarray(W), device_xp.asarray(Q), device_xp))
+    monkeypatch.undo()
+    assert (grams.count(1), grams.count("eigh")) == (passes, eighs)
+    np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(Q.T @ R, 0, atol=1e-12)
