@@ -749,3 +749,18 @@ def test_new_directions_make_one_pass_unless_the_projection_removed_much(monkeyp
     assert (grams.count(1), grams.count("eigh")) == (passes, eighs)
     np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-12)
     np.testing.assert_allclose(Q.T @ R, 0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_zero_operator_in_float32_is_solved_in_float32_from_the_seed(method):
+    """The zero operator (lanczos: by its power-iteration fallback) in float32: float32 throughout, and its
+    eigenvectors — any orthonormal k of them — decided by the seed."""
+    from nn_eos.strict import counting, strict
+    zero = strict.asarray(np.zeros((30, 30), dtype=np.float32))
+    operator = ne.eigen.BlockOperator(lambda V: zero @ V, like=zero[:, 0])
+    with counting() as counts:
+        runs = [top_eigenpairs(operator, 2, method=method, tol=1e-4, seed=seed) for seed in (3, 3, 4)]
+    assert counts["promotions"] == 0 and all(run.converged for run in runs)
+    assert all(run.vectors.dtype == np.float32 and run.values.dtype == np.float32 for run in runs)
+    np.testing.assert_array_equal(to_numpy(runs[0].vectors), to_numpy(runs[1].vectors))
+    assert not np.allclose(np.abs(to_numpy(runs[0].vectors)), np.abs(to_numpy(runs[2].vectors)))
