@@ -688,6 +688,25 @@ def test_the_documented_defaults_are_the_ones_used():
     np.testing.assert_array_equal(to_numpy(default.vectors), to_numpy(seeded.vectors))
     stuck = top_eigenpairs(operator, 1, method="power", tol=1e-10, warn=False)
     assert not stuck.converged and stuck.iterations == 1000 and stuck.matvecs == 1000
+    for method, solver, default in [("power", "power_iteration", 1000), ("krylov", "block_krylov", 1000),
+                                    ("lobpcg", "lobpcg", 200)]:
+        given = []
+        original = getattr(ne.eigen, solver)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ne.eigen, solver, lambda A, k, V0, tol, maxiter, *rest, **kw: given.append(maxiter)
+                          or original(A, k, V0, tol, maxiter, *rest, **kw))
+            top_eigenpairs(operator, 2, method=method, tol=1e-3, warn=False)
+        assert given == [default], method
+
+
+def test_lanczos_out_of_restarts_completes_its_pairs_from_the_seed():
+    """ARPACK out of restarts (maxiter = 1): its converged pairs are completed to k from the seed, so the answer
+    (converged=False) is the same run after run."""
+    M = matrix_with_spectrum(np.concatenate([1.0 - 1e-4 * np.arange(6), np.linspace(0.0, 0.999, 194)]), seed=2)
+    runs = [top_eigenpairs(device_operator(M), 6, method="lanczos", tol=1e-12, maxiter=1, seed=5, warn=False)
+            for _ in range(2)]
+    assert not runs[0].converged
+    np.testing.assert_array_equal(to_numpy(runs[0].vectors), to_numpy(runs[1].vectors))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -764,3 +783,5 @@ def test_the_zero_operator_in_float32_is_solved_in_float32_from_the_seed(method)
     assert all(run.vectors.dtype == np.float32 and run.values.dtype == np.float32 for run in runs)
     np.testing.assert_array_equal(to_numpy(runs[0].vectors), to_numpy(runs[1].vectors))
     assert not np.allclose(np.abs(to_numpy(runs[0].vectors)), np.abs(to_numpy(runs[2].vectors)))
+    if method in ("power", "lanczos"):
+        assert runs[0].iterations == 1           # every residual is zero after the first product: stop there
