@@ -46,7 +46,7 @@ def _new_directions(W, Q, xp, drop=1e-10):
     return W
 
 
-def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, max_basis=None, block=None, keep=None):
+def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, block=None):
     """Thick-restarted block Krylov iteration with Rayleigh–Ritz on the whole basis.
 
     The basis Q (orthonormal), A Q and T = Qᵀ A Q are kept. Each iteration
@@ -77,12 +77,14 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, max_basi
     top k (symmetric toy problems, not trained networks) needs ``block`` at
     least its multiplicity, as in any block method.
 
-    Restart. When the basis would exceed ``max_basis`` columns (default
-    5(k + guard), at least k + guard + 20) it restarts from the top ``keep``
-    Ritz vectors (default 2(k + guard): keeping the next ones too saves a
-    third of the products for top 7 on a slowly decaying spectrum) and their
-    products: no product is repeated, and the residuals of the kept Ritz
-    vectors still lie in the next block's span.
+    Restart. When the basis would exceed 5(k + guard) columns (at least
+    k + guard + 20, at most P) it restarts from the top 2(k + guard) Ritz
+    vectors (keeping the next ones too saves a third of the products for top
+    7 on a slowly decaying spectrum) and their products: no product is
+    repeated, and the residuals of the kept Ritz vectors still lie in the next
+    block's span. A restart always leaves room for the next block (5b − 2b and
+    b + 20 − 2b are at least b ≥ block, b = k + guard), and a basis of all P
+    columns never restarts (what is new to it has at most P − size columns).
 
     Ranks Ritz values by |θ| (``which='LM'``), like power iteration, or by θ
     (``'LA'``): a Krylov space converges to both ends of the spectrum.
@@ -93,9 +95,9 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, max_basi
     """
     P = A.size
     b = min(k + guard, P)
-    max_basis = min(P, max_basis or max(5 * b, b + 20))
+    max_basis = min(P, max(5 * b, b + 20))
     block = min(block or default_block(xp), b)
-    keep = max(b, min(keep or 2 * b, max_basis - block))
+    keep = 2 * b
     basis = _KrylovBasis(P, max_basis, xp, dtype)
     start = _first_block(P, b, block, V0, seed, xp, dtype)
     basis.add(start, A(start))
@@ -114,7 +116,6 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, max_basi
             W = _new_directions(xp.asarray(rng.standard_normal((P, block)), dtype=dtype), basis.Q, xp)
         if basis.size + W.shape[1] > max_basis:              # thick restart: keep the top Ritz vectors (a
             basis.restart(order[:keep])                      # subspace of span(Q), so W stays orthogonal)
-        W = W[:, :max_basis - basis.size]
         basis.add(W, A(W))
         iteration += 1
     X, AX = vectors if vectors is not None else basis.ritz_vectors(S)   # formed by the last check, or now

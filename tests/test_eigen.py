@@ -785,3 +785,13 @@ def test_the_zero_operator_in_float32_is_solved_in_float32_from_the_seed(method)
     assert not np.allclose(np.abs(to_numpy(runs[0].vectors)), np.abs(to_numpy(runs[2].vectors)))
     if method in ("power", "lanczos"):
         assert runs[0].iterations == 1           # every residual is zero after the first product: stop there
+
+
+@pytest.mark.parametrize("k, block", [(8, 8), (8, 5), (6, 3)])
+def test_krylov_fits_its_last_block_into_a_basis_as_large_as_the_space(k, block):
+    """With P = 12 the basis can hold P columns only: a block wider than what is left of it is cut to fit after
+    a restart, and the answer is still exact."""
+    M = matrix_with_spectrum(np.concatenate([10.0 - np.arange(8), np.linspace(-1.0, 1.0, 4)]), seed=5)
+    res = top_eigenpairs(device_operator(M), k, method="krylov", block=block, tol=1e-10)
+    assert res.converged
+    np.testing.assert_allclose(to_numpy(res.values), expected_top(M, k, "krylov")[0], rtol=1e-10)
