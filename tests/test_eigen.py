@@ -298,15 +298,25 @@ def test_krylov_takes_one_direction_per_product_unless_asked_for_a_block():
     assert wide.matvecs > wide.iterations and wide.iterations < default.iterations
 
 
+def _counting_grams(monkeypatch):
+    """A list that grows by one at every host read (one per pass of _new_directions: its Gram matrix)."""
+    from nn_eos import backend
+    reads, to_numpy_ = [], backend.to_numpy
+    monkeypatch.setattr(backend, "to_numpy", lambda a: reads.append(1) or to_numpy_(a))
+    return reads
+
+
 @pytest.mark.parametrize("seed", range(40))
-def test_new_directions_drop_what_only_rounding_puts_outside_the_basis(seed):
+def test_new_directions_drop_what_only_rounding_puts_outside_the_basis(monkeypatch, seed):
     """8 directions against a basis of 32 in R^39 leave at most 7: the 8th is rounding, whose λ in the SVQB
-    Gram may come out a positive ~1e-16 — kept, it would be blown up into a non-orthogonal column."""
+    Gram may come out a positive ~1e-16 — kept, it would be blown up into a non-orthogonal column, and cost
+    passes to take out again (two passes: the projection removed much)."""
     from nn_eos.krylov import _new_directions
     rng = np.random.default_rng(seed)
     Q = device_xp.asarray(np.linalg.qr(rng.standard_normal((39, 32)))[0])
+    grams = _counting_grams(monkeypatch)
     R = to_numpy(_new_directions(device_xp.asarray(rng.standard_normal((39, 8))), Q, device_xp))
-    assert R.shape[1] == 7
+    assert R.shape[1] == 7 and len(grams) == 2                         # two passes
     np.testing.assert_allclose(R.T @ R, np.eye(7), atol=1e-12)
     np.testing.assert_allclose(to_numpy(Q).T @ R, 0, atol=1e-12)
 
@@ -612,14 +622,15 @@ def test_new_directions_of_nearly_parallel_columns_are_orthonormal_to_rounding()
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_new_directions_drop_what_only_rounding_puts_outside_the_basis_in_float32(seed):
+def test_new_directions_drop_what_only_rounding_puts_outside_the_basis_in_float32(monkeypatch, seed):
     """As in float64 (above), with float32's rounding: the resolution of eigh's λ is float32's, not float64's."""
     from nn_eos.krylov import _new_directions
     rng = np.random.default_rng(seed)
     Q = device_xp.asarray(np.linalg.qr(rng.standard_normal((39, 32)))[0].astype(np.float32))
+    grams = _counting_grams(monkeypatch)
     R = to_numpy(_new_directions(device_xp.asarray(rng.standard_normal((39, 8)).astype(np.float32)), Q,
                                  device_xp))
-    assert R.shape[1] == 7 and R.dtype == np.float32
+    assert R.shape[1] == 7 and R.dtype == np.float32 and len(grams) <= 3      # float32: a third pass at times
     np.testing.assert_allclose(R.T @ R, np.eye(7), atol=1e-5)
     np.testing.assert_allclose(to_numpy(Q).T @ R, 0, atol=1e-5)
 
@@ -795,3 +806,18 @@ def test_krylov_fits_its_last_block_into_a_basis_as_large_as_the_space(k, block)
     res = top_eigenpairs(device_operator(M), k, method="krylov", block=block, tol=1e-10)
     assert res.converged
     np.testing.assert_allclose(to_numpy(res.values), expected_top(M, k, "krylov")[0], rtol=1e-10)
+
+
+def test_krylov_below_what_its_residual_estimates_see_costs_the_same_at_every_scale():
+    """Block Krylov estimates residuals from G = (AQ)ᵀ(AQ) without products of length P, down to a rounding floor
+    relative to |θ|; below it (tol = 1e-14) it checks the Ritz vectors themselves. That costs a few products
+    more than tol = 1e-9, the same on the spectrum scaled by 1e-4, 1 or 1e4."""
+    products = {}
+    for scale in (1e-4, 1.0, 1e4):
+        M = matrix_with_spectrum(scale * np.concatenate([[9.0, 7.0, 6.0], np.linspace(-2.0, 2.0, 197)]), seed=0)
+        for tol in (1e-9, 1e-14):
+            res = top_eigenpairs(device_operator(M), 3, method="krylov", tol=tol)
+            assert res.converged, (scale, tol)
+            products[scale, tol] = res.matvecs
+    assert len({products[scale, 1e-14] for scale in (1e-4, 1.0, 1e4)}) == 1
+    assert products[1.0, 1e-14] <= products[1.0, 1e-9] + 8
