@@ -710,13 +710,17 @@ def test_the_documented_defaults_are_the_ones_used():
         assert given == [default], method
 
 
-def test_lanczos_out_of_restarts_completes_its_pairs_from_the_seed():
-    """ARPACK out of restarts (maxiter = 1): its converged pairs are completed to k from the seed, so the answer
-    (converged=False) is the same run after run."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lanczos_out_of_restarts_completes_its_pairs_from_the_seed(dtype):
+    """ARPACK out of restarts (maxiter = 1): its converged pairs are completed to k from the seed, in the
+    operator's dtype, so the answer (converged=False) is the same run after run."""
+    from nn_eos.strict import counting
     M = matrix_with_spectrum(np.concatenate([1.0 - 1e-4 * np.arange(6), np.linspace(0.0, 0.999, 194)]), seed=2)
-    runs = [top_eigenpairs(device_operator(M), 6, method="lanczos", tol=1e-12, maxiter=1, seed=5, warn=False)
-            for _ in range(2)]
-    assert not runs[0].converged
+    A = device_xp.asarray(M.astype(dtype))
+    with counting() as counts:
+        runs = [top_eigenpairs(ne.eigen.BlockOperator(lambda V: A @ V, like=A[:, 0]), 6, method="lanczos",
+                               tol=1e-12, maxiter=1, seed=5, warn=False) for _ in range(2)]
+    assert not runs[0].converged and runs[0].vectors.dtype == dtype and counts["promotions"] == 0
     np.testing.assert_array_equal(to_numpy(runs[0].vectors), to_numpy(runs[1].vectors))
 
 
@@ -821,3 +825,50 @@ def test_krylov_below_what_its_residual_estimates_see_costs_the_same_at_every_sc
             products[scale, tol] = res.matvecs
     assert len({products[scale, 1e-14] for scale in (1e-4, 1.0, 1e4)}) == 1
     assert products[1.0, 1e-14] <= products[1.0, 1e-9] + 8
+
+
+def test_an_integer_start_does_not_make_an_integer_solve():
+    """Only a float dtype is taken from the operator, its owner or V0: an integer V0 (say np.ones) leaves the
+    solve in float64."""
+    M = matrix_with_spectrum(np.concatenate([[9.0, 7.0], np.linspace(-2.0, 2.0, 28)]), seed=0)
+    A = device_xp.asarray(M)
+    V0 = device_xp.asarray(np.ones((30, 2), dtype=np.int64))
+    res = top_eigenpairs(lambda V: A @ V, 2, method="krylov", V0=V0, tol=1e-8)
+    assert res.converged and res.values.dtype == np.float64
+    np.testing.assert_allclose(to_numpy(res.values), [9.0, 7.0], rtol=1e-8)
+
+
+def test_lanczos_hands_a_cupyx_like_eigsh_its_limits_in_cupyxs_meaning(monkeypatch):
+    """Where eigsh takes an absolute tol and counts Lanczos steps (cupyx), lanczos hands it tol · ‖A v0‖/‖v0‖ / 10
+    and maxiter · ncv, from the same v0 it starts from."""
+    from types import SimpleNamespace
+    from nn_eos import backend
+    real, seen = backend.scipy_linalg_module, []
+
+    def cupyx_like(xp):
+        module = real(xp)
+        return SimpleNamespace(__name__="cupyx.scipy.sparse.linalg", RELATIVE_TOL=False,
+                               LinearOperator=module.LinearOperator,
+                               eigsh=lambda A, **kw: seen.append(kw) or module.eigsh(A, **{**kw, "maxiter": None}))
+
+    monkeypatch.setattr(backend, "scipy_linalg_module", cupyx_like)
+    M = matrix_with_spectrum(np.concatenate([[9.0, 7.0], np.linspace(-2.0, 2.0, 58)]), seed=0)
+    res = top_eigenpairs(device_operator(M), 2, method="lanczos", tol=1e-6, maxiter=3, seed=4)
+    v0 = to_numpy(seen[0]["v0"])
+    assert res.converged and seen[0]["maxiter"] == 3 * 34                          # ncv = k + 32
+    assert seen[0]["tol"] == pytest.approx(1e-7 * np.linalg.norm(M @ v0) / np.linalg.norm(v0), rel=1e-12)
+
+
+def test_krylov_scans_no_product_for_nan():
+    """Block Krylov finds a NaN or inf in its small matrices T and G (tested above), so its products are not
+    scanned (on a GPU each scan is a sync); the other methods scan theirs."""
+    from nn_eos.strict import strict
+    B = strict.asarray(matrix_with_spectrum(np.concatenate([[9.0, 7.0], np.linspace(-2.0, 2.0, 28)]), seed=0))
+    scans = []
+    isfinite = strict.isfinite
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(strict, "isfinite", lambda a: scans.append(a.shape) or isfinite(a))
+        for method in METHODS:
+            scans.clear()
+            top_eigenpairs(ne.eigen.BlockOperator(lambda V: B @ V, like=B[:, 0]), 2, method=method, tol=1e-6)
+            assert (method == "krylov") == (not any(shape[0] == 30 for shape in scans)), method
