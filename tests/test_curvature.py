@@ -409,3 +409,11 @@ def test_a_direction_on_the_device_in_the_dtype_is_read_where_it_lies(monkeypatc
         self, V, caches))
     p.loss.hvp(v)
     assert received and numpy.shares_memory(received[0], v)
+
+
+def test_a_linear_operator_has_its_networks_dtype():
+    """SciPy's and cupyx's LinearOperator take the dtype they are given (SciPy would otherwise make a product to
+    find it): float32 for a float32 network."""
+    p = build_problem([4, 3, 3], "tanh", "cross_entropy", n=6, seed=3)
+    p.net.astype("float32")
+    assert p.loss.linear_operator().dtype == np.float32
