@@ -82,8 +82,8 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, block=No
     vectors (keeping the next ones too saves a third of the products for top
     7 on a slowly decaying spectrum) and their products: no product is
     repeated, and the residuals of the kept Ritz vectors still lie in the next
-    block's span. A restart always leaves room for the next block (5b − 2b and
-    b + 20 − 2b are at least b ≥ block, b = k + guard), and a basis of all P
+    block's span. A restart always leaves room for the next block
+    (max(5b, b + 20) − 2b ≥ b ≥ block, b = k + guard), and a basis of all P
     columns never restarts (what is new to it has at most P − size columns).
 
     Ranks Ritz values by |θ| (``which='LM'``), like power iteration, or by θ

@@ -668,10 +668,9 @@ def test_a_plain_function_runs_where_and_in_the_dtype_its_start_lies(dtype):
 
 
 
-@pytest.mark.parametrize("warm", [False, True])
-def test_lanczos_starts_eigsh_from_a_vector_in_the_operators_dtype(monkeypatch, warm):
-    """eigsh's start vector v0 (random, or the sum of V0's columns) is in the operator's dtype: a float64 v0 for a
-    float32 operator would be a float64 temporary (and on cupyx, float64 Lanczos vectors)."""
+def _spying_on_eigsh(monkeypatch, **overrides):
+    """Every call to eigsh recorded (its keyword arguments) and passed on; ``overrides`` replace attributes of the
+    linalg module the solve sees (its name, RELATIVE_TOL: how eigen._eigsh_limits reads it)."""
     from types import SimpleNamespace
     from nn_eos import backend
     real, seen = backend.scipy_linalg_module, []
@@ -679,15 +678,23 @@ def test_lanczos_starts_eigsh_from_a_vector_in_the_operators_dtype(monkeypatch, 
     def spying(xp):
         module = real(xp)
         names = {name: getattr(module, name) for name in ("LinearOperator", "RELATIVE_TOL") if hasattr(module, name)}
-        return SimpleNamespace(__name__=module.__name__, **names,
-                               eigsh=lambda A, **kw: seen.append(kw["v0"].dtype) or module.eigsh(A, **kw))
+        return SimpleNamespace(**{"__name__": module.__name__, **names, **overrides},
+                               eigsh=lambda A, **kw: seen.append(kw) or module.eigsh(A, **{**kw, "maxiter": None}))
 
     monkeypatch.setattr(backend, "scipy_linalg_module", spying)
+    return seen
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_lanczos_starts_eigsh_from_a_vector_in_the_operators_dtype(monkeypatch, warm):
+    """eigsh's start vector v0 (random, or the sum of V0's columns) is in the operator's dtype: a float64 v0 for a
+    float32 operator would be a float64 temporary (and on cupyx, float64 Lanczos vectors)."""
+    seen = _spying_on_eigsh(monkeypatch)
     M = matrix_with_spectrum(np.concatenate([[9.0, 7.0], np.linspace(-2.0, 2.0, 28)]), seed=0)
     A = device_xp.asarray(M.astype(np.float32))
     V0 = np.random.default_rng(0).standard_normal((30, 2)) if warm else None
     res = top_eigenpairs(ne.eigen.BlockOperator(lambda V: A @ V, like=A[:, 0]), 2, method="lanczos", V0=V0, tol=1e-4)
-    assert res.converged and seen == [np.float32]
+    assert res.converged and [call["v0"].dtype for call in seen] == [np.float32]
 
 
 def test_the_documented_defaults_are_the_ones_used():
@@ -765,7 +772,7 @@ def test_new_directions_make_one_pass_unless_the_projection_removed_much(monkeyp
     """Each pass reads the whole basis twice (the main cost of an iteration besides the product), so residuals
     orthogonal to Q take one: none of SVQB when already orthonormal, one SVQB when well conditioned; a second
     pass ("twice is enough") only after the projection removed much of a column."""
-    from nn_eos import backend, krylov
+    from nn_eos import krylov
     rng = np.random.default_rng(0)
     Q = _orthonormal_basis(60, 10, seed=0)
     W = rng.standard_normal((60, 3))
@@ -774,13 +781,10 @@ def test_new_directions_make_one_pass_unless_the_projection_removed_much(monkeyp
         W = np.linalg.qr(W)[0]
     if case == "partly inside the basis":
         W = W + Q @ rng.standard_normal((10, 3))
-    grams, eigh = [], np.linalg.eigh
-    to_numpy = backend.to_numpy
-    monkeypatch.setattr(backend, "to_numpy", lambda a: grams.append(1) or to_numpy(a))
-    monkeypatch.setattr(np.linalg, "eigh", lambda a: grams.append("eigh") or eigh(a))
+    grams, eighs_made, eigh = _counting_grams(monkeypatch), [], np.linalg.eigh
+    monkeypatch.setattr(np.linalg, "eigh", lambda a: eighs_made.append(1) or eigh(a))
     R = to_numpy(krylov._new_directions(device_xp.asarray(W), device_xp.asarray(Q), device_xp))
-    monkeypatch.undo()
-    assert (grams.count(1), grams.count("eigh")) == (passes, eighs)
+    assert (len(grams), len(eighs_made)) == (passes, eighs)
     np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-12)
     np.testing.assert_allclose(Q.T @ R, 0, atol=1e-12)
 
@@ -841,17 +845,7 @@ def test_an_integer_start_does_not_make_an_integer_solve():
 def test_lanczos_hands_a_cupyx_like_eigsh_its_limits_in_cupyxs_meaning(monkeypatch):
     """Where eigsh takes an absolute tol and counts Lanczos steps (cupyx), lanczos hands it tol · ‖A v0‖/‖v0‖ / 10
     and maxiter · ncv, from the same v0 it starts from."""
-    from types import SimpleNamespace
-    from nn_eos import backend
-    real, seen = backend.scipy_linalg_module, []
-
-    def cupyx_like(xp):
-        module = real(xp)
-        return SimpleNamespace(__name__="cupyx.scipy.sparse.linalg", RELATIVE_TOL=False,
-                               LinearOperator=module.LinearOperator,
-                               eigsh=lambda A, **kw: seen.append(kw) or module.eigsh(A, **{**kw, "maxiter": None}))
-
-    monkeypatch.setattr(backend, "scipy_linalg_module", cupyx_like)
+    seen = _spying_on_eigsh(monkeypatch, __name__="cupyx.scipy.sparse.linalg", RELATIVE_TOL=False)
     M = matrix_with_spectrum(np.concatenate([[9.0, 7.0], np.linspace(-2.0, 2.0, 58)]), seed=0)
     res = top_eigenpairs(device_operator(M), 2, method="lanczos", tol=1e-6, maxiter=3, seed=4)
     v0 = to_numpy(seen[0]["v0"])
