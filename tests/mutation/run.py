@@ -8,9 +8,11 @@ per module).
 mutmut (configured in setup.cfg, section [mutmut]: the core modules and the test files that exercise them)
 changes one thing at a time in the core — an operator, a constant, a comparison, an argument — and runs the
 tests that reach the changed function; a mutant is *killed* when a test fails. Hypothesis runs under the
-``mutation`` profile (tests/conftest.py: few examples, derandomised, so a verdict does not depend on luck).
-The tests run on the strict stand-in device
-(``NN_EOS_DEVICE=strict``), so that a mutant mixing host and device arrays fails as it would on a GPU.
+``mutation`` profile (tests/conftest.py: few examples, derandomised, so a verdict does not depend on luck; no
+shrinking). The tests run on the strict stand-in device (``NN_EOS_DEVICE=strict``), so that a mutant mixing
+host and device arrays fails as it would on a GPU, and each mutant's tests run quickest first (tests/conftest.py
+reads mutmut's timings), as mutmut stops at the first failure. A full pass from nothing takes about 47
+minutes on 2 cores (docs/architecture.md); the report says how long its run took.
 Mutants that change no behaviour are listed with the reason in tests/mutation/equivalent.toml and count as
 killed; everything else that survives is a hole in the suite. A run is incremental (mutmut keeps ``mutants/``)
 and stops cleanly on Ctrl-C; ``--only-report`` rewrites the report from what is there. After tests are
@@ -18,7 +20,7 @@ added or edited (in the listed files, or as a new file in setup.cfg's selection)
 to the functions they reach again and runs the survivors; the other verdicts stand, as more tests cannot
 revive a killed mutant.
 
-The score of a module is (killed + timeouts + equivalent) / (mutants that tests reach). Mutants that no test
+The score of a module is (killed + timeouts + crashes + equivalent) / (mutants that tests reach). Mutants that no test
 reaches are listed apart: they are code the selected tests never run.
 """
 
@@ -29,6 +31,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -39,14 +42,17 @@ else:                                               # pragma: no cover
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+# mutmut's exit codes (its stats.status_by_exit_code); a worker that dies of SIGABRT (-6) crashed, as one that
+# dies of SIGSEGV (-11), and that is not a passing run
 KILLED = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
-          -11: "segfault", -9: "segfault"}
+          -11: "crashed", -9: "crashed", -6: "crashed"}
 
 
 def run_mutmut(workers, only=()):
     # on the strict stand-in device (nn_eos/strict.py), so that a mutant mixing host and device arrays is caught
+    # and with each mutant's tests quickest first (tests/conftest.py), as mutmut stops at the first failure
     env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation", "NN_EOS_DEVICE": "strict", "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1"}
+           "OPENBLAS_NUM_THREADS": "1", "NN_EOS_MUTATION_STATS": str(ROOT / "mutants" / "mutmut-stats.json")}
     return subprocess.call([sys.executable, "-m", "mutmut", "run", "--max-children", str(workers), *only],
                            cwd=ROOT, env=env)
 
@@ -121,9 +127,10 @@ def equivalents():
     return {name: entry["reason"] for name, entry in tomllib.loads(path.read_text()).items()}
 
 
-def report(results, equivalent, command="python tests/mutation/run.py"):
+def report(results, equivalent, command="python tests/mutation/run.py", timing=""):
     lines = ["# Mutation testing of the core", "",
              f"Written by `{command}` (mutmut, configured in setup.cfg; docs/architecture.md).", "",
+             *([timing, ""] if timing else []),
              "| module | mutants | killed | timeout | equivalent | survived | no test reaches | not checked | score |",
              "|---|---|---|---|---|---|---|---|---|"]
     survivors, unreached = [], []
@@ -151,11 +158,11 @@ def report(results, equivalent, command="python tests/mutation/run.py"):
 
 
 def row(module, counts):
-    reached = sum(counts[k] for k in ("killed", "timeout", "equivalent", "survived", "segfault", "suspicious"))
-    caught = counts["killed"] + counts["timeout"] + counts["equivalent"] + counts["segfault"]
+    reached = sum(counts[k] for k in ("killed", "timeout", "equivalent", "survived", "crashed", "suspicious"))
+    caught = counts["killed"] + counts["timeout"] + counts["equivalent"] + counts["crashed"]
     score = f"{100 * caught / reached:.1f}%" if reached else "–"
     total = sum(counts.values())
-    return (f"| {module} | {total} | {counts['killed'] + counts['segfault']} | {counts['timeout']} | "
+    return (f"| {module} | {total} | {counts['killed'] + counts['crashed']} | {counts['timeout']} | "
             f"{counts['equivalent']} | {counts['survived'] + counts['suspicious']} | {counts['no tests']} | "
             f"{counts['not checked']} | {score} |")
 
@@ -171,7 +178,9 @@ def main():
                         help="map the tests again, then run the mutants that survived or that no test reached "
                              "(after adding or editing tests)")
     args = parser.parse_args()
+    timing = ""
     if not args.only_report:
+        fresh = not (ROOT / "mutants").exists()
         added = keep_verdicts_when_tests_are_added()
         if added:
             print("test files added since the last run (verdicts kept; --retest runs the survivors against them):",
@@ -183,13 +192,17 @@ def main():
                      if verdict in ("survived", "no tests", "suspicious")]
             if not only:
                 sys.exit("no survivors to retest")
+        start = time.perf_counter()
         run_mutmut(args.workers, only)
+        minutes = (time.perf_counter() - start) / 60
+        timing = (f"This run{' (a full pass from nothing: mutants, test mapping, every mutant)' if fresh else ''} "
+                  f"took {minutes:.0f} min with {args.workers} workers on a {os.cpu_count()}-core CPU.")
     results = verdicts()
     if not results:
         sys.exit("no mutation results in mutants/: run without --only-report first")
     only = " ".join(f"'{glob}'" for glob in args.only)
     command = "python tests/mutation/run.py" + (f" --only {only}" if only else "")
-    text = report(results, equivalents(), command)
+    text = report(results, equivalents(), command, timing)
     Path(args.report).write_text(text)
     print(text.split("\n## ")[0])
     print(f"report: {args.report}")
