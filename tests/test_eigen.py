@@ -669,8 +669,9 @@ def test_a_plain_function_runs_where_and_in_the_dtype_its_start_lies(dtype):
 
 
 def _spying_on_eigsh(monkeypatch, **overrides):
-    """Every call to eigsh recorded (its keyword arguments) and passed on; ``overrides`` replace attributes of the
-    linalg module the solve sees (its name, RELATIVE_TOL: how eigen._eigsh_limits reads it)."""
+    """Every call to eigsh recorded (its keyword arguments) and passed on with ARPACK's own maxiter (the recorded
+    one may be in cupyx's meaning); ``overrides`` replace attributes of the linalg module the solve sees (its
+    name, RELATIVE_TOL: how eigen._eigsh_limits reads it)."""
     from types import SimpleNamespace
     from nn_eos import backend
     real, seen = backend.scipy_linalg_module, []
