@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import nn_eos as ne  # noqa: E402
 from nn_eos.experiments.arguments import parse, script_parser  # noqa: E402
 from nn_eos.strict import counting  # noqa: E402
-from nn_eos import krylov  # noqa: E402
+from nn_eos.eigen import krylov  # noqa: E402
 from timing import table  # noqa: E402
 
 

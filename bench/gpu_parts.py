@@ -27,7 +27,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 
 import nn_eos as ne  # noqa: E402
-from nn_eos import alignment, batched_lanczos, krylov  # noqa: E402
+from nn_eos import alignment  # noqa: E402
+from nn_eos.eigen import batched_lanczos, krylov  # noqa: E402
 import dynamics as dynamics_bench  # noqa: E402
 from timing import median_times, sync, timed  # noqa: E402
 
@@ -320,7 +321,7 @@ def small_ops(device, widths):
         w = xp.asarray(rng.standard_normal((P, 1)), dtype=dtype)
         S = xp.asarray(rng.standard_normal((40, 8)), dtype=dtype)
         A = xp.asarray(rng.standard_normal((512, 512)), dtype=dtype)
-        from nn_eos.ritz import column_norms
+        from nn_eos.eigen.ritz import column_norms
         def split_inner(A, B, c):
             """Aᵀ B with the sum over P cut into c pieces: one batched product and a sum."""
             L = A.shape[0] // c

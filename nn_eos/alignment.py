@@ -30,7 +30,7 @@ import numpy as np
 
 from .activations import Activation
 from .backend import to_device, to_numpy
-from .batched_lanczos import batched_top_eigenvalue
+from .eigen.batched_lanczos import batched_top_eigenvalue
 from .conv import Conv2d
 from .criteria import criterion as make_criterion
 from .curvature import TrainingLoss
@@ -116,7 +116,7 @@ def layerwise_jacobian_norm2(A, s, xp, tol=1e-9, dense_below=128):
     for all examples, or ``λ_max(A diag(s²) Aᵀ)`` (b × b), whichever costs less
     per product. Sides up to ``dense_below`` are formed per example and
     diagonalised (cheap at that size); larger ones go through batched Lanczos
-    (:mod:`nn_eos.batched_lanczos`) with the products ``s ⊙ ((s ⊙ v) C)`` —
+    (:mod:`nn_eos.eigen.batched_lanczos`) with the products ``s ⊙ ((s ⊙ v) C)`` —
     one a × a product, where ``A (s ⊙ v)`` and ``s ⊙ (Aᵀ u)`` would be two a × b
     ones — or ``((u A) ⊙ s²) Aᵀ``, to a relative accuracy ``tol``,
     warm-started from the top singular vector of ``A diag(rms_n s_n)``.

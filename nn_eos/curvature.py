@@ -9,8 +9,9 @@
 
 All three come out of one forward pass, (for ``hvp`` and ``residual``) one
 backward pass that records δ at every layer, one R-forward pass and one
-R-backward pass, shared by a whole block of k directions (docs/curvature.md).
-The R-backward pass is linear in its sources, which are
+R-backward pass, shared by a whole block of k directions: the function
+:func:`nn_eos.product.curvature_product`, which every product here runs
+(docs/curvature.md). The R-backward pass is linear in its sources, which are
 
     R{δ^L} = (1/N) H_z l · R{z}         at the output (the Gauss-Newton source)
     δᵀ R{x}, δ V_A, g ⊙ σ'' ⊙ R{x̂}      inside the layers (second-order sources)
@@ -35,25 +36,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend, memory, third_order
+from . import backend, memory, product, third_order
 from .criteria import criterion as make_criterion
 from .eigen import BlockOperator
 from .validation import check_directions, check_inputs, check_integer, check_labels
 
-KINDS = ("hessian", "ggn", "residual")
+from .product import KINDS
 
 
 @dataclass
-class _Evaluation:
-    """The forward (and backward) pass over the whole dataset at one θ, which every product at that θ reuses."""
+class _Kept:
+    """The forward (and backward) :class:`~nn_eos.product.Passes` over the whole dataset at one θ, kept for the
+    products after it, with what tells whether a later call is at the same point."""
 
-    caches: list         # each layer's record of the passes (layers.Cache), never handed out
-    z: object            # the outputs f(X, θ)
-    backward: bool       # whether δ (from δ^L = (1/N) ∂l/∂z) is in the caches too
+    passes: product.Passes
     theta: object        # a copy of the θ they ran at, or an operator's frozen θ (TrainingLoss.operator)
     frozen: bool         # θ is an operator's private copy, recognised by identity
     placement: tuple     # (device, dtype, layers) of the network they ran through
-    output_hessian: object = None   # u ↦ (1/N) H_z l u at z, once a product has asked for it
 
 
 class TrainingLoss:
@@ -73,7 +72,7 @@ class TrainingLoss:
         self._max_memory = check_integer(max_memory, "max_memory (bytes)", optional=True)
         self._default_budget = None
         self._placed = None
-        self._evaluation = None
+        self._kept = None
 
     def __repr__(self):
         return (f"TrainingLoss({self.net!r}, {self.criterion!r}, N={self.num_examples}, "
@@ -157,13 +156,12 @@ class TrainingLoss:
         total = 0.0
         with net.using(theta):
             for Xc, yc in self.chunks(examples):
-                caches = net.new_caches()
-                z = net.forward(Xc, caches)
-                total += float(self.criterion.value(z, yc).sum())
-                net.backward(self.criterion.gradient(z, yc) / N, caches, chunk_grad)
+                passes = product.forward_pass(net, Xc)
+                total += float(self.criterion.value(passes.z, yc).sum())
+                product.backward_pass(net, self.criterion, passes, yc, N, grad=chunk_grad)
                 if chunk_grad is not grad:
                     grad += chunk_grad
-            self._keep(caches, z, theta, backward=True, whole=examples >= N)
+            self._keep(passes, theta, whole=examples >= N)
         return total / N, grad
 
     def gradient(self, theta=None):
@@ -195,11 +193,10 @@ class TrainingLoss:
         return third_order.eigenvalue_gradient(self, U, theta)
 
     def curvature_product(self, V, kind, theta=None):
-        """``M v`` for M one of ∇²L̃ ('hessian'), G ('ggn') or H ('residual').
+        """``M v`` for M one of ∇²L̃ ('hessian'), G ('ggn') or H ('residual'), for V (P,) or (P, k).
 
-        Per chunk: forward; backward recording δ (not for 'ggn'); R-forward giving
-        ``R{z} = J v``; the output source ``R{δ^L} = (1/N) H_z l R{z}`` (zero for
-        'residual'); R-backward with or without the second-order sources.
+        :func:`nn_eos.product.curvature_product` per chunk of examples and block of directions (the plan that
+        fits ``max_memory``), starting from the forward and backward passes a call before it left at this θ.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown curvature kind {kind!r}; expected one of {KINDS}")
@@ -215,54 +212,34 @@ class TrainingLoss:
         Vk = V[None, :] if was_vector else xp.ascontiguousarray(V.T)  # (k, P): row j is direction j
         out = xp.empty_like(Vk)
         split = self.plan(len(Vk))
+        whole = split.examples >= N
         with net.using(theta, checked=frozen):
             for j in range(0, len(Vk), split.directions):            # blocks of directions, to fit max_memory
-                block = slice(j, j + split.directions)
-                self._block_product(Vk[block], out[block], kind, theta, split.examples, frozen)
+                block_out = out[j:j + split.directions]
+                chunk_out = block_out if whole else xp.empty_like(block_out)
+                if not whole:
+                    block_out[...] = 0
+                for Xc, yc in self.chunks(split.examples):
+                    passes = self._passes(Xc, theta, frozen, whole)
+                    product.curvature_product(net, self.criterion, Xc, yc, Vk[j:j + split.directions], kind, N=N,
+                                              passes=passes, out=chunk_out)
+                    if not whole:
+                        block_out += chunk_out
         return out[0] if was_vector else out.T
 
-    def _block_product(self, Vk, out, kind, theta, examples, frozen):
-        """``out = M Vᵀ`` for a block of directions (rows of Vk), over the data in chunks of ``examples``."""
-        net, N, xp = self.net, self.num_examples, self.net.xp
-        chunk_out = out if examples >= N else xp.empty_like(out)
-        if chunk_out is not out:
-            out[...] = 0
-        for Xc, yc in self.chunks(examples):
-            evaluation = self._evaluate(Xc, yc, theta, backward=(kind != "ggn"), frozen=frozen, whole=examples >= N)
-            r_z = net.r_forward(Vk, evaluation.caches)
-            if kind == "residual":
-                r_delta = xp.zeros_like(r_z)
-            else:
-                r_delta = self._output_hessian(evaluation, yc)(r_z)
-            net.r_backward(r_delta, Vk, evaluation.caches, chunk_out, second_order=(kind != "ggn"))
-            if chunk_out is not out:
-                out += chunk_out
-
-    def _evaluate(self, Xc, yc, theta, backward, frozen, whole):
-        """The forward pass at θ over X_c and, if ``backward``, the backward pass from ``δ^L = (1/N) ∂l/∂z``,
-        as an :class:`_Evaluation`: the one kept from an earlier call when it ran at this θ, else run now."""
-        net = self.net
-        kept = self._evaluation if whole else None          # passes over all examples serve only such a call
+    def _passes(self, Xc, theta, frozen, whole):
+        """The forward (and backward) passes at θ over X_c: those kept from an earlier call over all examples when
+        they ran at this θ, else a new forward pass (kept when it covers all examples)."""
+        kept = self._kept if whole else None
         if kept is None or not self._still_valid(kept, theta, frozen):
-            caches = net.new_caches()
-            kept = self._keep(caches, net.forward(Xc, caches), theta, backward=False, frozen=frozen, whole=whole)
-        if backward and not kept.backward:
-            net.backward(self.criterion.gradient(kept.z, yc) / self.num_examples, kept.caches)
-            kept.backward = True
-        return kept
-
-    def _output_hessian(self, evaluation, y):
-        """``u ↦ (1/N) H_z l u`` (the output source, docs/curvature.md), kept with the evaluation so that every
-        product at the same z reuses what depends on z alone (the softmax)."""
-        if evaluation.output_hessian is None:
-            evaluation.output_hessian = self.criterion.output_hessian(evaluation.z, y, scale=1 / self.num_examples)
-        return evaluation.output_hessian
+            kept = self._keep(product.forward_pass(self.net, Xc), theta, frozen=frozen, whole=whole)
+        return kept.passes
 
     def _placement(self):
         return (self.net.device, self.net.dtype, tuple(map(id, self.net.layers)))
 
     def _still_valid(self, kept, theta, frozen):
-        """Whether a kept evaluation ran at this θ (value for value; by identity for an operator's frozen θ),
+        """Whether kept passes ran at this θ (value for value; by identity for an operator's frozen θ),
         on this device and dtype, through these layers."""
         if kept.placement != self._placement():
             return False
@@ -276,13 +253,12 @@ class TrainingLoss:
     def _theta_in_effect(self, theta):
         return self.net.theta if theta is None else self.net.check_theta(theta, scan=False)
 
-    def _keep(self, caches, z, theta, backward, whole, frozen=False):
-        """Keep an evaluation over the whole dataset (in one chunk) for the products after it at the same θ."""
-        evaluation = _Evaluation(caches=caches, z=z, backward=backward,
-                                 theta=theta if frozen else self._theta_in_effect(theta).copy(), frozen=frozen,
-                                 placement=self._placement())
-        self._evaluation = evaluation if whole else None
-        return evaluation
+    def _keep(self, passes, theta, whole, frozen=False):
+        """Keep passes over the whole dataset (in one chunk) for the products after them at the same θ."""
+        kept = _Kept(passes=passes, theta=theta if frozen else self._theta_in_effect(theta).copy(), frozen=frozen,
+                     placement=self._placement())
+        self._kept = kept if whole else None
+        return kept
 
     def operator(self, kind="hessian", theta=None):
         """``V ↦ A V`` for A = ∇²L̃ ('hessian'), G ('ggn') or H ('residual') at θ, as an

@@ -7,8 +7,10 @@ papers plot against ``t = nη``). ``info`` carries what the step measured
 (e.g. ``lambda_1``). ``state()``/``load_state()`` hold what a step carries over
 to the next (warm-start eigenvectors), so that a run can be resumed exactly.
 
-The loss only needs ``hvp(V, theta=…)`` and ``num_params``: a TrainingLoss, or
-any test double with the same methods.
+What a step reads of the loss: ``num_params`` and ``operator("hessian", theta)``
+(the block operator of ∇²L̃ at θ that the flows' eigensolves run on), and, for
+ExponentialEuler without ``k``, ``net.num_outputs`` (its default k). A
+TrainingLoss has them all; a test double needs the same.
 """
 
 
@@ -34,7 +36,20 @@ def check_same_shape(theta, gradient):
 
 
 class Integrator:
+    """What every integrator has: ``step``, its ``config()`` and the ``state()`` a resumed run needs.
+
+    Each subclass that sets its own ``name`` is recorded in ``Integrator.known`` when it is defined (this
+    module's three, adaptive.py's Adam and RMSProp, stochastic.py's SGD, and any a user writes), which is how
+    :func:`from_config` rebuilds one from a saved config without importing the modules that build on this one.
+    """
+
     name = None
+    known = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in vars(cls) and cls.name:
+            Integrator.known[cls.name] = cls
 
     def step(self, loss, theta, gradient):
         raise NotImplementedError
@@ -230,9 +245,6 @@ class ExponentialEuler(Integrator):
         self.eigen.load_state(state)
 
 
-INTEGRATORS = {cls.name: cls for cls in (GradientDescent, AdaptiveGradientFlow, ExponentialEuler)}
-
-
 def has_fixed_step(config):
     """Whether a run's integrator (its ``config()``) steps with a fixed η, for which the 2022 paper's
     ``ρ_i = ηλ_i/2`` is defined; the flows change Δt every step."""
@@ -240,12 +252,9 @@ def has_fixed_step(config):
 
 
 def from_config(config):
-    """Rebuild an integrator from ``Integrator.config()`` (these three, adaptive.py's Adam and RMSProp,
-    stochastic.py's SGD)."""
-    from .adaptive import Adam, RMSProp          # these build on this module: looked up here, not imported
-    from .stochastic import SGD
-
-    known = {**INTEGRATORS, Adam.name: Adam, RMSProp.name: RMSProp, SGD.name: SGD}
+    """Rebuild an integrator from ``Integrator.config()``: any in ``Integrator.known`` (these three, adaptive.py's
+    Adam and RMSProp, stochastic.py's SGD — ``import nn_eos`` defines them all)."""
+    known = Integrator.known
     settings = dict(config)
     name = settings.pop("name", None)
     if name not in known:

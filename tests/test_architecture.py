@@ -25,7 +25,55 @@ def imports(path):
 
 
 def core_modules():
-    return sorted(os.path.join(PACKAGE, f) for f in os.listdir(PACKAGE) if f.endswith(".py"))
+    """Every module of the core: nn_eos/ and its subpackages (nn_eos.eigen, nn_eos.testing), not the experiments."""
+    return sorted(os.path.join(folder, f) for folder, dirs, files in os.walk(PACKAGE) for f in files
+                  if f.endswith(".py") and "experiments" not in os.path.relpath(folder, PACKAGE).split(os.sep))
+
+
+def module_name(path):
+    parts = os.path.relpath(path, os.path.dirname(PACKAGE))[:-len(".py")].split(os.sep)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def core_import_graph():
+    """module → the core modules it imports anywhere in its body (at module level or inside a function)."""
+    modules = {module_name(path): path for path in core_modules()}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
+        found = set()
+        for imported, level, _ in imports(path):
+            if level:
+                base = package.rsplit(".", level - 1)[0] if level > 1 else package
+                imported = f"{base}.{imported}" if imported else base
+            while imported and imported not in modules:      # a name imported from a module: that module
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                found.add(imported)
+        graph[name] = found
+    return graph
+
+
+def test_the_core_has_no_import_circle():
+    """Data flow one way (docs/architecture.md): no core module imports, even lazily, one that imports it back.
+    A package's __init__ re-exporting its own modules is not a circle."""
+    graph = core_import_graph()
+    circles = [(a, b) for a, targets in graph.items() for b in targets
+               if a in graph.get(b, ()) and not (a.startswith(b + ".") or b.startswith(a + "."))
+               and "nn_eos" not in (a, b)]
+    assert circles == []
+    def reaches(start, goal, seen=()):
+        return any(t == goal or (t not in seen and reaches(t, goal, seen + (t,))) for t in graph.get(start, ()))
+    longer = sorted(name for name in graph if name != "nn_eos" and not name.endswith("__init__")
+                    and reaches(name, name, (name, "nn_eos")) and "." + name.rsplit(".", 1)[-1])
+    assert longer == [], longer
+
+
+def test_the_circle_check_sees_a_circle(tmp_path):
+    """The check above is not vacuous: it sees integrators importing adaptive, which imports integrators."""
+    graph = core_import_graph()
+    assert "nn_eos.integrators" in graph["nn_eos.adaptive"]
+    assert "nn_eos.eigen.krylov" in graph["nn_eos.eigen.solvers"]
 
 
 def test_the_core_never_imports_the_experiments_floor():

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nn_eos import backend
-from nn_eos.batched_lanczos import batched_top_eigenvalue, top_ritz, tridiagonal
+from nn_eos.eigen.batched_lanczos import batched_top_eigenvalue, top_ritz, tridiagonal
 
 
 @settings(max_examples=30)

@@ -11,6 +11,7 @@ import nn_eos as ne
 from checks import build_problem, device_operator, device_xp
 from nn_eos.backend import to_numpy
 from nn_eos.eigen import NonConvergenceWarning, top_eigenpairs
+from nn_eos.eigen import solvers
 
 METHODS = ["power", "krylov", "lobpcg", "lanczos"]
 BY_MAGNITUDE = ("power", "krylov")   # block iterations rank by |λ|; lobpcg and eigsh algebraically
@@ -286,7 +287,8 @@ def test_unavailable_ranking_is_refused(method, which):
 def test_krylov_takes_one_direction_per_product_unless_asked_for_a_block():
     """Blocks of 1 by default on NumPy and on a device (measured on an H200: krylov.default_block); a wider
     block makes fewer products of more directions and finds the same eigenpairs."""
-    from nn_eos import backend, krylov
+    from nn_eos import backend
+    from nn_eos.eigen import krylov
 
     assert krylov.default_block(np) == 1 and krylov.default_block(backend.module_for("strict")) == krylov.DEVICE_BLOCK
     M = matrix_with_spectrum(np.linspace(10, 1, 40), seed=5)
@@ -311,7 +313,7 @@ def test_new_directions_drop_what_only_rounding_puts_outside_the_basis(monkeypat
     """8 directions against a basis of 32 in R^39 leave at most 7: the 8th is rounding, whose λ in the SVQB
     Gram may come out a positive ~1e-16 — kept, it would be blown up into a non-orthogonal column, and cost
     passes to take out again (two passes: the projection removed much)."""
-    from nn_eos.krylov import _new_directions
+    from nn_eos.eigen.krylov import _new_directions
     rng = np.random.default_rng(seed)
     Q = device_xp.asarray(np.linalg.qr(rng.standard_normal((39, 32)))[0])
     grams = _counting_grams(monkeypatch)
@@ -417,7 +419,7 @@ def test_guard_vectors_do_not_change_which_eigenpairs_are_returned(method, guard
 
 
 def test_no_eigenpairs_are_not_converged_ones():
-    from nn_eos.ritz import within_tol
+    from nn_eos.eigen.ritz import within_tol
     assert not within_tol(np.zeros(0), np.zeros(0), 1e-6, np.float64, 10)
     assert within_tol(np.array([1e-9]), np.array([2.0]), 1e-6, np.float64, 10)
     assert not within_tol(np.array([1e-5]), np.array([2.0]), 1e-6, np.float64, 10)
@@ -499,7 +501,7 @@ def test_eigsh_limits_mean_the_same_on_both_backends():
     says it is cupyx's, on an operator whose ‖A v0‖/‖v0‖ is known."""
     from types import SimpleNamespace
 
-    from nn_eos.eigen import CountingOperator, _eigsh_limits
+    from nn_eos.eigen.solvers import CountingOperator, _eigsh_limits
 
     P = 100
     A = CountingOperator(ne.eigen.BlockOperator(lambda V: 3.0 * V, like=np.zeros(P)), P, np, np.float64,
@@ -555,7 +557,7 @@ def test_krylov_computes_in_float32_on_every_path(path):
 def test_krylov_basis_grows_in_place_as_one_column_major_block():
     """The basis and its products are kept column-major and grown in place, so ``Q`` and ``A Q`` are always
     one contiguous block — each product with them reads the basis where it lies, without a copy."""
-    from nn_eos.krylov import _KrylovBasis
+    from nn_eos.eigen.krylov import _KrylovBasis
     rng = np.random.default_rng(0)
     M = matrix_with_spectrum(np.linspace(1.0, 2.0, 30), seed=0)
     basis = _KrylovBasis(30, 12, np, np.float64)
@@ -585,7 +587,7 @@ def _orthonormal_basis(P, m, seed):
 def test_new_directions_keep_a_small_real_component_and_put_the_strongest_first():
     """A direction whose part outside span(Q) is small (1e-6 of it) but far above rounding is new: it is kept,
     normalised; and the directions come out strongest first (the basis may take only the first few)."""
-    from nn_eos.krylov import _new_directions
+    from nn_eos.eigen.krylov import _new_directions
     P, Q = 39, _orthonormal_basis(39, 20, seed=0)
     outside = _orthonormal_basis(P, 40, seed=1)[:, 20:]
     outside = outside - Q @ (Q.T @ outside)
@@ -600,7 +602,7 @@ def test_new_directions_keep_a_small_real_component_and_put_the_strongest_first(
 
 
 def test_new_directions_of_directions_inside_the_basis_are_none():
-    from nn_eos.krylov import _new_directions
+    from nn_eos.eigen.krylov import _new_directions
     Q = _orthonormal_basis(30, 10, seed=0)
     W = Q @ np.random.default_rng(1).standard_normal((10, 3))
     assert _new_directions(device_xp.asarray(W), device_xp.asarray(Q), device_xp).shape == (30, 0)
@@ -609,7 +611,7 @@ def test_new_directions_of_directions_inside_the_basis_are_none():
 def test_new_directions_of_nearly_parallel_columns_are_orthonormal_to_rounding():
     """Two columns 1e-5 apart, orthogonal to Q: SVQB divides by a λ of 1e-10, which magnifies its own rounding
     to ~1e-6, so a second pass is needed for ``WᵀW = I`` to 1e-12 though the projection removed nothing."""
-    from nn_eos.krylov import _new_directions
+    from nn_eos.eigen.krylov import _new_directions
     rng = np.random.default_rng(0)
     Q = _orthonormal_basis(50, 5, seed=0)
     w, dw = rng.standard_normal(50), rng.standard_normal(50)
@@ -624,7 +626,7 @@ def test_new_directions_of_nearly_parallel_columns_are_orthonormal_to_rounding()
 @pytest.mark.parametrize("seed", range(4))
 def test_new_directions_drop_what_only_rounding_puts_outside_the_basis_in_float32(monkeypatch, seed):
     """As in float64 (above), with float32's rounding: the resolution of eigh's λ is float32's, not float64's."""
-    from nn_eos.krylov import _new_directions
+    from nn_eos.eigen.krylov import _new_directions
     rng = np.random.default_rng(seed)
     Q = device_xp.asarray(np.linalg.qr(rng.standard_normal((39, 32)))[0].astype(np.float32))
     grams = _counting_grams(monkeypatch)
@@ -710,9 +712,9 @@ def test_the_documented_defaults_are_the_ones_used():
     for method, solver, default in [("power", "power_iteration", 1000), ("krylov", "block_krylov", 1000),
                                     ("lobpcg", "lobpcg", 200)]:
         given = []
-        original = getattr(ne.eigen, solver)
+        original = getattr(solvers, solver)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(ne.eigen, solver, lambda A, k, V0, tol, maxiter, *rest, **kw: given.append(maxiter)
+            patch.setattr(solvers, solver, lambda A, k, V0, tol, maxiter, *rest, **kw: given.append(maxiter)
                           or original(A, k, V0, tol, maxiter, *rest, **kw))
             top_eigenpairs(operator, 2, method=method, tol=1e-3, warn=False)
         assert given == [default], method
@@ -773,7 +775,7 @@ def test_new_directions_make_one_pass_unless_the_projection_removed_much(monkeyp
     """Each pass reads the whole basis twice (the main cost of an iteration besides the product), so residuals
     orthogonal to Q take one: none of SVQB when already orthonormal, one SVQB when well conditioned; a second
     pass ("twice is enough") only after the projection removed much of a column."""
-    from nn_eos import krylov
+    from nn_eos.eigen import krylov
     rng = np.random.default_rng(0)
     Q = _orthonormal_basis(60, 10, seed=0)
     W = rng.standard_normal((60, 3))

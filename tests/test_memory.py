@@ -120,5 +120,5 @@ def test_no_r_quantity_is_held_between_products(kind):
     net = ne.mlp(widths, activation="elu", seed=0)
     loss = loss_of(net, n)
     loss.curvature_product(device_xp.asarray(np.random.default_rng(1).standard_normal((net.num_params, k))), kind)
-    kept = [value for cache in loss._evaluation.caches for value in vars(cache).values()]
+    kept = [value for cache in loss._kept.passes.caches for value in vars(cache).values()]
     assert kept and not [a for a in kept if getattr(a, "shape", ())[:2] == (k, n)]

@@ -124,7 +124,7 @@ def test_a_warm_product_reads_nothing_back_and_block_krylov_a_few_numbers_per_it
 @pytest.mark.parametrize("columns", [0, 1, 8])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_column_norms_on_a_device_sum_in_pieces_and_match_the_host(rows, order, columns, dtype):
-    from nn_eos.ritz import column_norms
+    from nn_eos.eigen.ritz import column_norms
     M = np.asarray(np.random.default_rng(rows).standard_normal((rows, columns)), order=order, dtype=dtype)
     rtol = 1e-13 if dtype == "float64" else 1e-5
     device = column_norms(strict.asarray(M), strict)
@@ -137,7 +137,7 @@ def test_a_batched_lanczos_step_costs_at_most_17_device_operations_with_a_produc
     """Each step of the layerwise norms' batched Lanczos is a handful of kernel launches on a GPU (launch-bound
     there): the per-example rows are taken again only when examples leave, and both Gram–Schmidt passes are two
     batched products each. Counted between d = 32 and d = 64 steps with no convergence test in between."""
-    from nn_eos import batched_lanczos
+    from nn_eos.eigen import batched_lanczos
 
     rng = np.random.default_rng(0)
     operations = {}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend
+from .. import backend
 
 TINY = 1e-30
 

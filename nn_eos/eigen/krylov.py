@@ -8,7 +8,7 @@ with the other methods.
 
 import numpy as np
 
-from . import backend
+from .. import backend
 from .ritz import NOT_FINITE, TINY, column_norms, sorted_result, start_block, within_tol
 
 

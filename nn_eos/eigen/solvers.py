@@ -1,7 +1,7 @@
 """Top eigenpairs of a symmetric operator given only its block products ``V ↦ A V``.
 
 Four methods share one interface (:func:`top_eigenpairs`) and one result type
-(:class:`~nn_eos.ritz.EigenResult`):
+(:class:`~nn_eos.eigen.ritz.EigenResult`):
 
 - ``"power"``: block power (subspace) iteration as in the 2024 paper,
   section 7.1 — ``V ← QR(A V)`` — with Rayleigh–Ritz on the block (eigenvalues
@@ -12,7 +12,7 @@ Four methods share one interface (:func:`top_eigenpairs`) and one result type
   sign (the 2022 paper treats those as NaN; ``EigenResult.negative`` lets the
   caller decide).
 - ``"krylov"``: block Krylov with Rayleigh–Ritz over the whole basis and
-  thick restarts (:mod:`nn_eos.krylov`); ranks by |λ| like ``"power"`` or by
+  thick restarts (:mod:`nn_eos.eigen.krylov`); ranks by |λ| like ``"power"`` or by
   λ (``which="LA"``).
 - ``"lobpcg"``: ``scipy.sparse.linalg.lobpcg`` (``cupyx`` on the GPU), largest
   algebraic eigenvalues, the whole block in one operator call.
@@ -30,104 +30,55 @@ import warnings
 import numpy as np
 from scipy.sparse.linalg import ArpackNoConvergence
 
-from . import backend
+from .. import backend
 from .krylov import block_krylov
 from .ritz import (NOT_FINITE, TINY, EigenResult, rayleigh_ritz, residual_norms, rounding_floor,  # noqa: F401
                    sorted_result, start_block, within_tol)
-from .validation import check_integer
+from ..validation import check_integer
 
 METHODS = ("power", "krylov", "lobpcg", "lanczos")
 STOPS = ("residual", "eigenvalues")
 
 
-class NonConvergenceWarning(RuntimeWarning):
-    """An eigensolver stopped at maxiter before every residual reached tol."""
+def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None, seed=0, guard=0,
+                   stop="residual", block=None, which=None, warn=True):
+    """The top k eigenpairs of a symmetric operator (2022 paper, section 3.3; 2024 paper, section 7.1).
 
-
-class Breakdown(ArithmeticError):
-    """An eigensolver handed the operator non-finite directions (cupyx's Lanczos after a zero β)."""
-
-
-class CountingOperator:
-    """Wraps a block operator: checks every answer's shape and values, counts matvecs."""
-
-    def __init__(self, operator, size, xp, dtype, check_finite):
-        self.apply = operator.matmat if hasattr(operator, "matmat") else operator
-        self.size, self.xp, self.dtype = size, xp, dtype
-        self.check_finite = check_finite     # False: the solver finds NaN in its own small matrices (no sync)
-        self.matvecs = 0
-        self.calls = 0
-
-    def __call__(self, V):
-        V = self.xp.asarray(V, dtype=self.dtype)
-        if V.ndim == 1:
-            V = V[:, None]
-        out = self.apply(V)
-        if out is not None and backend.array_module(out) is not self.xp:
-            raise TypeError(f"the operator returned a {type(out).__module__}.{type(out).__name__} where the solve "
-                            f"runs on {self.xp.__name__} arrays: give the operator an `xp` attribute naming its "
-                            f"array module, or pass V0 on the operator's device")
-        if out is None or getattr(out, "shape", None) != V.shape:
-            raise ValueError(f"the operator returned shape {getattr(out, 'shape', None)} for a block of shape "
-                             f"{V.shape}; it must map (P, b) to (P, b)")
-        if self.check_finite and not bool(self.xp.isfinite(out).all()):
-            raise ValueError(NOT_FINITE)
-        self.matvecs += V.shape[1]
-        self.calls += 1
-        return self.xp.asarray(out, dtype=self.dtype)
-
-    def linear_operator(self):
-        """The operator for eigsh/lobpcg, whose directions are checked first: cupyx's Lanczos hands it
-        NaN after a zero β (our own solvers never do, so their products skip this check)."""
-        def checked(V):
-            if not bool(self.xp.isfinite(V).all()):
-                raise Breakdown("the eigensolver asked for a product with NaN or infinite directions")
-            return self(V)
-
-        linalg = backend.scipy_linalg_module(self.xp)
-        return linalg.LinearOperator((self.size, self.size), matvec=checked, matmat=checked, rmatvec=checked,
-                                     dtype=self.dtype)
-
-
-class BlockOperator:
-    """A block function ``V (P, b) ↦ A V`` with its size, dtype and array module, for top_eigenpairs."""
-
-    def __init__(self, matmat, like):
-        self.matmat = matmat
-        self.shape = (like.shape[0], like.shape[0])
-        self.dtype = like.dtype
-        self.xp = backend.array_module(like)
-
-
-def _operator_size(operator, V0):
-    if hasattr(operator, "shape"):
-        return int(operator.shape[0])
+    ``operator`` is a block function ``V (P, b) ↦ A V`` (e.g. ``loss.hvp``,
+    ``loss.ggn``, ``loss.residual``) or a ``LinearOperator``. ``V0`` (P, m)
+    warm-starts from earlier eigenvectors; ``tol`` bounds the relative residual
+    norms; ``maxiter`` (block products for power and krylov) defaults to 1000
+    (power, krylov), 200 (lobpcg) or ARPACK's default (lanczos); ``guard`` adds
+    that many extra vectors to the block of power and krylov; ``block``
+    (krylov only) is the number of directions each product adds (default 1
+    on NumPy and on a device: :func:`nn_eos.eigen.krylov.default_block`); ``stop='eigenvalues'``
+    (power only) stops on the change of the Ritz values, as the 2024 paper
+    did; ``which`` is 'LM' (largest |λ|: power, and krylov by default) or
+    'LA' (largest λ: lobpcg, lanczos, and krylov when asked). Returns an
+    :class:`EigenResult`;
+    if tol is not reached within maxiter it returns ``converged=False`` with
+    the residuals, and warns (NonConvergenceWarning) unless ``warn=False``
+    (callers that record ``converged`` themselves, like the telemetry).
+    """
+    P = _operator_size(operator, V0)
+    k, guard, block = _check_arguments(method, k, P, V0, tol, stop, guard, block, which)
+    xp, dtype = _array_module(operator, V0), _dtype(operator, V0)
     if V0 is not None:
-        return int(V0.shape[0])
-    owner = getattr(operator, "__self__", None)  # a bound method such as loss.hvp
-    if hasattr(owner, "num_params"):
-        return int(owner.num_params)
-    raise ValueError("cannot tell the operator's size P: pass a LinearOperator, a bound TrainingLoss method, "
-                     "or V0 of shape (P, k)")
-
-
-def _array_module(operator, V0):
-    """The array module the solve runs in: the operator's own ``xp`` (TrainingLoss.linear_operator,
-    BlockOperator), its owner's (a bound method such as ``loss.hvp``), else V0's, else NumPy."""
-    for source in (operator, getattr(operator, "__self__", None)):
-        xp = getattr(source, "xp", None)
-        if xp is not None:
-            return xp
-    return backend.array_module(V0) if V0 is not None else np
-
-
-def _dtype(operator, V0):
-    owner = getattr(operator, "__self__", None)
-    for source in (operator, owner, V0):
-        dtype = getattr(source, "dtype", None)
-        if dtype is not None and np.dtype(dtype).kind == "f":
-            return np.dtype(dtype)
-    return np.dtype("float64")
+        V0 = backend.to_module(V0, xp)          # a host V0 goes to the operator's device, and back
+    A = CountingOperator(operator, P, xp, dtype, check_finite=(method != "krylov"))   # krylov: its T and G
+    if method == "power":
+        result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, guard, xp, dtype, stop)
+    elif method == "krylov":
+        result = block_krylov(A, k, V0, tol, maxiter or 1000, seed, guard, xp, dtype, which or "LM", block=block)
+    elif method == "lobpcg":
+        result = lobpcg(A, k, V0, tol, maxiter or 200, seed, xp, dtype)
+    else:
+        result = lanczos(A, k, V0, tol, maxiter, seed, xp, dtype)
+    if warn and not result.converged:
+        warnings.warn(f"{method} did not reach tol={tol:g} ({stop}) for all {k} eigenpairs "
+                      f"(largest relative residual {result.residual_norms.max():.2e} after {result.matvecs} "
+                      f"matvecs); returning converged=False", NonConvergenceWarning, stacklevel=2)
+    return result
 
 
 def power_iteration(A, k, V0, tol, maxiter, seed, guard, xp, dtype, stop):
@@ -166,7 +117,7 @@ def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
 
     scipy's ``tol`` is absolute; ours is relative to |λ|, so the solver is called
     with ``tol · |λ_k|`` from the Rayleigh–Ritz estimate of the start block (but
-    not below the rounding floor of :func:`nn_eos.ritz.within_tol`: in float32 a
+    not below the rounding floor of :func:`nn_eos.eigen.ritz.within_tol`: in float32 a
     tol of 1e-12 ran all maxiter iterations three times, 9018 products where 38
     reach rounding) and called again, warm, in the rare case that the relative
     residuals still miss.
@@ -270,12 +221,73 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
     return res
 
 
-
 def ranking(method):
     """The ``which`` by which a method finds "the largest eigenvalues": by value ('LA', what both papers mean)
     for every method that can, by |λ| ('LM') for block power iteration (the 2024 paper's own method), which
     cannot."""
     return "LM" if method == "power" else "LA"
+
+
+# ----- the operator and its checks ------------------------------------------
+
+
+class NonConvergenceWarning(RuntimeWarning):
+    """An eigensolver stopped at maxiter before every residual reached tol."""
+
+
+class Breakdown(ArithmeticError):
+    """An eigensolver handed the operator non-finite directions (cupyx's Lanczos after a zero β)."""
+
+
+class BlockOperator:
+    """A block function ``V (P, b) ↦ A V`` with its size, dtype and array module, for top_eigenpairs."""
+
+    def __init__(self, matmat, like):
+        self.matmat = matmat
+        self.shape = (like.shape[0], like.shape[0])
+        self.dtype = like.dtype
+        self.xp = backend.array_module(like)
+
+
+class CountingOperator:
+    """Wraps a block operator: checks every answer's shape and values, counts matvecs."""
+
+    def __init__(self, operator, size, xp, dtype, check_finite):
+        self.apply = operator.matmat if hasattr(operator, "matmat") else operator
+        self.size, self.xp, self.dtype = size, xp, dtype
+        self.check_finite = check_finite     # False: the solver finds NaN in its own small matrices (no sync)
+        self.matvecs = 0
+        self.calls = 0
+
+    def __call__(self, V):
+        V = self.xp.asarray(V, dtype=self.dtype)
+        if V.ndim == 1:
+            V = V[:, None]
+        out = self.apply(V)
+        if out is not None and backend.array_module(out) is not self.xp:
+            raise TypeError(f"the operator returned a {type(out).__module__}.{type(out).__name__} where the solve "
+                            f"runs on {self.xp.__name__} arrays: give the operator an `xp` attribute naming its "
+                            f"array module, or pass V0 on the operator's device")
+        if out is None or getattr(out, "shape", None) != V.shape:
+            raise ValueError(f"the operator returned shape {getattr(out, 'shape', None)} for a block of shape "
+                             f"{V.shape}; it must map (P, b) to (P, b)")
+        if self.check_finite and not bool(self.xp.isfinite(out).all()):
+            raise ValueError(NOT_FINITE)
+        self.matvecs += V.shape[1]
+        self.calls += 1
+        return self.xp.asarray(out, dtype=self.dtype)
+
+    def linear_operator(self):
+        """The operator for eigsh/lobpcg, whose directions are checked first: cupyx's Lanczos hands it
+        NaN after a zero β (our own solvers never do, so their products skip this check)."""
+        def checked(V):
+            if not bool(self.xp.isfinite(V).all()):
+                raise Breakdown("the eigensolver asked for a product with NaN or infinite directions")
+            return self(V)
+
+        linalg = backend.scipy_linalg_module(self.xp)
+        return linalg.LinearOperator((self.size, self.size), matvec=checked, matmat=checked, rmatvec=checked,
+                                     dtype=self.dtype)
 
 
 def _check_arguments(method, k, P, V0, tol, stop, guard, block, which):
@@ -302,42 +314,32 @@ def _check_arguments(method, k, P, V0, tol, stop, guard, block, which):
     return int(k), check_integer(guard, "guard", low=0), check_integer(block, "block", optional=True)
 
 
-def top_eigenpairs(operator, k, method="power", V0=None, tol=1e-6, maxiter=None, seed=0, guard=0,
-                   stop="residual", block=None, which=None, warn=True):
-    """The top k eigenpairs of a symmetric operator (2022 paper, section 3.3; 2024 paper, section 7.1).
-
-    ``operator`` is a block function ``V (P, b) ↦ A V`` (e.g. ``loss.hvp``,
-    ``loss.ggn``, ``loss.residual``) or a ``LinearOperator``. ``V0`` (P, m)
-    warm-starts from earlier eigenvectors; ``tol`` bounds the relative residual
-    norms; ``maxiter`` (block products for power and krylov) defaults to 1000
-    (power, krylov), 200 (lobpcg) or ARPACK's default (lanczos); ``guard`` adds
-    that many extra vectors to the block of power and krylov; ``block``
-    (krylov only) is the number of directions each product adds (default 1
-    on NumPy and on a device: :func:`nn_eos.krylov.default_block`); ``stop='eigenvalues'``
-    (power only) stops on the change of the Ritz values, as the 2024 paper
-    did; ``which`` is 'LM' (largest |λ|: power, and krylov by default) or
-    'LA' (largest λ: lobpcg, lanczos, and krylov when asked). Returns an
-    :class:`EigenResult`;
-    if tol is not reached within maxiter it returns ``converged=False`` with
-    the residuals, and warns (NonConvergenceWarning) unless ``warn=False``
-    (callers that record ``converged`` themselves, like the telemetry).
-    """
-    P = _operator_size(operator, V0)
-    k, guard, block = _check_arguments(method, k, P, V0, tol, stop, guard, block, which)
-    xp, dtype = _array_module(operator, V0), _dtype(operator, V0)
+def _operator_size(operator, V0):
+    if hasattr(operator, "shape"):
+        return int(operator.shape[0])
     if V0 is not None:
-        V0 = backend.to_module(V0, xp)          # a host V0 goes to the operator's device, and back
-    A = CountingOperator(operator, P, xp, dtype, check_finite=(method != "krylov"))   # krylov: its T and G
-    if method == "power":
-        result = power_iteration(A, k, V0, tol, maxiter or 1000, seed, guard, xp, dtype, stop)
-    elif method == "krylov":
-        result = block_krylov(A, k, V0, tol, maxiter or 1000, seed, guard, xp, dtype, which or "LM", block=block)
-    elif method == "lobpcg":
-        result = lobpcg(A, k, V0, tol, maxiter or 200, seed, xp, dtype)
-    else:
-        result = lanczos(A, k, V0, tol, maxiter, seed, xp, dtype)
-    if warn and not result.converged:
-        warnings.warn(f"{method} did not reach tol={tol:g} ({stop}) for all {k} eigenpairs "
-                      f"(largest relative residual {result.residual_norms.max():.2e} after {result.matvecs} "
-                      f"matvecs); returning converged=False", NonConvergenceWarning, stacklevel=2)
-    return result
+        return int(V0.shape[0])
+    owner = getattr(operator, "__self__", None)  # a bound method such as loss.hvp
+    if hasattr(owner, "num_params"):
+        return int(owner.num_params)
+    raise ValueError("cannot tell the operator's size P: pass a LinearOperator, a bound TrainingLoss method, "
+                     "or V0 of shape (P, k)")
+
+
+def _array_module(operator, V0):
+    """The array module the solve runs in: the operator's own ``xp`` (TrainingLoss.linear_operator,
+    BlockOperator), its owner's (a bound method such as ``loss.hvp``), else V0's, else NumPy."""
+    for source in (operator, getattr(operator, "__self__", None)):
+        xp = getattr(source, "xp", None)
+        if xp is not None:
+            return xp
+    return backend.array_module(V0) if V0 is not None else np
+
+
+def _dtype(operator, V0):
+    owner = getattr(operator, "__self__", None)
+    for source in (operator, owner, V0):
+        dtype = getattr(source, "dtype", None)
+        if dtype is not None and np.dtype(dtype).kind == "f":
+            return np.dtype(dtype)
+    return np.dtype("float64")

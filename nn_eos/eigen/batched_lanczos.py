@@ -14,7 +14,7 @@ where a batched ``eigh`` costs O(m³).
 
 import numpy as np
 
-from .backend import to_numpy
+from ..backend import to_numpy
 
 
 def tridiagonal(alpha, beta, xp):
