@@ -132,7 +132,7 @@ def torch_settings(torch):
 def torch_parameters(net, theta, torch, device, dtype):
     """θ as PyTorch's list of (W, b) tensors, layer by layer, in our order and shapes."""
     out = []
-    for layer, part in zip(net.layers, net._slices(np.asarray(theta))):
+    for layer, part in zip(net.layers, net.layer_parts(np.asarray(theta))):
         if layer.num_params:
             W, b = layer.split(part)
             out += [torch.tensor(np.array(W), dtype=dtype, device=device),
@@ -244,7 +244,7 @@ def jax_mlp(net, jax):
 
     def pairs(flat):
         return [tuple(jnp.asarray(np.array(a)) for a in layer.split(part))
-                for layer, part in zip(net.layers, net._slices(np.asarray(flat))) if layer.num_params]
+                for layer, part in zip(net.layers, net.layer_parts(np.asarray(flat))) if layer.num_params]
 
     def forward(p, X):
         h = X

@@ -58,7 +58,7 @@ def main():
     criterion, N, P = ne.CrossEntropy(), 2, net.num_params
     loss = ne.TrainingLoss(net, criterion, X, y)
     v = xp.asarray(rng.standard_normal(P))
-    v1, _, v2 = net._slices(v[None, :])                     # each layer's part of the direction, (1, p)
+    v1, _, v2 = net.layer_parts(v[None, :])                     # each layer's part of the direction, (1, p)
     print(f"Dense(3, 4) → tanh → Dense(4, 2), cross-entropy, N = {N}, P = {P}; one direction v")
 
     def passes(theta):
@@ -72,7 +72,7 @@ def main():
             q["L"] = float(criterion.value(q["z"], y).sum()) / N
             q["δ2"] = criterion.gradient(q["z"], y) / N
             grad = xp.empty(P)
-            grad1, _, grad2 = net._slices(grad)
+            grad1, _, grad2 = net.layer_parts(grad)
             q["∂L/∂x1"] = dense2.backward(q["δ2"], c[2], grad2)
             q["δ1"] = tanh.backward(q["∂L/∂x1"], c[1])
             dense1.backward(q["δ1"], c[0], grad1, need_input=False)
@@ -112,7 +112,7 @@ def main():
     r_delta2 = criterion.hessian_product(q["z"], y, r_z) / N
     show("R{δ²} = (1/N) H_z l R{z}", r_delta2, along_v("δ2"))
     r_grad = xp.empty((1, P))
-    r_grad1, _, r_grad2 = net._slices(r_grad)
+    r_grad1, _, r_grad2 = net.layer_parts(r_grad)
     r_dx1 = dense2.r_backward(r_delta2, v2, caches[2], r_grad2)
     show("R{∂L̃/∂x¹} = R{δ²} A² + δ² V_A²", r_dx1, along_v("∂L/∂x1"))
     r_delta1 = tanh.r_backward(r_dx1, None, caches[1], None)

@@ -86,8 +86,10 @@ def layer_grams(net, criterion, X, y, caches=None):
     (weight sharing breaks that shortcut): with J_f the (O × positions) Jacobian
     of filter f's output map and ``Γ_pq = cols(x)_p · cols(x)_q + 1`` the Gram of
     the input patches over positions (the 1 for the bias),
-    ``K^i (K^i)ᵀ = R (Σ_f J_f Γ J_fᵀ) R``. ``caches`` receives the forward
-    pass's record (:func:`output_jacobians`).
+    ``K^i (K^i)ᵀ = R (Σ_f J_f Γ J_fᵀ) R``. Any other layer with parameters
+    gives ``J (∂y/∂θ^i)(∂y/∂θ^i)ᵀ Jᵀ`` per example itself, as
+    ``parameter_gram(J, cache)`` (docs/layers.md). ``caches`` receives the
+    forward pass's record (:func:`output_jacobians`).
     """
     caches = net.new_caches() if caches is None else caches
     z, jacobians = output_jacobians(net, X, caches)
@@ -103,8 +105,13 @@ def layer_grams(net, criterion, X, y, caches=None):
             Jf = J.reshape(n, O, layer.F, -1).transpose(0, 2, 1, 3)                 # (n, f, O, p)
             gamma = cache.x_cols @ cache.x_cols.transpose(0, 2, 1) + 1             # (n, p, p)
             inner = (Jf @ gamma[:, None] @ Jf.transpose(0, 1, 3, 2)).sum(axis=1)    # (n, O, O)
+        elif hasattr(layer, "parameter_gram"):
+            inner = layer.parameter_gram(J, cache)
         else:
-            raise ValueError(f"no K^i for {layer!r}")
+            raise ValueError(f"K^i = R ∂f/∂θ^i (2024 paper, section 2.2) needs, per example, the layer's Jacobian "
+                             f"∂y/∂θ^i, which alignment knows for Dense and Conv2d only: {layer!r} has parameters "
+                             f"and no parameter_gram(J, cache) giving Σ (J ∂y/∂θ^i)(J ∂y/∂θ^i)ᵀ (n, O, O) "
+                             f"(docs/layers.md)")
         grams.append(R @ inner @ R)
     return grams
 

@@ -67,7 +67,8 @@ class Layer:
     """A layer without parameters that passes everything through unchanged.
 
     The contract every layer meets (docs/layers.md): ``grad`` and ``r_grad`` are views of the layer's part of a
-    flat (P,) or (k, P) array, to be assigned into, and ``None`` when the caller wants no parameter gradient;
+    flat (P,) or (k, P) array, their contents undefined, to be assigned into; ``grad`` is ``None`` when the
+    caller wants no parameter gradient (``r_grad`` is always given);
     ``v`` is the layer's part (k, p) of the directions; ``r_x=None`` stands for ``R{x} = 0`` (the network's
     first layers); ``need_input=False`` asks for no ``∂L̃/∂x`` (the first layer with parameters);
     ``second_order=False`` drops the terms that carry δ.
@@ -76,6 +77,10 @@ class Layer:
     num_params = 0
     PASSES = ("forward", "backward", "r_forward", "r_backward")
     THIRD_ORDER_PASSES = ("rr_forward", "rr_backward")
+
+    def __repr__(self):
+        """The class name, and the parameter count of a layer with parameters (layers that ship say more)."""
+        return f"{type(self).__name__}({f'p={self.num_params}' if self.num_params else ''})"
 
     def check_contract(self):
         """Raise TypeError when a piece of the contract is missing: a layer that defines any of its four passes

@@ -8,6 +8,7 @@ a single vector of P parameters, and a direction ``v`` in parameter space is a
 
 import contextlib
 import math
+import warnings
 
 import numpy as np
 
@@ -30,6 +31,8 @@ class Sequential:
     """
 
     def __init__(self, layers, input_shape, dtype="float64", device=None, theta=None):
+        """``theta``: the parameters (P,); without it θ starts at 0 — a warning says so, since a net at θ = 0 has
+        a constant output — until :meth:`initialise` or :meth:`set_theta`."""
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("Sequential needs at least one layer")
@@ -49,10 +52,16 @@ class Sequential:
         self.offsets = np.cumsum([0] + [layer.num_params for layer in self.layers])
         self.num_params = int(self.offsets[-1])
         # the first layer never needs ∂L̃/∂x^0: skipping it saves its largest product
-        self._first_with_params = next((i for i, l in enumerate(self.layers) if l.num_params), len(self.layers))
+        self.first_with_params = next((i for i, l in enumerate(self.layers) if l.num_params), len(self.layers))
         xp = backend.module_for(self.device)
         self.theta = xp.zeros(self.num_params, dtype=self.dtype) if theta is None else self.check_theta(theta)
         self._bind(self.theta)
+        if theta is None and self.num_params:
+            with_params = ", ".join(repr(layer) for layer in self.layers if layer.num_params)
+            warnings.warn(f"Sequential without theta: every parameter starts at 0 ({with_params}), where the output "
+                          f"is constant. Pass theta=, or call net.initialise(init, gain, seed) (Dense and Conv2d by "
+                          f"their rule, any other layer by its initial_parameters(rng, init, gain): docs/layers.md)",
+                          stacklevel=2)
 
     def __repr__(self):
         inner = ", ".join(repr(layer) for layer in self.layers)
@@ -64,12 +73,22 @@ class Sequential:
 
     # ----- parameters ---------------------------------------------------------
 
-    def _slices(self, flat):
-        """Each layer's part of a (…, P) array."""
+    def initialise(self, init="xavier", gain=1.0, seed=0):
+        """Set θ from each layer's initialisation (:func:`init_layer`: Xavier or Kaiming for Dense and Conv2d,
+        a layer's own ``initial_parameters(rng, init, gain)`` otherwise, drawn on the CPU from ``seed``);
+        returns the network. A layer with parameters and no rule is refused by name."""
+        rng = np.random.default_rng(seed)
+        parts = [init_layer(rng, layer, init, float(gain)) for layer in self.layers if layer.num_params]
+        self.set_theta(np.concatenate(parts) if parts else np.zeros(0))
+        return self
+
+    def layer_parts(self, flat):
+        """Each layer's part of a (…, P) array: views, in layer order (an empty part for a layer without
+        parameters)."""
         return [flat[..., a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
 
     def _bind(self, theta):
-        for layer, params in zip(self.layers, self._slices(theta)):
+        for layer, params in zip(self.layers, self.layer_parts(theta)):
             layer.bind(params)
 
     def check_theta(self, theta, scan=True):
@@ -135,25 +154,25 @@ class Sequential:
     def backward(self, delta, caches, grad=None):
         """Back-propagate ``δ^L = ∂L̃/∂z`` through the forward pass recorded in ``caches``; writes ``∂L̃/∂θ``
         into ``grad`` (P,) when given."""
-        grads = self._slices(grad) if grad is not None else [None] * len(self.layers)
-        for i in reversed(range(self._first_with_params, len(self.layers))):
-            delta = self.layers[i].backward(delta, caches[i], grads[i], need_input=i > self._first_with_params)
+        grads = self.layer_parts(grad) if grad is not None else [None] * len(self.layers)
+        for i in reversed(range(self.first_with_params, len(self.layers))):
+            delta = self.layers[i].backward(delta, caches[i], grads[i], need_input=i > self.first_with_params)
         return grad
 
     def r_forward(self, V, caches):
         """``R{z} = J v`` for each row of V (k, P), from the forward pass recorded in ``caches``; (k, n, O)."""
         r_x = None  # R{x^0} = 0: the data do not depend on θ
-        for layer, v, cache in zip(self.layers, self._slices(V), caches):
+        for layer, v, cache in zip(self.layers, self.layer_parts(V), caches):
             r_x = layer.r_forward(r_x, v, cache)
         return r_x
 
     def r_backward(self, r_delta, V, caches, r_grad, second_order=True):
         """Back-propagate ``R{δ^L}`` (k, n, O); writes ``R{∂L̃/∂θ}`` into r_grad (k, P). Each layer's
         R-quantities leave its cache once read."""
-        vs, r_grads = self._slices(V), self._slices(r_grad)
-        for i in reversed(range(self._first_with_params, len(self.layers))):
+        vs, r_grads = self.layer_parts(V), self.layer_parts(r_grad)
+        for i in reversed(range(self.first_with_params, len(self.layers))):
             r_delta = self.layers[i].r_backward(r_delta, vs[i], caches[i], r_grads[i], second_order,
-                                                need_input=i > self._first_with_params)
+                                                need_input=i > self.first_with_params)
             caches[i].drop_r_values()
         return r_grad
 

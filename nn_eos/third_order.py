@@ -84,7 +84,7 @@ def _pair(r, k, same):
 def _passes(loss, X, y, U, V):
     """``∇³L̃[u, v, ·]``'s share from the examples X, y: the six passes of the module docstring, (k, P)."""
     net, criterion, N, xp = loss.net, loss.criterion, loss.num_examples, loss.net.xp
-    layers, first, k, same = net.layers, net._first_with_params, len(U), V is U
+    layers, first, k, same = net.layers, net.first_with_params, len(U), V is U
     caches, records = net.new_caches(), [Tangents() for _ in layers]
     below = range(first, len(layers))               # the layers whose passes depend on θ
 
@@ -99,7 +99,7 @@ def _passes(loss, X, y, U, V):
         delta = layers[i].backward(delta, caches[i], None, need_input=i > first)
 
     W = U if same else xp.concatenate([U, V])
-    ws = net._slices(W)
+    ws = net.layer_parts(W)
     r_x = None                                                          # R-forward: R_u{x}, R_v{x}
     for layer, w, cache, t in zip(layers, ws, caches, records):
         t.ru_x, t.rv_x = _pair(r_x, k, same)
@@ -107,13 +107,13 @@ def _passes(loss, X, y, U, V):
     r_z = r_x
     output_hessian = criterion.output_hessian(z, y, scale=1 / N)
     r_delta = output_hessian(r_z)                                       # R-backward: R_u{δ}, R_v{δ}
-    r_grads = net._slices(xp.empty_like(W))                             # R{∂L̃/∂θ}, not needed here
+    r_grads = net.layer_parts(xp.empty_like(W))                             # R{∂L̃/∂θ}, not needed here
     for i in reversed(below):
         records[i].ru_delta, records[i].rv_delta = _pair(r_delta, k, same)
         r_delta = layers[i].r_backward(r_delta, ws[i], caches[i], r_grads[i], need_input=i > first)
         caches[i].drop_r_values()
 
-    us, vs = net._slices(U), net._slices(V)
+    us, vs = net.layer_parts(U), net.layer_parts(V)
     ruv_x = None                                                        # R_uR_v-forward: R_uR_v{x}
     for i in below:
         records[i].ruv_x = ruv_x
@@ -123,7 +123,7 @@ def _passes(loss, X, y, U, V):
     if ruv_x is not None:
         ruv_delta = ruv_delta + output_hessian(ruv_x)
     out = xp.empty_like(U)                                              # R_uR_v-backward: ∇³L̃[u, v, ·]
-    outs = net._slices(out)
+    outs = net.layer_parts(out)
     for i in reversed(below):
         ruv_delta = layers[i].rr_backward(ruv_delta, records[i], us[i], vs[i], caches[i], outs[i],
                                           need_input=i > first)

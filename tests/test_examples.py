@@ -46,7 +46,7 @@ def test_example_runs(case, tmp_path):
         assert "every check passed" in done.stdout and "WRONG" not in done.stdout
     if script == "custom_layer.py":                                  # both planted bugs named by the checker
         assert "GELU.curvature (σ'') against differences of σ'" in done.stdout, done.stdout
-        assert "Scale.r_backward input, second_order=True" in done.stdout, done.stdout
+        assert "Scale.r_backward input (second_order=True" in done.stdout, done.stdout
     if script not in (*NO_FIGURES, "exponential_euler.py", "progressive_sharpening.py"):
         assert re.search(r"(holds|does NOT hold|not testable)", done.stdout), done.stdout[-2000:]   # a verdict
     if script == "progressive_sharpening.py":                        # the scan's ranking, by its pre-set criterion

@@ -22,7 +22,7 @@ GAINS = {"relu": math.sqrt(2.0), "elu": math.sqrt(2.0), "tanh": 5.0 / 3.0}
 def weights_and_biases(net):
     """[(W as (out, fan_in), b, fan_in, fan_out)] of every layer with parameters, host arrays."""
     out = []
-    for layer, part in zip(net.layers, net._slices(ne.backend.to_numpy(net.theta))):
+    for layer, part in zip(net.layers, net.layer_parts(ne.backend.to_numpy(net.theta))):
         if isinstance(layer, Dense):
             W, b = layer.split(part)
             out.append((np.asarray(W), np.asarray(b), layer.n_in, layer.n_out))

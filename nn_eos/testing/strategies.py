@@ -26,7 +26,7 @@ from ..criteria import CRITERIA
 from ..curvature import TrainingLoss
 from ..layers import Cache
 from ..network import mlp
-from . import KINK_MARGIN
+from .differences import KINK_MARGIN
 
 seeds = st.integers(0, 2**32 - 1)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import backend
 from ..layers import Cache, Tangents
-from . import TOL, assert_close, central_difference
+from .differences import TOL, assert_close, central_difference
 
 
 def has_third_order(layer):
