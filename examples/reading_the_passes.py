@@ -11,8 +11,10 @@ equation that produced it (docs/passes.md), and checked as it goes:
 - every R-quantity against the central difference of the quantity it is the
   R-operator of: ``R{q} = d/dε q(θ + εv)``, so ``(q(θ + εv) − q(θ − εv)) / 2ε``
   must match it to ~1e-9;
-- the end of the R-backward pass against ``loss.hvp(v)``, and its two halves
-  against ``loss.ggn(v)`` and ``loss.residual(v)``.
+- the end of the R-backward pass against the package's product (one call of
+  ``nn_eos.product.curvature_product``) and ``loss.hvp(v)``; its Gauss-Newton
+  half ``loss.ggn(v)`` against ``Σ_n J_nᵀ (H_z l / N) J_n v`` with the Jacobian J
+  built by differences, and ``loss.residual(v)`` against ∇²L̃ v − G v.
 
 The code calls the layers' passes one by one, as ``Sequential`` does in a loop,
 handing each the cache its forward pass filled.
@@ -23,6 +25,7 @@ import numpy as np
 import nn_eos as ne
 from nn_eos.backend import to_numpy
 from nn_eos.experiments.arguments import add_device, parse, script_parser
+from nn_eos.product import curvature_product
 
 EPS = 1e-5          # the finite-difference step: its error ε² and the rounding 1e-16/ε are both ~1e-10
 TOLERANCE = 1e-7    # relative to the largest entry
@@ -120,11 +123,19 @@ def main():
     dense1.r_backward(r_delta1, v1, caches[0], r_grad1, need_input=False)
     show("R{∇L̃} = ∇²L̃ v", r_grad[0], along_v("∇L"))
 
-    print("\nthe same through the loss, and the split ∇²L̃ = G + H (2024 paper, eq. 2; docs/curvature.md)")
+    print("\nthe same in one call: the product of nn_eos/product.py, and through the loss")
+    show("product.curvature_product(…, 'hessian')", curvature_product(net, criterion, X, y, v[None, :], "hessian")[0],
+         r_grad[0], against="R{∇L̃} above")
     hvp, ggn, residual = loss.hvp(v), loss.ggn(v), loss.residual(v)
     show("loss.hvp(v)", hvp, r_grad[0], against="R{∇L̃} above")
-    show("G v: output source only (second_order=False)", ggn)
-    show("H v: second-order sources only (R{δ²} = 0)", residual)
+
+    print("\nthe split ∇²L̃ = G + H (2024 paper, eq. 2; docs/curvature.md), G by hand")
+    J = np.stack([(to_numpy(passes(theta + EPS * e)[0]["z"]) - to_numpy(passes(theta - EPS * e)[0]["z"])) / (2 * EPS)
+                  for e in xp.eye(P)], axis=2)                      # J_n = ∂z_n/∂θ by differences: (N, O, P)
+    H_z = to_numpy(criterion.hessian(q["z"], y))                    # H_z l per example: (N, O, O)
+    G_v = np.einsum("nop,nor,nrq,q->p", J, H_z / N, J, to_numpy(v))  # Σ_n J_nᵀ (H_z l / N) J_n v
+    show("G v: output source only (second_order=False)", ggn, G_v, against="Σ_n J_nᵀ (H_z l / N) J_n v")
+    show("H v: second-order sources only (R{δ²} = 0)", residual, hvp - ggn, against="∇²L̃ v − G v")
     show("G v + H v", ggn + residual, hvp, against="loss.hvp(v)")
     print("\nevery check passed")
 

@@ -68,7 +68,8 @@ class Activation(Layer):
     def derivatives(self, x_hat, x_plus):
         """``(σ'(x̂), σ''(x̂))``, given ``x⁺ = σ(x̂)`` as well: an activation whose derivatives are cheaper in
         terms of x⁺ (tanh: σ' = 1 − x⁺²) writes them so (docs/passes.md, "Activation")."""
-        return self.slope(x_hat), self.curvature(x_hat) if self.has_curvature else None
+        curvature = self.curvature(x_hat) if self.has_curvature else None
+        return self.slope(x_hat), curvature
 
     def forward(self, x_hat, cache):
         """``x⁺ = σ(x̂)``; keeps σ'(x̂) and σ''(x̂), which the three other passes read."""
@@ -139,8 +140,12 @@ class ELU(Activation):
         σ'(x) = 1,          eˣ
         σ''(x) = σ'''(x) = 0,   eˣ
 
-    The exponential is taken of ``min(x, 0)`` only, so large positive inputs
-    never overflow; ``expm1`` keeps σ accurate for small negative x.
+    These are what ``sigma``, ``slope``, ``curvature`` and ``third_derivative``
+    compute (the exponential taken of ``min(x, 0)`` only, so large positive
+    inputs never overflow; ``expm1`` keeps σ accurate for small negative x).
+    The passes of a network read the same σ' and σ'' another way: from the
+    output x⁺ = σ(x̂), as ``σ' = 1 + min(x⁺, 0)`` (where x̂ ≤ 0, eˣ̂ = x⁺ + 1)
+    and ``σ'' = σ' − [x̂ > 0]``, without a second exponential (:meth:`derivatives`).
     """
 
     name = "elu"

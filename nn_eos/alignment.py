@@ -1,9 +1,9 @@
 """Layerwise Jacobian alignment (the 2024 paper, sections 2.2 and 7.1), for MLPs.
 
-Per example, with ``R = sqrt(H_z l)`` and the pre-activation Jacobians
+Per example, with ``√H = sqrt(H_z l)`` (the paper's R) and the pre-activation Jacobians
 ``∂f/∂x̂^i`` (O × n_i), the 2024 paper writes
 
-    K^i (K^i)ᵀ = Δ^i (Δ^i)ᵀ,   Δ^i = sqrt(1 + ‖x^{i−1}‖²) R ∂f/∂x̂^i               (section 2.2)
+    K^i (K^i)ᵀ = Δ^i (Δ^i)ᵀ,   Δ^i = sqrt(1 + ‖x^{i−1}‖²) √H ∂f/∂x̂^i              (section 2.2)
     K Kᵀ = Σ_i K^i (K^i)ᵀ                                                        (eq. 4)
     ρ(K) = λ_1(G) / E‖K‖²                                                         (eq. 3)
     Δ^i = χ^i Δ^{i+1} ∂x̂^{i+1}/∂x̂^i,   χ^i = sqrt((1 + ‖x^{i−1}‖²) / (1 + ‖x^i‖²))   (eq. 5)
@@ -80,20 +80,20 @@ def output_jacobians(net, X, caches=None):
 
 
 def layer_grams(net, criterion, X, y, caches=None):
-    """``K^i (K^i)ᵀ`` (n, O, O) for every layer with parameters, and ``R`` (2024 paper, section 2.2).
+    """``K^i (K^i)ᵀ`` (n, O, O) for every layer with parameters (2024 paper, section 2.2).
 
-    Dense layer: ``(1 + ‖x‖²) R J Jᵀ R`` with J = ∂f/∂x̂ (O × n_out). Conv layer
+    Dense layer: ``(1 + ‖x‖²) √H J Jᵀ √H`` with J = ∂f/∂x̂ (O × n_out). Conv layer
     (weight sharing breaks that shortcut): with J_f the (O × positions) Jacobian
     of filter f's output map and ``Γ_pq = cols(x)_p · cols(x)_q + 1`` the Gram of
     the input patches over positions (the 1 for the bias),
-    ``K^i (K^i)ᵀ = R (Σ_f J_f Γ J_fᵀ) R``. Any other layer with parameters
+    ``K^i (K^i)ᵀ = √H (Σ_f J_f Γ J_fᵀ) √H``. Any other layer with parameters
     gives ``J (∂y/∂θ^i)(∂y/∂θ^i)ᵀ Jᵀ`` per example itself, as
     ``parameter_gram(J, cache)`` (docs/layers.md). ``caches`` receives the
     forward pass's record (:func:`output_jacobians`).
     """
     caches = net.new_caches() if caches is None else caches
     z, jacobians = output_jacobians(net, X, caches)
-    R = criterion.sqrt_hessian(z, to_device(y, net.device))
+    sqrt_H = criterion.sqrt_hessian(z, to_device(y, net.device))
     grams = []
     with_params = [(layer, cache) for layer, cache in zip(net.layers, caches) if layer.num_params]
     for (layer, cache), J in zip(with_params, jacobians):
@@ -108,11 +108,11 @@ def layer_grams(net, criterion, X, y, caches=None):
         elif hasattr(layer, "parameter_gram"):
             inner = layer.parameter_gram(J, cache)
         else:
-            raise ValueError(f"K^i = R ∂f/∂θ^i (2024 paper, section 2.2) needs, per example, the layer's Jacobian "
+            raise ValueError(f"K^i = √H ∂f/∂θ^i (2024 paper, section 2.2) needs, per example, the layer's Jacobian "
                              f"∂y/∂θ^i, which alignment knows for Dense and Conv2d only: {layer!r} has parameters "
                              f"and no parameter_gram(J, cache) giving Σ (J ∂y/∂θ^i)(J ∂y/∂θ^i)ᵀ (n, O, O) "
                              f"(docs/layers.md)")
-        grams.append(R @ inner @ R)
+        grams.append(sqrt_H @ inner @ sqrt_H)
     return grams
 
 
@@ -137,8 +137,8 @@ def layerwise_jacobian_norm2(A, s, xp, tol=1e-9, dense_below=128):
             gram = s[:, :, None] * (A.T @ A)[None] * s[:, None, :]         # (n, a, a)
         return xp.linalg.eigvalsh(gram)[:, -1]
     # warm start: the top singular vector of M = A diag(rms of s over the examples), one for all examples, as
-    # the top eigenvector of MᵀM or M Mᵀ (an eigh of the side we iterate on: 5 ms on an H200 where an SVD of
-    # M takes 46 ms)
+    # the top eigenvector of MᵀM or M Mᵀ (an eigh of the side we iterate on, far cheaper than an SVD of M:
+    # docs/gpu.md)
     M = A * xp.sqrt((s * s).mean(axis=0))
     if a <= 2 * b:                                   # a² ≤ 2ab multiply-adds per example and product
         C = A.T @ A

@@ -152,25 +152,31 @@ class Conv2d(Layer):
         return self.to_image(r_y, self.win.out_hw(*cache.hw))
 
     def r_backward(self, r_delta, v, cache, r_grad, second_order=True, need_input=True):
-        """``R{∂L̃/∂W} = Σ R{δ}ᵀ cols(x) + δᵀ cols(R{x})``, ``R{∂L̃/∂b} = Σ R{δ}``,
-        ``R{∂L̃/∂x} = fold(R{δ} W + δ V_W)``; the δ terms are second order.
+        """R-operator of the backward pass (docs/passes.md, "Conv2d"), in rows (n·p, f) of the output map: a
+        Gauss-Newton part, the backward pass applied to R{δ}, and a second-order part, the terms that carry δ
+        (kept when ``second_order``)::
+
+                          Gauss-Newton              second order
+            R{∂L̃/∂W}  =  Σ R{δ}ᵀ cols(x)        +  Σ δᵀ cols(R{x})       (k, f, K)
+            R{∂L̃/∂b}  =  Σ R{δ}                                          (k, f)
+            R{∂L̃/∂x}  =  fold(R{δ} W            +  δ V_W)                (k, n, C, H, W)
 
         cols(R{x}) is formed again here rather than kept from r_forward: it is kh·kw times larger than R{x},
         and keeping it for a block of directions held a quarter to a third of a conv net's peak memory.
         """
-        rd = self.to_rows(r_delta)                                    # (k, n, p, f)
+        rd = self.to_rows(r_delta)                                    # R{δ} in rows: (k, n, p, f)
         k = rd.shape[0]
         r_grad_W, r_grad_b = self.split(r_grad)
         r_grad_W[...] = rd.reshape(k, -1, self.F).transpose(0, 2, 1) @ cache.x_cols.reshape(-1, self.K)
-        if second_order and cache.r_x is not None:
-            r_grad_W += cache.delta_rows.reshape(-1, self.F).T @ self.cols(cache.r_x).reshape(k, -1, self.K)
-        r_grad_b[...] = rd.sum(axis=(1, 2))
-        if not need_input:
-            return None
-        if not second_order:
-            return self.fold(rd @ self.W, cache.hw)
-        V_W, _ = self.split(v)
-        return self.fold(rd @ self.W + cache.delta_rows @ V_W[:, None], cache.hw)
+        r_grad_b[...] = rd.sum(axis=(1, 2))                           # Σ R{δ}: over examples and positions
+        r_dx_rows = rd @ self.W if need_input else None               # R{δ} W: (k, n, p, f) @ (f, K)
+        if second_order:
+            if cache.r_x is not None:                                 # R{x} = 0 below the first layer with parameters
+                r_grad_W += cache.delta_rows.reshape(-1, self.F).T @ self.cols(cache.r_x).reshape(k, -1, self.K)
+            if need_input:
+                V_W, _ = self.split(v)
+                r_dx_rows += cache.delta_rows @ V_W[:, None]          # δ V_W: (n, p, f) @ (k, 1, f, K)
+        return self.fold(r_dx_rows, cache.hw) if need_input else None
 
     def rr_forward(self, ruv_x, t, u, v, cache):
         """``R_uR_v{y} = cols(R_uR_v{x}) Wᵀ + cols(R_u{x}) V_Wᵀ + cols(R_v{x}) U_Wᵀ`` (docs/third.md)."""

@@ -1,5 +1,5 @@
-"""Criteria ``l(z, y)``: value, ``∂l/∂z``, ``H_z l · u``, ``R = sqrt(H_z l)`` (docs/passes.md, "Criteria") and the third
-derivative ``∂³l[a, b, ·]`` (docs/third.md).
+"""Criteria ``l(z, y)``: value, ``∂l/∂z``, ``H_z l · u``, ``√H = sqrt(H_z l)`` (docs/passes.md, "Criteria") and the
+third derivative ``∂³l[a, b, ·]`` (docs/third.md).
 
 All functions work per example on a batch: ``z`` has shape (n, O), ``y`` holds
 integer labels (n,). Directions ``u`` carry a leading axis: (k, n, O).
@@ -59,10 +59,11 @@ class Criterion:
                                   f"derivatives need: docs/third.md")
 
     def sqrt_hessian(self, z, y):
-        """``R(z, y)``, the symmetric PSD square root of ``H_z l`` (2024 paper, section 2.2).
+        """``√H = sqrt(H_z l)`` at (z, y), the symmetric PSD square root of ``H_z l`` (the 2024 paper's R, section
+        2.2).
 
         Computed from the eigendecomposition ``H_z l = Q diag(μ) Qᵀ`` of each O×O
-        matrix as ``R = Q diag(√μ) Qᵀ``; eigenvalues that round to tiny negatives
+        matrix as ``√H = Q diag(√μ) Qᵀ``; eigenvalues that round to tiny negatives
         are clipped to zero first (``H_z l`` is PSD since l is convex in z).
         """
         xp = array_module(z)

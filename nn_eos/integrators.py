@@ -177,7 +177,7 @@ class ExponentialEuler(Integrator):
     """Exponential Euler on the top k eigenvectors of ∇²L̃ (2024 paper, section 7.2).
 
     With ``(λ_m, v_m)`` the top k+1 eigenpairs at θ (warm-started from the last
-    step), ``c_m = v_mᵀ ∇L̃`` and the residual ``w = ∇L̃ − Σ_m c_m v_m``::
+    step), ``c_m = v_mᵀ ∇L̃`` and the rest of the gradient ``w = ∇L̃ − Σ_m c_m v_m``::
 
         Δt    = min(1 / λ_{k+1}, lr_max)
         θ_new = θ − Σ_{m≤k} ((1 − e^{−λ_m Δt}) / λ_m) c_m v_m − Δt w
@@ -231,7 +231,7 @@ class ExponentialEuler(Integrator):
             dt = self.lr_max
         V = vectors[:, :k]
         c = V.T @ gradient                                    # c_m = v_mᵀ ∇L̃
-        w = gradient - V @ c                                  # residual, orthogonal to the top k
+        w = gradient - V @ c                                  # the rest of ∇L̃, orthogonal to the top k
         coefficient = xp.asarray(exponential_coefficient(values[:k], dt), dtype=theta.dtype)
         new_theta = theta - V @ (coefficient * c) - dt * w
         info = {"lambda_1": float(to_numpy(result.values)[0]), "eig_matvecs": result.matvecs,

@@ -35,34 +35,6 @@ from types import SimpleNamespace
 import numpy as np
 
 
-class Cache(SimpleNamespace):
-    """One layer's record of one evaluation: what its forward pass keeps for the backward and R-passes over the
-    same batch at the same θ (``x``, ``δ``, ``R{x}``…).
-
-    Entries whose names start with ``r_`` are R-quantities of one product: the network drops them once the
-    layer's R-backward pass has read them (:meth:`drop_r_values`), so nothing of a block of k directions is
-    held between products.
-    """
-
-    def drop_r_values(self):
-        for name in [name for name in vars(self) if name.startswith("r_")]:
-            delattr(self, name)
-
-
-class Tangents(SimpleNamespace):
-    """What a layer's third-order passes read besides its cache, along the two directions u and v of
-    ``∇³L̃[u, v, ·]`` (docs/third.md): ``x`` its input, ``delta`` the δ of its output, ``ru_x``, ``rv_x``
-    (R_u{x}, R_v{x}; None before the first layer with parameters), ``ru_delta``, ``rv_delta`` (R_u{δ}, R_v{δ})
-    and ``ruv_x`` (R_uR_v{x}; None where it is zero)."""
-
-
-def weight_and_bias(flat, rows, cols):
-    """Views (…, rows, cols) of a weight matrix stored row-major and (…, rows) of the bias after it, in a (…, p)
-    array (p = rows·cols + rows): how a layer's parameters, and any direction or gradient of them, are laid out."""
-    cut = rows * cols
-    return flat[..., :cut].reshape(*flat.shape[:-1], rows, cols), flat[..., cut:]
-
-
 class Layer:
     """A layer without parameters that passes everything through unchanged.
 
@@ -77,32 +49,6 @@ class Layer:
     num_params = 0
     PASSES = ("forward", "backward", "r_forward", "r_backward")
     THIRD_ORDER_PASSES = ("rr_forward", "rr_backward")
-
-    def __repr__(self):
-        """The class name, and the parameter count of a layer with parameters (layers that ship say more)."""
-        return f"{type(self).__name__}({f'p={self.num_params}' if self.num_params else ''})"
-
-    def check_contract(self):
-        """Raise TypeError when a piece of the contract is missing: a layer that defines any of its four passes
-        defines all four, and a layer with parameters defines ``bind`` (docs/layers.md). Sequential calls it."""
-        name = type(self).__name__
-        defined = [p for p in self.PASSES if getattr(type(self), p) is not getattr(Layer, p)]
-        if defined and len(defined) < len(self.PASSES):
-            missing = [p for p in self.PASSES if p not in defined]
-            raise TypeError(f"{name} defines {', '.join(defined)} but not {', '.join(missing)}: a layer defines all "
-                            f"four passes (docs/layers.md), or none (then it passes everything through)")
-        if self.num_params and type(self).bind is Layer.bind:
-            raise TypeError(f"{name} has num_params = {self.num_params} but no bind(params) to take its part of θ "
-                            f"(docs/layers.md)")
-
-    def check_third_order(self):
-        """Raise NotImplementedError unless the layer has third-order passes: a layer that defines its own four
-        passes defines ``rr_forward`` and ``rr_backward`` too (docs/third.md), else it cannot take part in
-        ``∇³L̃``."""
-        own = [p for p in self.PASSES + self.THIRD_ORDER_PASSES if getattr(type(self), p) is not getattr(Layer, p)]
-        if own and any(p not in own for p in self.THIRD_ORDER_PASSES):
-            raise NotImplementedError(f"{type(self).__name__} defines no third-order passes (rr_forward and "
-                                      f"rr_backward), which third derivatives need: docs/third.md")
 
     def bind(self, params):
         """Point the layer's parameters at ``params``, a flat view into θ."""
@@ -129,6 +75,32 @@ class Layer:
     def rr_backward(self, ruv_delta, t, u, v, cache, rr_grad, need_input=True):
         """``R_uR_v{∂L̃/∂x}`` from ``R_uR_v{δ}``; writes ``R_uR_v{∂L̃/∂θ_layer}`` into ``rr_grad``."""
         return ruv_delta
+
+    def __repr__(self):
+        """The class name, and the parameter count of a layer with parameters (layers that ship say more)."""
+        return f"{type(self).__name__}({f'p={self.num_params}' if self.num_params else ''})"
+
+    def check_contract(self):
+        """Raise TypeError when a piece of the contract is missing: a layer that defines any of its four passes
+        defines all four, and a layer with parameters defines ``bind`` (docs/layers.md). Sequential calls it."""
+        name = type(self).__name__
+        defined = [p for p in self.PASSES if getattr(type(self), p) is not getattr(Layer, p)]
+        if defined and len(defined) < len(self.PASSES):
+            missing = [p for p in self.PASSES if p not in defined]
+            raise TypeError(f"{name} defines {', '.join(defined)} but not {', '.join(missing)}: a layer defines all "
+                            f"four passes (docs/layers.md), or none (then it passes everything through)")
+        if self.num_params and type(self).bind is Layer.bind:
+            raise TypeError(f"{name} has num_params = {self.num_params} but no bind(params) to take its part of θ "
+                            f"(docs/layers.md)")
+
+    def check_third_order(self):
+        """Raise NotImplementedError unless the layer has third-order passes: a layer that defines its own four
+        passes defines ``rr_forward`` and ``rr_backward`` too (docs/third.md), else it cannot take part in
+        ``∇³L̃``."""
+        own = [p for p in self.PASSES + self.THIRD_ORDER_PASSES if getattr(type(self), p) is not getattr(Layer, p)]
+        if own and any(p not in own for p in self.THIRD_ORDER_PASSES):
+            raise NotImplementedError(f"{type(self).__name__} defines no third-order passes (rr_forward and "
+                                      f"rr_backward), which third derivatives need: docs/third.md")
 
 
 class Dense(Layer):
@@ -183,24 +155,25 @@ class Dense(Layer):
         return r_x_hat if r_x is None else r_x @ self.A.T + r_x_hat
 
     def r_backward(self, r_delta, v, cache, r_grad, second_order=True, need_input=True):
-        """R-operator of the backward pass::
+        """R-operator of the backward pass (docs/passes.md, "Dense"): a Gauss-Newton part, the backward pass
+        applied to R{δ}, and a second-order part, the terms that carry δ (kept when ``second_order``)::
 
-            R{∂L̃/∂A} = R{δ}ᵀ x + δᵀ R{x}      R{∂L̃/∂b} = Σ_n R{δ}
-            R{∂L̃/∂x} = R{δ} A + δ V_A
-
-        The δ terms are second order (dropped for the Gauss-Newton product).
+                          Gauss-Newton      second order
+            R{∂L̃/∂A}  =  R{δ}ᵀ x        +  δᵀ R{x}          (k, o, i)
+            R{∂L̃/∂b}  =  Σ_n R{δ}                           (k, o)
+            R{∂L̃/∂x}  =  R{δ} A         +  δ V_A            (k, n, i)
         """
         r_grad_A, r_grad_b = self.split(r_grad)
-        r_grad_A[...] = r_delta.transpose(0, 2, 1) @ cache.x
-        r_grad_b[...] = r_delta.sum(axis=1)
-        if second_order and cache.r_x is not None:
-            r_grad_A += cache.delta.T @ cache.r_x
-        if not need_input:
-            return None
-        if not second_order:
-            return r_delta @ self.A
-        V_A, _ = self.split(v)
-        return r_delta @ self.A + cache.delta @ V_A
+        r_grad_A[...] = r_delta.transpose(0, 2, 1) @ cache.x    # R{δ}ᵀ x:   (k, o, n) @ (n, i)
+        r_grad_b[...] = r_delta.sum(axis=1)                     # Σ_n R{δ}:  (k, n, o) summed over n
+        r_dx = r_delta @ self.A if need_input else None         # R{δ} A:    (k, n, o) @ (o, i)
+        if second_order:
+            if cache.r_x is not None:                           # R{x} = 0 below the first layer with parameters
+                r_grad_A += cache.delta.T @ cache.r_x           # δᵀ R{x}:   (o, n) @ (k, n, i)
+            if need_input:
+                V_A, _ = self.split(v)
+                r_dx += cache.delta @ V_A                       # δ V_A:     (n, o) @ (k, o, i)
+        return r_dx
 
     def rr_forward(self, ruv_x, t, u, v, cache):
         """``R_uR_v{x̂} = R_uR_v{x} Aᵀ + R_u{x} V_Aᵀ + R_v{x} U_Aᵀ`` (docs/third.md); None where it is zero."""
@@ -259,3 +232,34 @@ class Flatten(Layer):
 
     def rr_backward(self, ruv_delta, t, u, v, cache, rr_grad, need_input=True):
         return self.r_backward(ruv_delta, v, cache, rr_grad, need_input=need_input)
+
+
+# ----- what the passes share: the record of an evaluation, the third-order record, the parameter layout -----
+
+
+class Cache(SimpleNamespace):
+    """One layer's record of one evaluation: what its forward pass keeps for the backward and R-passes over the
+    same batch at the same θ (``x``, ``δ``, ``R{x}``…).
+
+    Entries whose names start with ``r_`` are R-quantities of one product: the network drops them once the
+    layer's R-backward pass has read them (:meth:`drop_r_values`), so nothing of a block of k directions is
+    held between products.
+    """
+
+    def drop_r_values(self):
+        for name in [name for name in vars(self) if name.startswith("r_")]:
+            delattr(self, name)
+
+
+class Tangents(SimpleNamespace):
+    """What a layer's third-order passes read besides its cache, along the two directions u and v of
+    ``∇³L̃[u, v, ·]`` (docs/third.md): ``x`` its input, ``delta`` the δ of its output, ``ru_x``, ``rv_x``
+    (R_u{x}, R_v{x}; None before the first layer with parameters), ``ru_delta``, ``rv_delta`` (R_u{δ}, R_v{δ})
+    and ``ruv_x`` (R_uR_v{x}; None where it is zero)."""
+
+
+def weight_and_bias(flat, rows, cols):
+    """Views (…, rows, cols) of a weight matrix stored row-major and (…, rows) of the bias after it, in a (…, p)
+    array (p = rows·cols + rows): how a layer's parameters, and any direction or gradient of them, are laid out."""
+    cut = rows * cols
+    return flat[..., :cut].reshape(*flat.shape[:-1], rows, cols), flat[..., cut:]

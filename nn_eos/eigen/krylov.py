@@ -1,6 +1,6 @@
 """Block Krylov with Rayleigh–Ritz over the whole basis and thick restarts: ``top_eigenpairs(method="krylov")``.
 
-Each block product adds the residuals ``A x − θ x`` of the unconverged Ritz
+Each block product adds the residuals ``A x − λ x`` of the unconverged Ritz
 pairs to the basis, so span(V, A V, A² V, …) is searched rather than only its
 last block (which is all power iteration keeps). bench/eigen.py compares it
 with the other methods.
@@ -50,9 +50,9 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, block=No
     """Thick-restarted block Krylov iteration with Rayleigh–Ritz on the whole basis.
 
     The basis Q (orthonormal), A Q and T = Qᵀ A Q are kept. Each iteration
-    takes the Ritz pairs (θ, x) of T (no product needed), stops when the top
+    takes the Ritz pairs (λ, x) of T (no product needed), stops when the top
     k relative residuals are below tol, else adds the residuals
-    ``r = A x − θ x`` of the ``block`` = s worst unconverged top-(k + guard)
+    ``r = A x − λ x`` of the ``block`` = s worst unconverged top-(k + guard)
     pairs, orthogonalised against Q, and applies A to them: one product of
     s directions. Since span(Q, r) = span(Q, A x), the basis is a block
     Krylov space (power iteration keeps only its last block).
@@ -62,8 +62,8 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, block=No
     all Ritz pairs lie in the s-dim span of the next Krylov block, so this
     is block Lanczos of block size s, with full re-orthogonalisation, whose
     polynomial degree grows by one every s products. A small s needs the
-    fewest products in all (bench/eigen.py; s = 1, the default, is also the
-    fastest on the CPU and, measured, on an H200: :func:`default_block`);
+    fewest products in all (s = 1, the default, is also the fastest as
+    measured: :func:`default_block`);
     wider blocks make fewer, bigger products, which pays only where a
     product's cost hardly grows with its width. A
     random block of k + guard needs several times more products, and so
@@ -86,10 +86,10 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, block=No
     (max(5b, b + 20) − 2b ≥ b ≥ block, b = k + guard), and a basis of all P
     columns never restarts (what is new to it has at most P − size columns).
 
-    Ranks Ritz values by |θ| (``which='LM'``), like power iteration, or by θ
+    Ranks Ritz values by |λ| (``which='LM'``), like power iteration, or by λ
     (``'LA'``): a Krylov space converges to both ends of the spectrum.
 
-    The small matrices (T, G, the Ritz coefficients, SVQB's Gram matrix) live
+    The small matrices (T, (AQ)ᵀ(AQ), the Ritz coefficients, SVQB's Gram matrix) live
     on the host: on a GPU each would otherwise be a handful of tiny kernel
     launches and syncs; only the (P, ·) products run on the device.
     """
@@ -103,13 +103,13 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, block=No
     basis.add(start, A(start))
     iteration = 1
     while True:
-        theta, S, order = basis.ritz_pairs(b, which)
+        lam, S, order = basis.ritz_pairs(b, which)
         final = iteration >= maxiter or basis.size >= P
-        norms, converged, vectors = basis.check_residuals(theta, S, k, tol, exact=final)
+        norms, converged, vectors = basis.check_residuals(lam, S, k, tol, exact=final)
         if converged or final:
             break
-        W = _expansion(basis, theta, S, norms, tol, block, xp)
-        if W.shape[1] == 0 and len(theta) >= k:              # the basis is invariant: Ritz pairs are exact
+        W = _expansion(basis, lam, S, norms, tol, block, xp)
+        if W.shape[1] == 0 and len(lam) >= k:              # the basis is invariant: Ritz pairs are exact
             break
         if W.shape[1] == 0:                                  # invariant but too small (e.g. A = c I): go on
             rng = np.random.default_rng([seed, iteration])   # from random directions outside it
@@ -119,7 +119,7 @@ def block_krylov(A, k, V0, tol, maxiter, seed, guard, xp, dtype, which, block=No
         basis.add(W, A(W))
         iteration += 1
     X, AX = vectors if vectors is not None else basis.ritz_vectors(S)   # formed by the last check, or now
-    return sorted_result(xp.asarray(theta[:k], dtype=dtype), X[:, :k], AX[:, :k], xp, matvecs=A.matvecs,
+    return sorted_result(xp.asarray(lam[:k], dtype=dtype), X[:, :k], AX[:, :k], xp, matvecs=A.matvecs,
                          iterations=iteration, converged=converged, method="krylov")
 
 
@@ -127,15 +127,10 @@ DEVICE_BLOCK = 1
 
 
 def default_block(xp):
-    """Directions per product when the caller does not say: 1 on NumPy (the fewest products in all, and the
-    fastest there: bench/eigen.py), ``DEVICE_BLOCK`` on a device — also 1, measured: on an H200 with the paper's
-    MLP a block of k directions costs about k products once n is in the thousands (n = 4096: a block of 4 costs
-    2.1 products, of 11 5.3), and a warm exponential-Euler step (k = 5, n = 4096, float32 / float64) took
-    87 / 90 ms with blocks of 1, 92 / 96 ms of 4, 90 / 91 ms of 6 and 90 / 92 ms of 8; in ``alignment.analyze``
-    (n = 1000) λ_1 of ∇²L̃ and G took 103 and 77 ms with blocks of 1, 278 and 308 ms with blocks of 8, and the
-    residual's 565, 534 and 624 ms with blocks of 1, 4 and 8 (bench/gpu_parts.py). Before the solver's
-    per-iteration costs were cut, blocks of 8 won the step (116 against 128 ms) — a device where products are
-    cheaper next to those costs may want a wider block again."""
+    """Directions per product when the caller does not say: 1 on NumPy, ``DEVICE_BLOCK`` (also 1) on a device —
+    the fewest products in all, and the fastest on both as measured (docs/benchmarks.md; docs/gpu.md, "Blocks
+    of 1 on a device too"). A device where products are cheaper next to the solver's own costs may want a
+    wider block."""
     return 1 if xp is np else DEVICE_BLOCK
 
 
@@ -149,24 +144,24 @@ def _first_block(P, b, block, V0, seed, xp, dtype):
     return start_block(P, block, V0, seed, xp, dtype)
 
 
-def _expansion(basis, theta, S, norms, tol, block, xp):
-    """The next block: residuals ``A x − θ x`` of the ``block`` worst unconverged Ritz pairs, made orthonormal
+def _expansion(basis, lam, S, norms, tol, block, xp):
+    """The next block: residuals ``A x − λ x`` of the ``block`` worst unconverged Ritz pairs, made orthonormal
     and orthogonal to the basis."""
     open_ = np.flatnonzero(norms >= tol)
     open_ = open_[np.argsort(-norms[open_])][:block]
     X, AX = basis.ritz_vectors(S[:, open_])
-    return _new_directions(AX - X * xp.asarray(theta[open_], dtype=X.dtype)[None, :], basis.Q, xp)
+    return _new_directions(AX - X * xp.asarray(lam[open_], dtype=X.dtype)[None, :], basis.Q, xp)
 
 
 class _KrylovBasis:
     """Q (orthonormal), A Q in column-major device buffers grown in place; ``T = Qᵀ A Q`` and
-    ``G = (A Q)ᵀ (A Q)`` on the host.
+    ``AQ_gram = (A Q)ᵀ (A Q)`` on the host.
 
     Adding c columns W costs two products, ``[Q W]ᵀ (A W)`` and
-    ``[AQ AW]ᵀ (A W)``, for the new borders of T and G, not a recomputation,
-    and no copy of the basis. With G, the residual norm of a
-    Ritz pair (θ, x = Q s) needs no (P,)-long vector:
-    ``‖A x − θ x‖² = sᵀ G s − θ²`` (as xᵀ A x = θ and ‖x‖ = 1).
+    ``[AQ AW]ᵀ (A W)``, for the new borders of T and (AQ)ᵀ(AQ), not a recomputation,
+    and no copy of the basis. With (AQ)ᵀ(AQ), the residual norm of a
+    Ritz pair (λ, x = Q s) needs no (P,)-long vector:
+    ``‖A x − λ x‖² = sᵀ (AQ)ᵀ(AQ) s − λ²`` (as xᵀ A x = λ and ‖x‖ = 1).
     """
 
     def __init__(self, P, max_basis, xp, dtype):
@@ -174,7 +169,7 @@ class _KrylovBasis:
         self._Q = xp.empty((P, max_basis), dtype=dtype, order="F")
         self._AQ = xp.empty((P, max_basis), dtype=dtype, order="F")
         self.T = np.zeros((0, 0))
-        self.G = np.zeros((0, 0))
+        self.AQ_gram = np.zeros((0, 0))
         self.size = 0
         self._all = None                                     # all Ritz pairs of T, from ritz_pairs
 
@@ -195,7 +190,7 @@ class _KrylovBasis:
         if not np.isfinite(borders).all():                   # a NaN or inf in A W reaches its borders
             raise ValueError(NOT_FINITE)
         self.T = self._bordered(self.T, borders[:m], borders[m:m + c])
-        self.G = self._bordered(self.G, borders[m + c:2 * m + c], borders[2 * m + c:])
+        self.AQ_gram = self._bordered(self.AQ_gram, borders[m + c:2 * m + c], borders[2 * m + c:])
 
     @staticmethod
     def _bordered(M, border, corner):
@@ -205,39 +200,39 @@ class _KrylovBasis:
         return out
 
     def ritz_pairs(self, b, which):
-        """The top b Ritz pairs (θ, S) of T, ranked by |θ| ('LM') or θ ('LA'), and the ranking of all of them."""
+        """The top b Ritz pairs (λ, S) of T, ranked by |λ| ('LM') or λ ('LA'), and the ranking of all of them."""
         self._all = np.linalg.eigh(self.T)
-        theta_all, S_all = self._all
-        order = np.argsort(-np.abs(theta_all) if which == "LM" else -theta_all)
-        return theta_all[order[:b]], S_all[:, order[:b]], order
+        lam_all, S_all = self._all
+        order = np.argsort(-np.abs(lam_all) if which == "LM" else -lam_all)
+        return lam_all[order[:b]], S_all[:, order[:b]], order
 
     def ritz_vectors(self, S):
         """``X = Q S`` and ``A X = (A Q) S`` for host coefficients S."""
         S = self.xp.asarray(S, dtype=self.dtype)
         return self.Q @ S, self.AQ @ S
 
-    def check_residuals(self, theta, S, k, tol, exact):
+    def check_residuals(self, lam, S, k, tol, exact):
         """Relative residuals of the Ritz pairs, whether the top k are below tol, and the Ritz vectors
         ``(X, A X)`` when they were formed (else None).
 
-        First from G (no product of length P); when those estimates say converged, or cannot see below their
+        First from (AQ)ᵀ(AQ) (no product of length P); when those estimates say converged, or cannot see below their
         rounding floor, or ``exact``, from the Ritz vectors themselves.
         """
-        norms, floor = self.residual_estimates(theta, S)
+        norms, floor = self.residual_estimates(lam, S)
         if not exact and not (len(norms) >= k and (norms[:k] < np.maximum(tol, floor[:k])).all()):
             return norms, False, None
         X, AX = self.ritz_vectors(S)
-        residual = AX - X * self.xp.asarray(theta, dtype=self.dtype)[None, :]
-        norms = backend.to_numpy(column_norms(residual, self.xp)) / np.maximum(np.abs(theta), TINY)
-        return norms, len(norms) >= k and within_tol(norms[:k], theta[:k], tol, self.dtype, self.P), (X, AX)
+        residual = AX - X * self.xp.asarray(lam, dtype=self.dtype)[None, :]
+        norms = backend.to_numpy(column_norms(residual, self.xp)) / np.maximum(np.abs(lam), TINY)
+        return norms, len(norms) >= k and within_tol(norms[:k], lam[:k], tol, self.dtype, self.P), (X, AX)
 
-    def residual_estimates(self, theta, S):
-        """``‖A x − θ x‖ / |θ|`` for the Ritz pairs (θ_j, Q s_j) from ``sᵀ G s − θ²``, and the rounding floor
-        below which that difference of two numbers of size ~θ_max² cannot see."""
-        r2 = (S * (self.G @ S)).sum(axis=0) - theta * theta
-        scale = np.maximum(np.abs(theta), TINY)
-        theta_max = np.sqrt(np.abs(np.diag(self.G)).max()) if self.size else 0.0
-        floor = 10 * (self.size * np.finfo(self.dtype).eps) ** 0.5 * theta_max / scale
+    def residual_estimates(self, lam, S):
+        """``‖A x − λ x‖ / |λ|`` for the Ritz pairs (λ_j, Q s_j) from ``sᵀ (AQ)ᵀ(AQ) s − λ²``, and the rounding
+        floor below which that difference of two numbers of size ~λ_max² cannot see."""
+        r2 = (S * (self.AQ_gram @ S)).sum(axis=0) - lam * lam
+        scale = np.maximum(np.abs(lam), TINY)
+        lam_max = np.sqrt(np.abs(np.diag(self.AQ_gram)).max()) if self.size else 0.0
+        floor = 10 * (self.size * np.finfo(self.dtype).eps) ** 0.5 * lam_max / scale
         return np.sqrt(np.maximum(r2, 0)) / scale, floor
 
     def restart(self, kept):
@@ -247,5 +242,5 @@ class _KrylovBasis:
         gram = backend.to_numpy(X.T @ X)
         inverse = self.xp.asarray(np.linalg.inv(np.linalg.cholesky(gram).T), dtype=self.dtype)
         X, AX = X @ inverse, AX @ inverse
-        self.size, self.T, self.G = 0, self.T[:0, :0], self.G[:0, :0]
+        self.size, self.T, self.AQ_gram = 0, self.T[:0, :0], self.AQ_gram[:0, :0]
         self.add(X, AX)

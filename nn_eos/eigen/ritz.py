@@ -35,25 +35,24 @@ class EigenResult:
 def rayleigh_ritz(V, AV, xp):
     """Ritz pairs of the operator on span(V), V orthonormal: eigh of ``T = Vᵀ A V``.
 
-    Returns (θ, X, AX) with ``X = V S`` and ``AX = (A V) S`` for the eigenvectors S of
-    T, ordered by decreasing |θ| (the order in which power iteration finds them).
+    Returns (λ, X, AX) with ``X = V S`` and ``AX = (A V) S`` for the eigenvectors S of
+    T, ordered by decreasing |λ| (the order in which power iteration finds them).
     """
     T = V.T @ AV
-    theta, S = xp.linalg.eigh((T + T.T) / 2)
-    order = xp.argsort(-xp.abs(theta))
-    theta, S = theta[order], S[:, order]
-    return theta, V @ S, AV @ S
+    lam, S = xp.linalg.eigh((T + T.T) / 2)
+    order = xp.argsort(-xp.abs(lam))
+    lam, S = lam[order], S[:, order]
+    return lam, V @ S, AV @ S
 
 
 def column_norms(M, xp):
     """‖M[:, j]‖ for each column of a tall (P, b) array.
 
-    On NumPy one einsum. On a device a sum over the long axis of a row-major
-    (P, b) array gives each of the b sums to one thread block (CuPy's
-    reductions): for b = 8 at the paper's P on an H200 the einsum took 2.0 ms
-    and ``(M * M).sum(axis=0)`` 9 ms, where a whole product of the network
-    takes 4 ms. Summing ``REDUCTION_PIECES`` pieces of rows first, then the
-    pieces, spreads the work over the device: 0.3 ms (bench/gpu_parts.py).
+    On NumPy one einsum. On a device, the sum of squares in ``REDUCTION_PIECES``
+    pieces of rows first, then over the pieces: CuPy gives each column of a
+    plain sum over the long axis to one thread block, which took longer than
+    a whole product of the network (docs/gpu.md, "Made faster with the card's
+    numbers").
     """
     if xp is np:
         return np.sqrt(np.einsum("ij,ij->j", M, M))

@@ -98,17 +98,17 @@ def power_iteration(A, k, V0, tol, maxiter, seed, guard, xp, dtype, stop):
     previous, converged = None, False
     for iteration in range(1, maxiter + 1):
         AV = A(V)
-        theta, X, AX = rayleigh_ritz(V, AV, xp)
-        top = backend.to_numpy(theta[:k])
+        lam, X, AX = rayleigh_ritz(V, AV, xp)
+        top = backend.to_numpy(lam[:k])
         if stop == "residual":
-            converged = within_tol(residual_norms(theta[:k], X[:, :k], AX[:, :k], xp), theta[:k], tol, dtype, P)
+            converged = within_tol(residual_norms(lam[:k], X[:, :k], AX[:, :k], xp), lam[:k], tol, dtype, P)
         elif previous is not None:
             converged = np.max(np.abs(top - previous) / np.maximum(np.abs(top), TINY)) < tol
         if converged or iteration == maxiter:
             break
         previous = top
         V, _ = xp.linalg.qr(AX)
-    return sorted_result(theta[:k], X[:, :k], AX[:, :k], xp, matvecs=A.matvecs, iterations=iteration,
+    return sorted_result(lam[:k], X[:, :k], AX[:, :k], xp, matvecs=A.matvecs, iterations=iteration,
                           converged=bool(converged), method="power")
 
 
@@ -126,12 +126,12 @@ def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
     P = A.size
     X = start_block(P, k, V0, seed, xp, dtype)
     AX = A(X)
-    theta, X, AX = rayleigh_ritz(X, AX, xp)
+    lam, X, AX = rayleigh_ritz(X, AX, xp)
     iterations = 0
     for _ in range(3):
         # scipy's absolute tol: ours times |λ_k|, but not below rounding (ritz.within_tol), which it cannot reach
-        scale = float(xp.min(xp.abs(theta[:k])))
-        floor = rounding_floor(theta, dtype, P)
+        scale = float(xp.min(xp.abs(lam[:k])))
+        floor = rounding_floor(lam, dtype, P)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # scipy's own non-convergence note: we judge below
             out = linalg.lobpcg(A.linear_operator(), X, tol=max(tol * max(scale, TINY), floor) / 4,
@@ -140,19 +140,19 @@ def lobpcg(A, k, V0, tol, maxiter, seed, xp, dtype):
         # for tiny problems scipy solves densely and returns no history: count that as one iteration
         iterations += max(len(out[2]), 1) if len(out) > 2 else 1
         X, _ = xp.linalg.qr(xp.asarray(X, dtype=dtype))
-        theta, X, AX = rayleigh_ritz(X, A(X), xp)
-        theta, X, AX = _largest_algebraic(theta, X, AX, k, xp)
-        if within_tol(residual_norms(theta, X, AX, xp), theta, tol, dtype, P):
+        lam, X, AX = rayleigh_ritz(X, A(X), xp)
+        lam, X, AX = _largest_algebraic(lam, X, AX, k, xp)
+        if within_tol(residual_norms(lam, X, AX, xp), lam, tol, dtype, P):
             break
-    res = sorted_result(theta, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
+    res = sorted_result(lam, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
                          method="lobpcg")
     res.converged = within_tol(res.residual_norms, res.values, tol, dtype, P)
     return res
 
 
-def _largest_algebraic(theta, X, AX, k, xp):
-    order = xp.argsort(-theta)[:k]
-    return theta[order], X[:, order], AX[:, order]
+def _largest_algebraic(lam, X, AX, k, xp):
+    order = xp.argsort(-lam)[:k]
+    return lam[order], X[:, order], AX[:, order]
 
 
 def _eigsh_limits(linalg, A, v0, k, tol, maxiter):
@@ -181,8 +181,8 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
     P = A.size
     if k >= P - 1:
         dense = A(xp.eye(P, dtype=dtype))
-        theta, S = xp.linalg.eigh((dense + dense.T) / 2)
-        theta, X, AX = _largest_algebraic(theta, S, dense @ S, k, xp)
+        lam, S = xp.linalg.eigh((dense + dense.T) / 2)
+        lam, X, AX = _largest_algebraic(lam, S, dense @ S, k, xp)
         iterations = 1
     else:
         linalg = backend.scipy_linalg_module(xp)
@@ -190,9 +190,9 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
             v0 = xp.asarray(V0, dtype=dtype).reshape(P, -1).sum(axis=1)
         else:
             v0 = xp.asarray(np.random.default_rng(seed).standard_normal(P), dtype=dtype)
-        theta = X = None
+        lam = X = None
         try:
-            theta, X = linalg.eigsh(A.linear_operator(), k=k, which="LA", v0=v0,
+            lam, X = linalg.eigsh(A.linear_operator(), k=k, which="LA", v0=v0,
                                     **_eigsh_limits(linalg, A, v0, k, tol, maxiter))
         except Breakdown:
             pass            # cupyx divides by a zero β and hands the operator NaN: see below
@@ -200,11 +200,11 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
             # maxiter restarts were not enough: ARPACK raises, with the pairs it has (on the host); completed
             # to k at random, they are judged below like any answer (converged=False, with the residuals)
             have = error.eigenvectors if error.eigenvectors.size else None
-            theta, X = xp.zeros(k, dtype=dtype), start_block(P, k, have, seed, xp, dtype)
+            lam, X = xp.zeros(k, dtype=dtype), start_block(P, k, have, seed, xp, dtype)
         except Exception as error:
             if "Starting vector is zero" not in str(error):
                 raise
-        if theta is None or not bool(xp.isfinite(theta).all()):
+        if lam is None or not bool(xp.isfinite(lam).all()):
             # The Krylov space closed on an invariant subspace that Lanczos cannot restart from (the
             # zero operator, H of a linear model): ARPACK says so, cupyx's eigsh returns NaN. Block power
             # iteration has no such failure, so it answers instead, on both backends.
@@ -212,10 +212,10 @@ def lanczos(A, k, V0, tol, maxiter, seed, xp, dtype):
             result.method = "lanczos"
             return result
         X, _ = xp.linalg.qr(X)
-        theta, X, AX = rayleigh_ritz(X, A(X), xp)
-        theta, X, AX = _largest_algebraic(theta, X, AX, k, xp)
+        lam, X, AX = rayleigh_ritz(X, A(X), xp)
+        lam, X, AX = _largest_algebraic(lam, X, AX, k, xp)
         iterations = A.calls  # ARPACK does not report its restarts; count operator calls
-    res = sorted_result(theta, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
+    res = sorted_result(lam, X, AX, xp, matvecs=A.matvecs, iterations=iterations, converged=False,
                          method="lanczos")
     res.converged = within_tol(res.residual_norms, res.values, tol, dtype, A.size)
     return res

@@ -30,11 +30,11 @@ def check_criterion(criterion, n_outputs, seed=0, n=4, scale=1.0, device=None):
         assert_close(Hu[j], fd, TOL["fd"], f"{name}.hessian_product (H_z l u) against differences of ∂l/∂z")
     H = backend.to_numpy(criterion.hessian(xp.asarray(z), yd))
     assert_close(np.einsum("nor,knr->kno", H, u), Hu, TOL["exact"], f"{name}.hessian against hessian_product")
-    R = backend.to_numpy(criterion.sqrt_hessian(xp.asarray(z), yd))
-    assert_close(R, R.transpose(0, 2, 1), TOL["exact"], f"{name}.sqrt_hessian symmetric")
-    assert_close(R @ R, H, TOL["exact"], f"{name}.sqrt_hessian squared against hessian")
-    smallest = float(np.linalg.eigvalsh(R).min())
-    if smallest < -TOL["exact"] * max(1.0, float(np.abs(R).max())):
+    sqrt_H = backend.to_numpy(criterion.sqrt_hessian(xp.asarray(z), yd))
+    assert_close(sqrt_H, sqrt_H.transpose(0, 2, 1), TOL["exact"], f"{name}.sqrt_hessian symmetric")
+    assert_close(sqrt_H @ sqrt_H, H, TOL["exact"], f"{name}.sqrt_hessian squared against hessian")
+    smallest = float(np.linalg.eigvalsh(sqrt_H).min())
+    if smallest < -TOL["exact"] * max(1.0, float(np.abs(sqrt_H).max())):
         raise AssertionError(f"{name}.sqrt_hessian is not PSD: eigenvalue {smallest:.3e}")
     if type(criterion).third_product is not Criterion.third_product:
         check_third_product(criterion, z, y, xp, seed=seed)
