@@ -417,3 +417,40 @@ def test_a_linear_operator_has_its_networks_dtype():
     p = build_problem([4, 3, 3], "tanh", "cross_entropy", n=6, seed=3)
     p.net.astype("float32")
     assert p.loss.linear_operator().dtype == np.float32
+
+
+@given(problem=tiny_problems)
+def test_the_one_product_function_alone_gives_the_dense_matrices(problem):
+    """nn_eos.product.curvature_product, called on its own (no TrainingLoss: no chunks, no reuse), gives ∇²L̃,
+    G and H = ∇²L̃ − G against dense matrices from differences (docs/curvature.md, "One product")."""
+    from nn_eos.product import curvature_product
+    net, criterion = problem.net, problem.loss.criterion
+    xp, P = net.xp, net.num_params
+    X, y = xp.asarray(problem.X), xp.asarray(problem.y)
+    identity = xp.eye(P)                                              # the rows of V: every unit direction
+    hessian, ggn = dense_hessian(problem.loss, problem.theta), dense_ggn(problem.loss, problem.theta)
+    assert_close(curvature_product(net, criterion, X, y, identity, "hessian"), hessian, TOL["fd"], "∇²L̃")
+    assert_close(curvature_product(net, criterion, X, y, identity, "ggn"), ggn, TOL["fd"], "G")
+    assert_close(curvature_product(net, criterion, X, y, identity, "residual"), hessian - ggn, TOL["fd"], "H")
+    with pytest.raises(ValueError, match="unknown curvature kind 'gnn'"):
+        curvature_product(net, criterion, X, y, identity, "gnn")
+
+
+def test_every_public_product_runs_the_one_product_function(monkeypatch):
+    """hvp, ggn, residual, curvature_product, operator and linear_operator all go through
+    nn_eos.product.curvature_product, once per chunk and block (what a reader follows is what runs)."""
+    from nn_eos import product
+    kinds = []
+    original = product.curvature_product
+    monkeypatch.setattr(product, "curvature_product",
+                        lambda *args, **kw: kinds.append(args[5]) or original(*args, **kw))
+    p = build_problem([4, 5, 3], "tanh", "cross_entropy", n=6, seed=3)
+    V = p.direction(2)
+    p.loss.hvp(V), p.loss.ggn(V), p.loss.residual(V), p.loss.curvature_product(V, "ggn")
+    p.loss.operator("residual").matmat(ne.backend.to_device(V, p.net.device))
+    p.loss.linear_operator("hessian").matmat(V)
+    assert kinds == ["hessian", "ggn", "residual", "ggn", "residual", "hessian"]
+    chunked = build_problem([4, 5, 3], "tanh", "cross_entropy", n=6, seed=3, chunk_size=4)
+    kinds.clear()
+    chunked.loss.hvp(V)
+    assert kinds == ["hessian", "hessian"]                            # two chunks of examples: 4 + 2
