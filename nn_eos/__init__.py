@@ -4,15 +4,28 @@ The working code behind two papers by Mark Lowell: *There is a Singularity in
 the Loss Landscape* (2022) and, with Catharine Kastner, *Training on the Edge of
 Stability Is Caused by Layerwise Jacobian Alignment* (2024).
 
-Two floors: the core (this package's modules: layers, criteria, networks,
-curvature products, eigensolvers, integrators, the training loop and the two
-papers' measurements) needs NumPy and SciPy only; ``nn_eos.experiments`` runs
-the papers' protocols from files and commands (configs, sweeps, tables,
-figures, the demo, the ``nn-eos`` command) and may use matplotlib, tqdm, dask.
+The core, module by module, in the order data flows (docs/architecture.md):
+
+    passes         layers (Layer, Dense, Flatten), conv (Conv2d, pools), activations, criteria: each with its
+                   forward, backward, R-forward and R-backward pass; network (Sequential over one flat θ,
+                   mlp, alexnet_like, vgg_like)
+    products       product (one curvature product, its passes in order), curvature (TrainingLoss: value,
+                   gradient, ∇²L̃ v, G v, H v in chunks and blocks), third_order (∇³L̃[u, v, ·]), memory
+    eigensolvers   eigen (top_eigenpairs: power, block Krylov, LOBPCG, Lanczos; batched Lanczos)
+    dynamics       integrators (GD, adaptive flow, exponential Euler), adaptive (Adam, RMSProp), stochastic
+                   (SGD), loop (train, resume), rundir (run directories)
+    measurements   eos (2022 paper), alignment (2024 paper), spectrum, self_stabilization
+    data           datasets, dice
+    machinery      backend (NumPy or CuPy), strict (the CuPy-like stand-in), validation; testing (the
+                   derivative checks anyone can call)
+
+The core needs NumPy and SciPy only; ``nn_eos.experiments`` runs the papers'
+protocols from files and commands (configs, sweeps, tables, figures, the demo,
+the ``nn-eos`` command) and may use matplotlib, tqdm, dask.
 """
 
 from ._version import __version__
-from . import alignment, datasets, eos, self_stabilization, spectrum, stochastic
+from . import alignment, datasets, eos, product, self_stabilization, spectrum, stochastic
 from .adaptive import Adam, RMSProp
 from .stochastic import SGD
 from .activations import ELU, Activation, ReLU, Tanh, register_activation
@@ -38,6 +51,6 @@ __all__ = [
     "Adam", "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "RMSProp", "Run", "SGD", "TrainingInterrupted",
     "load_run", "train",
     # measurements and data
-    "alignment", "datasets", "eos", "gpu_available", "self_stabilization", "spectrum", "stochastic",
+    "alignment", "datasets", "eos", "gpu_available", "product", "self_stabilization", "spectrum", "stochastic",
     "__version__",
 ]
