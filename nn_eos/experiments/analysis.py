@@ -13,7 +13,7 @@ from .. import alignment
 from ..backend import resolve_device
 from ..network import mlp
 from ..rundir import columns, load_run, load_snapshot, read_rows, snapshot_steps
-from .config import ConfigError, build_data
+from .config import ConfigError, build_data, rebuild_loss, shaped_for_net
 
 SERIES_FIELDS = ("K_norm2", "overlap_ratio", "K_layer_norm2", "chi2", "jacobian_norm2", "r_delta_jacobian", "r_chi")
 
@@ -51,24 +51,33 @@ def analyze_run(run_dir, X=None, y=None, every=1, skip=10, progress=True, sharpn
     computes snapshots it has not seen, or saw with sharpness solved to a
     looser ``tol`` than it asks for (rows record theirs; rows without
     one were solved to 1e-6). The data default to
-    the run's own (``config.json``'s data spec, dice only); pass X, y otherwise.
+    the run's own: for a run made by ``nn-eos train`` or ``sweep``, exactly
+    the data it trained on (config.training_data, any dataset kind); for a
+    run made in Python, its data spec (dice); pass X, y otherwise (flattened
+    for the MLP here).
     The analysis runs on ``device`` if given, else on the device the run
     recorded (backend.resolve_device).
     """
     from tqdm.auto import tqdm
 
     config, metrics, _, result = load_run(run_dir)
-    if X is None:
-        try:
-            X, y = build_data(config.get("data") or {})
-        except (ConfigError, KeyError) as error:
-            raise ValueError(f"{run_dir}: cannot rebuild the data from {config.get('data')!r} ({error}); "
-                             f"pass X and y") from None
     spec = config["net"]
     if spec.get("kind") != "mlp":
         raise ValueError(f"{run_dir}: alignment needs an MLP, the run's net is {spec!r}")
-    net = mlp(spec["widths"], activation=spec["activation"], dtype=config.get("dtype", "float64"),
-              device=resolve_device(device, config.get("device")))
+    device = resolve_device(device, config.get("device"))
+    if X is None and config.get("experiment") is not None:
+        loss = rebuild_loss(run_dir, device)          # the data exactly as the run trained on them
+        net, X, y = loss.net, loss.X_host, loss.y_host
+    else:
+        if X is None:
+            try:
+                X, y = build_data(config.get("data") or {})
+            except (ConfigError, KeyError) as error:
+                raise ValueError(f"{run_dir}: cannot rebuild the data from {config.get('data')!r} ({error}); "
+                                 f"pass X and y") from None
+        X = shaped_for_net({"arch": "mlp"}, np.asarray(X))
+        net = mlp(spec["widths"], activation=spec["activation"], dtype=config.get("dtype", "float64"),
+                  device=device)
     times = dict(zip(np.asarray(metrics.get("step", []), dtype=int).tolist(), metrics.get("t", [])))
     if result is not None:
         times[result["steps"]] = result["t"]          # the final θ has no metrics row of its own

@@ -181,13 +181,17 @@ def _sweep(args):
                              progress=not args.no_progress, threads=args.threads)
     statuses = [s["status"] for s in result["runs"].values()]
     failed = [name for name, s in result["runs"].items() if s["status"] == "failed"]
-    print(f"{len(statuses) - len(failed)} runs finished ({statuses.count('skipped (finished)')} already were), "
-          f"{len(failed)} failed" + (f": {', '.join(failed)} (see error.txt in each)" if failed else ""))
+    unanalysed = [name for name, s in result["runs"].items() if s["status"] == sweep.ANALYSIS_FAILED]
+    print(f"{len(statuses) - len(failed) - len(unanalysed)} runs finished "
+          f"({statuses.count('skipped (finished)')} already were), "
+          + (f"{len(unanalysed)} trained but their analysis failed: {', '.join(unanalysed)} (see "
+             f"analysis_error.txt in each; the same command again redoes only the analysis), " if unanalysed else "")
+          + f"{len(failed)} failed" + (f": {', '.join(failed)} (see error.txt in each)" if failed else ""))
     for name, rows in result["tables"].items():
         if name != "runs":
             print(f"\n{tables.TITLES[name]}\n{tables.markdown(rows)}")
     print(f"tables in {os.path.join(out, 'tables')}")
-    if failed:
+    if failed or unanalysed:
         raise SystemExit(1)
 
 

@@ -123,11 +123,33 @@ def build_data(data):
     return X, y
 
 
-def build_net(net_cfg, X, n_classes, device=None):
-    """The network of the [net] section for inputs X; returns (net, X shaped for it).
+def shaped_for_net(net_cfg, X):
+    """X as the [net] section's network takes it: 'mlp' flattens each example (a UCR window of C channels × T
+    steps becomes C·T features); the conv nets take (C, H, W) images (flat dice vectors become 1×32×32)."""
+    arch = net_cfg.get("arch", "mlp")
+    if arch == "mlp":
+        return X.reshape(len(X), -1)
+    if X.ndim == 2 and X.shape[1] == 1024:
+        X = X.reshape(len(X), 1, 32, 32)
+    if X.ndim != 4:
+        raise ConfigError(f"net.arch = {arch!r} needs (n, C, H, W) images, got data of shape {X.shape}")
+    return X
 
-    'mlp' flattens X and puts ``hidden`` between the input size and n_classes;
-    the conv nets take (C, H, W) images (flat dice vectors become 1×32×32).
+
+def training_data(experiment):
+    """(X, y) of a run's config exactly as its network trains on them: loaded, windowed, subset and standardised
+    by the [data] section (:func:`build_data`), shaped for the [net] section (:func:`shaped_for_net`), on the host
+    in float64. The one place every command gets a run's data from — training (:func:`run`), the analyses and
+    spectra (:func:`rebuild_loss`), the plots and the sweep — so that the data a run was analysed on are the data
+    it trained on. (The network's device and dtype are applied by the TrainingLoss that takes them.)"""
+    X, y = build_data(experiment["data"])
+    return shaped_for_net(experiment.get("net", {}), X), y
+
+
+def build_net(net_cfg, X, n_classes, device=None):
+    """The network of the [net] section for inputs X; returns (net, X shaped for it: :func:`shaped_for_net`).
+
+    'mlp' puts ``hidden`` between the input size and n_classes.
     """
     from ..network import alexnet_like, mlp, vgg_like
 
@@ -135,13 +157,9 @@ def build_net(net_cfg, X, n_classes, device=None):
     common = {"activation": net_cfg.get("activation", "elu" if arch == "mlp" else "relu"),
               "init": net_cfg.get("init", "xavier" if arch == "mlp" else "kaiming"), "seed": net_cfg.get("seed", 0),
               "dtype": net_cfg.get("dtype", "float64"), "device": device}
+    X = shaped_for_net(net_cfg, X)
     if arch == "mlp":
-        X = X.reshape(len(X), -1)
         return mlp([X.shape[1], *net_cfg.get("hidden", [512] * 5), n_classes], **common), X
-    if X.ndim == 2 and X.shape[1] == 1024:
-        X = X.reshape(len(X), 1, 32, 32)
-    if X.ndim != 4:
-        raise ConfigError(f"net.arch = {arch!r} needs (n, C, H, W) images, got data of shape {X.shape}")
     width = net_cfg.get("width", 1.0)
     if arch == "alexnet":
         return alexnet_like(X.shape[1:], n_classes, width=width, **common), X
@@ -196,7 +214,7 @@ def run(config, out, device=None, resume=False, progress=True, threads=None):
     config = copy.deepcopy(config)
     settings = config.setdefault("train", {})
     settings["threads"] = _run_threads(out, resume, threads, settings.get("threads", DEFAULT_THREADS))
-    X, y = build_data(config["data"])
+    X, y = training_data(config)
     net, X = build_net(config.get("net", {}), X, count_classes(y, "[data]"), device)
     loss = TrainingLoss(net, config.get("criterion", {}).get("name", "cross_entropy"), X, y)
     try:
@@ -241,7 +259,7 @@ def rebuild_loss(run_dir, device=None):
     if experiment is None:
         raise FileNotFoundError(f"{run_dir}: its config.json holds no experiment config (only runs made by "
                                 f"`nn-eos train` or `nn-eos sweep` can be rebuilt)")
-    X, y = build_data(experiment["data"])
+    X, y = training_data(experiment)
     net, X = build_net(experiment.get("net", {}), X, count_classes(y, warn=False),   # warned when trained
                        resolve_device(device, manifest.get("device")))
     return TrainingLoss(net, experiment.get("criterion", {}).get("name", "cross_entropy"), X, y)

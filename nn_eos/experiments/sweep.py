@@ -9,9 +9,14 @@ the runs (``[sweep]``)::
 
     [sweep]
     name = "dice-alignment"            # default: the file's name
-    analyze = ["alignment"]            # per run, after training: the 2024 paper's decomposition
+    analyze = ["alignment"]            # per run, after training: "alignment" (the 2024 paper's
+                                       # decomposition), "spectrum" (spectral densities), "eos" (the 2022
+                                       # paper's bulk claim from the run's [telemetry], into eos.json)
     analyze_every = 5                  # snapshots at multiples of this step (the paper: 100)
     analyze_skip = 10                  # the initial transient the paper leaves out
+    spectrum = "hessian"               # with "spectrum": "hessian", "ggn" or "residual"
+    spectrum_steps = 80                # Lanczos steps and probes of each density
+    spectrum_probes = 10
     tables = ["table2"]                # aggregates: "table1" (2022 paper), "table2" (2024 paper)
 
     [base.data]
@@ -27,7 +32,10 @@ Every run is a resumable run directory ``OUT/runs/<name>``, so running a sweep
 again skips finished runs, resumes unfinished ones from their last checkpoint
 (a killed sweep or a lost worker costs at most the steps since the last
 snapshot), and retries failed ones. A run that raises keeps its traceback in
-``error.txt`` in its directory and does not stop the others.
+``error.txt`` in its directory and does not stop the others. A run that
+trained but whose analysis raised keeps its training results and says so
+("trained, analysis failed", the traceback in ``analysis_error.txt``);
+running the sweep again redoes only its analysis.
 
 Runs go to a Dask cluster (``dask.distributed``, the ``[sweep]`` extra): a
 ``LocalCluster`` with one single-threaded worker per core (per GPU with
@@ -50,19 +58,24 @@ from ..rundir import write_json
 from ..validation import check_integer
 from .threads import DEFAULT_THREADS
 
-SWEEP_SCHEMA = {"name": str, "analyze": list, "analyze_every": int, "analyze_skip": int, "tables": list}
-ANALYSES = ("alignment",)
+SWEEP_SCHEMA = {"name": str, "analyze": list, "analyze_every": int, "analyze_skip": int, "tables": list,
+                "spectrum": str, "spectrum_steps": int, "spectrum_probes": int}
+ANALYSES = ("alignment", "eos", "spectrum")
+ANALYSIS_FAILED = "trained, analysis failed"
 TABLES = ("table1", "table2")
+SPECTRUM_DEFAULTS = {"kind": "hessian", "steps": 80, "probes": 10}
 FINISHED = ("converged", "max_steps", "max_time", "diverged")
 
 
 class Sweep:
     """A parsed, validated sweep file: its settings, base config and grid; ``runs`` expands the grid."""
 
-    def __init__(self, name, base, grid, analyze=(), analyze_every=1, analyze_skip=10, tables=(), source=None):
+    def __init__(self, name, base, grid, analyze=(), analyze_every=1, analyze_skip=10, tables=(), source=None,
+                 spectrum=None):
         self.name, self.base, self.grid = name, base, grid
         self.analyze, self.analyze_every, self.analyze_skip = tuple(analyze), analyze_every, analyze_skip
         self.tables, self.source = tuple(tables), source
+        self.spectrum = dict(SPECTRUM_DEFAULTS, **(spectrum or {}))   # kind, steps, probes of "spectrum"
 
     def runs(self):
         """[(run name, run config)] for every combination of the grid's values, in the file's order."""
@@ -121,7 +134,16 @@ def load(path):
             raise configs.ConfigError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
     sweep = Sweep(settings.get("name", os.path.splitext(os.path.basename(path))[0]), raw.get("base", {}), grid,
                   analyze=settings.get("analyze", []), analyze_every=settings.get("analyze_every", 1),
-                  analyze_skip=settings.get("analyze_skip", 10), tables=settings.get("tables", []), source=path)
+                  analyze_skip=settings.get("analyze_skip", 10), tables=settings.get("tables", []), source=path,
+                  spectrum={key: settings[f"spectrum{suffix}"] for key, suffix in
+                            (("kind", ""), ("steps", "_steps"), ("probes", "_probes")) if f"spectrum{suffix}" in settings})
+    from ..curvature import KINDS
+
+    if sweep.spectrum["kind"] not in KINDS:
+        raise configs.ConfigError(f"{path}: sweep.spectrum must be one of {list(KINDS)}, got {sweep.spectrum['kind']!r}")
+    if "eos" in sweep.analyze and "telemetry" not in sweep.base:
+        raise configs.ConfigError(f"{path}: sweep.analyze has 'eos', which reads the 2022 telemetry recorded during "
+                                  f"training: add a [base.telemetry] section")
     from ..integrators import from_config
 
     for name, config in sweep.runs():
@@ -160,11 +182,13 @@ def is_done(run_dir, analyses):
         return set(analyses) <= set(json.load(f)["analyses"])
 
 
-def run_one(name, config, run_dir, analyses=(), analyze_every=1, analyze_skip=10, device=None):
+def run_one(name, config, run_dir, analyses=(), analyze_every=1, analyze_skip=10, device=None, spectrum=None):
     """Train (or resume, or skip) one run of a sweep and analyse it; never raises.
 
-    Returns a summary dict with ``status`` (a run's final status, or 'failed'
-    with the error, whose traceback is also written to ``run_dir/error.txt``).
+    Returns a summary dict with ``status``: the run's final status; 'failed' with the error when training
+    raised (its traceback in ``run_dir/error.txt``); or 'trained, analysis failed' with the error and the
+    training results when only an analysis raised (its traceback in ``run_dir/analysis_error.txt``: the run
+    is kept, and the next sweep redoes only the analysis).
     """
     start = time.perf_counter()
     error_path = os.path.join(run_dir, "error.txt")
@@ -173,23 +197,52 @@ def run_one(name, config, run_dir, analyses=(), analyze_every=1, analyze_skip=10
         if run_state(run_dir) != "finished":
             resume = os.path.exists(os.path.join(run_dir, "checkpoint.npz"))
             configs.run(config, run_dir, device=device, resume=resume, progress=False)
-        if "alignment" in analyses:
-            from .analysis import analyze_run
-
-            analyze_run(run_dir, every=analyze_every, skip=analyze_skip, progress=False)
         with open(os.path.join(run_dir, "result.json")) as f:
             result = json.load(f)
-        write_json(os.path.join(run_dir, "done.json"), {"analyses": list(analyses)})
-        if os.path.exists(error_path):
-            os.remove(error_path)
-        return {"name": name, "status": result["status"], "steps": result["steps"], "loss": result["loss"],
-                "seconds": time.perf_counter() - start}
     except Exception as error:   # a failed run is reported, and the sweep goes on
         os.makedirs(run_dir, exist_ok=True)
         with open(error_path, "w") as f:
             f.write(traceback.format_exc())
         return {"name": name, "status": "failed", "error": f"{type(error).__name__}: {error}",
                 "seconds": time.perf_counter() - start}
+    if os.path.exists(error_path):
+        os.remove(error_path)
+    trained = {"name": name, "steps": result["steps"], "loss": result["loss"]}
+    analysis_error_path = os.path.join(run_dir, "analysis_error.txt")
+    try:
+        analyze(run_dir, analyses, analyze_every, analyze_skip, spectrum)
+    except Exception as error:   # the training results stand; the next sweep redoes the analysis
+        with open(analysis_error_path, "w") as f:
+            f.write(traceback.format_exc())
+        return {**trained, "status": ANALYSIS_FAILED, "error": f"{type(error).__name__}: {error}",
+                "seconds": time.perf_counter() - start}
+    if os.path.exists(analysis_error_path):
+        os.remove(analysis_error_path)
+    write_json(os.path.join(run_dir, "done.json"), {"analyses": list(analyses)})
+    return {**trained, "status": result["status"], "seconds": time.perf_counter() - start}
+
+
+def analyze(run_dir, analyses, every=1, skip=10, spectrum=None):
+    """The analyses a sweep asks for, on one trained run: 'alignment' (analysis.analyze_run), 'spectrum'
+    (analysis.spectrum_run with ``spectrum``'s kind, steps and probes), 'eos' (the 2022 paper's bulk claim from
+    the run's telemetry, into ``eos.json``). Each caches what it computed, so a repeat computes only what is new."""
+    from . import analysis
+
+    if "alignment" in analyses:
+        analysis.analyze_run(run_dir, every=every, skip=skip, progress=False)
+    if "spectrum" in analyses:
+        options = dict(SPECTRUM_DEFAULTS, **(spectrum or {}))
+        analysis.spectrum_run(run_dir, kind=options["kind"], every=every, skip=skip, steps=options["steps"],
+                              probes=options["probes"], progress=False)
+    if "eos" in analyses:
+        from .. import eos
+        from ..rundir import load_run
+
+        telemetry = load_run(run_dir)[2]
+        if not telemetry or "n_top" not in telemetry[0]:
+            raise ValueError(f"{run_dir}: no 2022 telemetry to analyse (the run has no [telemetry] section)")
+        n_c = telemetry[0]["n_top"] + 1
+        write_json(os.path.join(run_dir, "eos.json"), {"n_classes": n_c, "bulk_claim": eos.bulk_claim(telemetry, n_c)})
 
 
 def _use_worker_gpu(device):
@@ -263,6 +316,7 @@ def _run_locked(sweep, runs, out, workers, scheduler, device, progress):
     write_json(os.path.join(out, "sweep.json"), {
         "name": sweep.name, "source": sweep.source, "grid": sweep.grid, "analyze": list(sweep.analyze),
         "analyze_every": sweep.analyze_every, "analyze_skip": sweep.analyze_skip, "tables": list(sweep.tables),
+        "spectrum": sweep.spectrum,
         "runs": {name: config for name, config in runs}})
     todo, summaries = [], {}
     for name, config in runs:
@@ -272,18 +326,23 @@ def _run_locked(sweep, runs, out, workers, scheduler, device, progress):
             summaries[name] = {"name": name, "status": "skipped (finished)"}
         else:
             todo.append((name, config, run_dir))
-    args = (sweep.analyze, sweep.analyze_every, sweep.analyze_skip, device)
+    args = (sweep.analyze, sweep.analyze_every, sweep.analyze_skip, device, sweep.spectrum)
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not progress, unit="run",
                desc=f"sweep {sweep.name}", dynamic_ncols=True)
-    counts = {"done": len(runs) - len(todo), "failed": 0}
+    counts = {"done": len(runs) - len(todo), "failed": 0, "analysis failed": 0}
 
     def record(summary, running):
         summaries[summary["name"]] = summary
-        counts["failed" if summary["status"] == "failed" else "done"] += 1
-        bar.set_postfix(done=counts["done"], running=running, failed=counts["failed"], refresh=False)
+        kind = {"failed": "failed", ANALYSIS_FAILED: "analysis failed"}.get(summary["status"], "done")
+        counts[kind] += 1
+        bar.set_postfix(done=counts["done"], running=running, failed=counts["failed"],
+                        analysis_failed=counts["analysis failed"], refresh=False)
         bar.update(1)
         if summary["status"] == "failed":
             bar.write(f"run {summary['name']} failed: {summary['error']} (traceback in its error.txt)")
+        elif summary["status"] == ANALYSIS_FAILED:
+            bar.write(f"run {summary['name']} trained, analysis failed: {summary['error']} (traceback in its "
+                      f"analysis_error.txt; the next sweep redoes only the analysis)")
 
     if workers == 0 and scheduler is None:
         for i, (name, config, run_dir) in enumerate(todo):

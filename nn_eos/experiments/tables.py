@@ -68,7 +68,8 @@ def _finished(run_dir):
 
 
 def runs_table(sweep_dir):
-    """One row per run: status (or 'failed' with the error's last line, or 'not run'), steps, loss, t, D."""
+    """One row per run: status (or 'failed' with the error's last line, '…; trained, analysis failed: …' beside a
+    trained run's results, or 'not run'), steps, loss, t, D."""
     _, runs = load_sweep(sweep_dir)
     rows = []
     for name, _, run_dir in runs:
@@ -77,6 +78,9 @@ def runs_table(sweep_dir):
             config, _, _, result = load_run(run_dir)
             row.update(status=result["status"], steps=result["steps"], t=result["t"], loss=result["loss"],
                        examples=config.get("num_examples"))
+            if os.path.exists(os.path.join(run_dir, "analysis_error.txt")):
+                with open(os.path.join(run_dir, "analysis_error.txt")) as f:
+                    row["status"] = f"{result['status']}; trained, analysis failed: " + f.read().strip().splitlines()[-1]
         elif os.path.exists(os.path.join(run_dir, "error.txt")):
             with open(os.path.join(run_dir, "error.txt")) as f:
                 row["status"] = "failed: " + f.read().strip().splitlines()[-1]
