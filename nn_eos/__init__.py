@@ -6,9 +6,10 @@ Stability Is Caused by Layerwise Jacobian Alignment* (2024).
 
 The core, module by module, in the order data flows (docs/architecture.md):
 
-    passes         layers (Layer, Dense, Flatten), conv (Conv2d, pools), activations, criteria: each with its
-                   forward, backward, R-forward and R-backward pass; network (Sequential over one flat θ,
-                   mlp, alexnet_like, vgg_like)
+    passes         layers (Layer, Dense, Flatten), conv (Conv2d, pools), activations, blocks (Residual,
+                   LayerNorm and the layers made of layers), criteria: each with its forward, backward,
+                   R-forward and R-backward pass; network (Sequential over one flat θ, mlp, alexnet_like,
+                   vgg_like)
     products       product (one curvature product, its passes in order), curvature (TrainingLoss: value,
                    gradient, ∇²L̃ v, G v, H v in chunks and blocks), third_order (∇³L̃[u, v, ·]), memory
     eigensolvers   eigen (top_eigenpairs: power, block Krylov, LOBPCG, Lanczos; batched Lanczos)
@@ -28,8 +29,9 @@ from ._version import __version__
 from . import alignment, datasets, eos, product, self_stabilization, spectrum, stochastic
 from .adaptive import Adam, RMSProp
 from .stochastic import SGD
-from .activations import ELU, Activation, ReLU, Tanh, register_activation
+from .activations import ELU, GELU, Activation, ReLU, Tanh, register_activation
 from .backend import gpu_available
+from .blocks import Affine, Chain, LayerNorm, Normalize, Residual
 from .conv import AvgPool2d, Conv2d, MaxPool2d
 from .criteria import MSE, CrossEntropy
 from .curvature import TrainingLoss
@@ -42,8 +44,8 @@ from .rundir import load_run
 
 __all__ = [
     # layers, criteria, networks
-    "Activation", "AvgPool2d", "Conv2d", "Dense", "ELU", "Flatten", "Layer", "MaxPool2d", "ReLU", "Sequential",
-    "Tanh", "register_activation",
+    "Activation", "Affine", "AvgPool2d", "Chain", "Conv2d", "Dense", "ELU", "Flatten", "GELU", "Layer",
+    "LayerNorm", "MaxPool2d", "Normalize", "ReLU", "Residual", "Sequential", "Tanh", "register_activation",
     "CrossEntropy", "MSE", "alexnet_like", "mlp", "vgg_like",
     # curvature and eigenpairs
     "EigenResult", "NonConvergenceWarning", "TrainingLoss", "top_eigenpairs",

@@ -19,7 +19,7 @@ activation states as ``third_derivative``.
 
 import math
 
-from .backend import array_module
+from .backend import array_module, special_module
 from .layers import Layer
 
 
@@ -213,7 +213,46 @@ class Tanh(Activation):
         return slope, -2 * x_plus * slope
 
 
-ACTIVATIONS = {cls.name: cls for cls in (ReLU, ELU, Tanh)}
+class GELU(Activation):
+    """GELU, exact (Hendrycks & Gimpel 2016; PyTorch's ``gelu`` with ``approximate='none'``)::
+
+        σ(x)    = x Φ(x)              Φ(x) = (1 + erf(x/√2)) / 2, the normal distribution function
+        σ'(x)   = Φ(x) + x φ(x)       φ(x) = e^{−x²/2} / √(2π), its density (φ' = −x φ)
+        σ''(x)  = (2 − x²) φ(x)
+        σ'''(x) = x (x² − 4) φ(x)
+
+    erf comes from the backend's special functions (scipy.special, cupyx.scipy.special on CuPy).
+    """
+
+    name = "gelu"
+    gain = 1.0
+
+    @staticmethod
+    def Phi(x):
+        return 0.5 * (1 + special_module(array_module(x)).erf(x / math.sqrt(2)))
+
+    @staticmethod
+    def phi(x):
+        return array_module(x).exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+    @staticmethod
+    def sigma(x):
+        return x * GELU.Phi(x)
+
+    @staticmethod
+    def slope(x):
+        return GELU.Phi(x) + x * GELU.phi(x)
+
+    @staticmethod
+    def curvature(x):
+        return (2 - x * x) * GELU.phi(x)
+
+    @staticmethod
+    def third_derivative(x):
+        return x * (x * x - 4) * GELU.phi(x)
+
+
+ACTIVATIONS = {cls.name: cls for cls in (ReLU, ELU, Tanh, GELU)}
 
 
 def register_activation(cls):

@@ -110,6 +110,10 @@ class Dense(Layer):
     A dense layer is linear in its input and in its parameters, so its own
     second derivatives vanish; the only second-order terms of its R-backward
     pass are the cross terms ``δᵀ R{x}`` and ``δ V_A`` (parameters times input).
+
+    It acts on the last axis of its input, (n, i) or (n, …, i) — a sequence of
+    tokens (n, T, i) maps token by token — so in the sums over examples below
+    every example and position is one row (:func:`rows`).
     """
 
     def __init__(self, n_in, n_out):
@@ -122,9 +126,9 @@ class Dense(Layer):
         return f"Dense({self.n_in}, {self.n_out})"
 
     def output_shape(self, input_shape):
-        if tuple(input_shape) != (self.n_in,):
-            raise ValueError(f"{self!r} expects inputs of shape (n, {self.n_in}), got (n, *{tuple(input_shape)})")
-        return (self.n_out,)
+        if not input_shape or tuple(input_shape)[-1] != self.n_in:
+            raise ValueError(f"{self!r} expects inputs of shape (n, …, {self.n_in}), got (n, *{tuple(input_shape)})")
+        return (*tuple(input_shape)[:-1], self.n_out)
 
     def split(self, flat):
         """Views (…, o, i) and (…, o) of the A and b parts of a (…, p) array."""
@@ -143,15 +147,15 @@ class Dense(Layer):
         cache.delta = delta
         if grad is not None:
             grad_A, grad_b = self.split(grad)
-            grad_A[...] = delta.T @ cache.x
-            grad_b[...] = delta.sum(axis=0)
+            grad_A[...] = rows(delta).T @ rows(cache.x)                 # (o, N) @ (N, i)
+            grad_b[...] = rows(delta).sum(axis=0)
         return delta @ self.A if need_input else None
 
     def r_forward(self, r_x, v, cache):
         """``R{x̂} = R{x} Aᵀ + x V_Aᵀ + V_b``; ``r_x=None`` stands for ``R{x} = 0``."""
         cache.r_x = r_x
         V_A, V_b = self.split(v)                                     # (k, o, i), (k, o)
-        r_x_hat = cache.x @ V_A.transpose(0, 2, 1) + V_b[:, None, :]
+        r_x_hat = by_direction(rows(cache.x) @ V_A.transpose(0, 2, 1) + V_b[:, None, :], cache.x.shape[:-1])
         return r_x_hat if r_x is None else r_x @ self.A.T + r_x_hat
 
     def r_backward(self, r_delta, v, cache, r_grad, second_order=True, need_input=True):
@@ -164,15 +168,15 @@ class Dense(Layer):
             R{∂L̃/∂x}  =  R{δ} A         +  δ V_A            (k, n, i)
         """
         r_grad_A, r_grad_b = self.split(r_grad)
-        r_grad_A[...] = r_delta.transpose(0, 2, 1) @ cache.x    # R{δ}ᵀ x:   (k, o, n) @ (n, i)
-        r_grad_b[...] = r_delta.sum(axis=1)                     # Σ_n R{δ}:  (k, n, o) summed over n
-        r_dx = r_delta @ self.A if need_input else None         # R{δ} A:    (k, n, o) @ (o, i)
+        r_grad_A[...] = direction_rows(r_delta).transpose(0, 2, 1) @ rows(cache.x)   # R{δ}ᵀ x: (k, o, N) @ (N, i)
+        r_grad_b[...] = direction_rows(r_delta).sum(axis=1)                         # Σ_n R{δ}: (k, o)
+        r_dx = r_delta @ self.A if need_input else None                             # R{δ} A:   (k, n, i)
         if second_order:
             if cache.r_x is not None:                           # R{x} = 0 below the first layer with parameters
-                r_grad_A += cache.delta.T @ cache.r_x           # δᵀ R{x}:   (o, n) @ (k, n, i)
+                r_grad_A += rows(cache.delta).T @ direction_rows(cache.r_x)          # δᵀ R{x}: (o, N) @ (k, N, i)
             if need_input:
                 V_A, _ = self.split(v)
-                r_dx += cache.delta @ V_A                       # δ V_A:     (n, o) @ (k, o, i)
+                r_dx += by_direction(rows(cache.delta) @ V_A, cache.delta.shape[:-1])  # δ V_A: (N, o) @ (k, o, i)
         return r_dx
 
     def rr_forward(self, ruv_x, t, u, v, cache):
@@ -180,7 +184,8 @@ class Dense(Layer):
         if t.ru_x is None:                      # the first layer with parameters: x does not move with θ
             return None
         (U_A, _), (V_A, _) = self.split(u), self.split(v)
-        ruv_x_hat = t.ru_x @ V_A.transpose(0, 2, 1) + t.rv_x @ U_A.transpose(0, 2, 1)
+        ruv_x_hat = t.ru_x @ per_direction(V_A.transpose(0, 2, 1), t.ru_x) + t.rv_x @ per_direction(
+            U_A.transpose(0, 2, 1), t.rv_x)
         return ruv_x_hat if ruv_x is None else ruv_x @ self.A.T + ruv_x_hat
 
     def rr_backward(self, ruv_delta, t, u, v, cache, rr_grad, need_input=True):
@@ -191,16 +196,18 @@ class Dense(Layer):
             R_uR_v{∂L̃/∂x} = R_uR_v{δ} A + R_v{δ} U_A + R_u{δ} V_A
         """
         rr_grad_A, rr_grad_b = self.split(rr_grad)
-        rr_grad_A[...] = ruv_delta.transpose(0, 2, 1) @ t.x
+        rr_grad_A[...] = direction_rows(ruv_delta).transpose(0, 2, 1) @ rows(t.x)
         if t.ru_x is not None:
-            rr_grad_A += t.rv_delta.transpose(0, 2, 1) @ t.ru_x + t.ru_delta.transpose(0, 2, 1) @ t.rv_x
+            rr_grad_A += (direction_rows(t.rv_delta).transpose(0, 2, 1) @ direction_rows(t.ru_x)
+                          + direction_rows(t.ru_delta).transpose(0, 2, 1) @ direction_rows(t.rv_x))
         if t.ruv_x is not None:
-            rr_grad_A += t.delta.T @ t.ruv_x
-        rr_grad_b[...] = ruv_delta.sum(axis=1)
+            rr_grad_A += rows(t.delta).T @ direction_rows(t.ruv_x)
+        rr_grad_b[...] = direction_rows(ruv_delta).sum(axis=1)
         if not need_input:
             return None
         (U_A, _), (V_A, _) = self.split(u), self.split(v)
-        return ruv_delta @ self.A + t.rv_delta @ U_A + t.ru_delta @ V_A
+        return ruv_delta @ self.A + t.rv_delta @ per_direction(U_A, t.rv_delta) + t.ru_delta @ per_direction(
+            V_A, t.ru_delta)
 
 
 class Flatten(Layer):
@@ -249,6 +256,8 @@ class Cache(SimpleNamespace):
     def drop_r_values(self):
         for name in [name for name in vars(self) if name.startswith("r_")]:
             delattr(self, name)
+        for inner in getattr(self, "inner", ()):             # the caches of a layer made of layers (blocks.py)
+            inner.drop_r_values()
 
 
 class Tangents(SimpleNamespace):
@@ -256,6 +265,27 @@ class Tangents(SimpleNamespace):
     ``∇³L̃[u, v, ·]`` (docs/third.md): ``x`` its input, ``delta`` the δ of its output, ``ru_x``, ``rv_x``
     (R_u{x}, R_v{x}; None before the first layer with parameters), ``ru_delta``, ``rv_delta`` (R_u{δ}, R_v{δ})
     and ``ruv_x`` (R_uR_v{x}; None where it is zero)."""
+
+
+def rows(a):
+    """A (n, …, m) array as (N, m): every example and position one row (a view of a contiguous array)."""
+    return a.reshape(-1, a.shape[-1])
+
+
+def direction_rows(a):
+    """A (k, n, …, m) R-quantity as (k, N, m): per direction, every example and position one row."""
+    return a.reshape(a.shape[0], -1, a.shape[-1])
+
+
+def by_direction(a, lead):
+    """A (k, N, m) result back as (k, *lead, m), ``lead`` the (n, …) axes its rows came from."""
+    return a.reshape(a.shape[0], *lead, a.shape[-1])
+
+
+def per_direction(W, r):
+    """A per-direction matrix W (k, a, b) shaped to multiply an R-quantity r (k, n, …, a) as ``r @ W``:
+    (k, 1, …, 1, a, b), one 1 for each axis of r between the directions and its last two."""
+    return W.reshape((W.shape[0],) + (1,) * (r.ndim - 3) + W.shape[1:])
 
 
 def weight_and_bias(flat, rows, cols):
