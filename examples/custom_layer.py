@@ -3,7 +3,9 @@
     python examples/custom_layer.py [--n 300] [--steps 40] [--device cpu|gpu|strict]
 
 Softplus and GELU are activations (σ, σ', σ''; GELU's Φ goes through the
-backend's erf, so the same lines run on CuPy), and Scale is a layer with
+backend's erf, so the same lines run on CuPy; the package ships the same GELU
+as ``ne.GELU``, written here as the example of an activation built on a special
+function, and registered under its own name), and Scale is a layer with
 parameters, ``y = x ⊙ s + c`` per feature (docs/layers.md). Each is checked by
 ``nn_eos.testing`` against central finite differences: every pass, with and
 without the second-order terms. Then two bugs are planted — a wrong σ'' and a
@@ -55,7 +57,7 @@ class GELU(ne.Activation):
     """``σ(x) = x Φ(x)``, ``σ'(x) = Φ(x) + x φ(x)``, ``σ''(x) = (2 − x²) φ(x)``, with Φ the normal CDF
     ``(1 + erf(x/√2))/2`` and φ its density ``e^{−x²/2}/√(2π)``."""
 
-    name = "gelu"
+    name = "my_gelu"
 
     @staticmethod
     def Phi(x):
