@@ -39,9 +39,8 @@ import numpy as np
 from . import backend, memory, product, third_order
 from .criteria import criterion as make_criterion
 from .eigen import BlockOperator
-from .validation import check_directions, check_inputs, check_integer, check_labels
-
 from .product import KINDS
+from .validation import check_directions, check_inputs, check_integer, check_labels
 
 
 @dataclass

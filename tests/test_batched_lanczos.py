@@ -12,18 +12,18 @@ from nn_eos.eigen.batched_lanczos import batched_top_eigenvalue, top_ritz, tridi
 @settings(max_examples=30)
 @given(n=st.integers(1, 6), m=st.integers(1, 40), seed=st.integers(0, 2**16), scale=st.sampled_from([1e-6, 1.0, 1e4]))
 def test_top_ritz_matches_eigh(n, m, seed, scale):
-    """θ_1, θ_2 and |s_m| of the top eigenvector, against a dense eigh, on random tridiagonals (some with a
+    """λ_1, λ_2 and |s_m| of the top eigenvector, against a dense eigh, on random tridiagonals (some with a
     zero coupling, which splits T into blocks)."""
     rng = np.random.default_rng(seed)
     alpha = scale * rng.standard_normal((n, m))
     beta = scale * np.abs(rng.standard_normal((n, m - 1)))
     if m > 2:
         beta[0, m // 2] = 0.0
-    theta1, theta2, s_last = top_ritz(alpha, beta, np)
+    lam1, lam2, s_last = top_ritz(alpha, beta, np)
     w, V = np.linalg.eigh(tridiagonal(alpha, beta, np))
-    np.testing.assert_allclose(theta1, w[:, -1], rtol=0, atol=1e-12 * scale * m)
+    np.testing.assert_allclose(lam1, w[:, -1], rtol=0, atol=1e-12 * scale * m)
     if m > 1:
-        np.testing.assert_allclose(theta2, w[:, -2], rtol=0, atol=1e-12 * scale * m)
+        np.testing.assert_allclose(lam2, w[:, -2], rtol=0, atol=1e-12 * scale * m)
         well_separated = w[:, -1] - w[:, -2] > 1e-3 * scale
         np.testing.assert_allclose(np.abs(s_last)[well_separated], np.abs(V[well_separated, -1, -1]), atol=1e-9)
 
@@ -31,11 +31,11 @@ def test_top_ritz_matches_eigh(n, m, seed, scale):
 @pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_top_ritz_of_a_zero_matrix_is_finite(dtype):
-    """A dead example (every σ' = 0) gives T = 0: θ_1 = θ_2 = 0, and no overflow in the inverse iteration."""
-    theta1, theta2, s_last = top_ritz(np.zeros((2, 5), dtype), np.zeros((2, 4), dtype), np)
-    assert (theta1 == 0).all() and (theta2 == 0).all() and np.isfinite(s_last).all()
-    theta1, theta2, s_last = top_ritz(np.full((2, 1), 3.0, dtype), np.zeros((2, 0), dtype), np)   # a 1 × 1 T
-    assert (theta1 == 3).all() and (theta2 == -np.inf).all() and theta2.dtype == dtype and (np.abs(s_last) == 1).all()
+    """A dead example (every σ' = 0) gives T = 0: λ_1 = λ_2 = 0, and no overflow in the inverse iteration."""
+    lam1, lam2, s_last = top_ritz(np.zeros((2, 5), dtype), np.zeros((2, 4), dtype), np)
+    assert (lam1 == 0).all() and (lam2 == 0).all() and np.isfinite(s_last).all()
+    lam1, lam2, s_last = top_ritz(np.full((2, 1), 3.0, dtype), np.zeros((2, 0), dtype), np)   # a 1 × 1 T
+    assert (lam1 == 3).all() and (lam2 == -np.inf).all() and lam2.dtype == dtype and (np.abs(s_last) == 1).all()
 
 
 def test_converged_examples_leave_the_active_set():
@@ -63,7 +63,7 @@ def test_converged_examples_leave_the_active_set():
 
 
 def test_tight_tolerance_keeps_clustered_tops_exact():
-    """The stopping test estimates θ_1's error as r²/(θ_1 − θ_2), which trusts the Ritz gap; while Lanczos has
+    """The stopping test estimates λ_1's error as r²/(λ_1 − λ_2), which trusts the Ritz gap; while Lanczos has
     not yet found every eigenvalue of a tight top cluster, that gap is too wide and a loose tol stops on a lower
     member (tol 1e-6: one of these 30 stops 2.5e-4 low). The default tol 1e-9 asks for a residual small
     enough that the cluster is resolved: every answer to 1e-9."""
@@ -129,7 +129,7 @@ def _solve(mats, dtype=np.float64, **kwargs):
 @pytest.mark.parametrize("scale", [1e-4, 1e4])
 def test_the_tolerance_is_relative(scale):
     """Spectra scaled by 1e-4 and 1e4 stop after the same products as unscaled ones, and are as accurate: the
-    stopping test compares the error estimate with tol · |θ_1|, not with tol."""
+    stopping test compares the error estimate with tol · |λ_1|, not with tol."""
     mats = _gap_operators(4, 60, seed=2)
     top, calls = _solve(mats)
     scaled_top, scaled_calls = _solve(scale * mats)

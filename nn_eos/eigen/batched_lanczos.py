@@ -29,23 +29,23 @@ def tridiagonal(alpha, beta, xp):
 
 
 def top_ritz(alpha, beta, xp):
-    """Top two eigenvalues θ_1 ≥ θ_2 of each T_m, and the last component s_m of its top unit eigenvector.
+    """Top two eigenvalues λ_1 ≥ λ_2 of each T_m, and the last component s_m of its top unit eigenvector.
 
     The eigenvalues by a batched ``eigvalsh``; s_m by two steps of inverse
-    iteration from u = 1, ``u ← (T − σ I)⁻¹ u / ‖·‖`` with σ just above θ_1 (1e-10 of the spectrum's scale,
+    iteration from u = 1, ``u ← (T − σ I)⁻¹ u / ‖·‖`` with σ just above λ_1 (1e-10 of the spectrum's scale,
     16 ulps in float32),
     solved by the recurrence of the factorisation ``T − σ I = L D Lᵀ``
     (negative definite, so stable without pivoting): O(m) per example where
     a full ``eigh`` would cost O(m³).
     """
     m = alpha.shape[1]
-    theta = xp.linalg.eigvalsh(tridiagonal(alpha, beta, xp))
-    theta1 = theta[:, -1]
-    theta2 = theta[:, -2] if m > 1 else xp.full_like(theta1, -np.inf)
-    # the shift's floor keeps 1/(θ − σ) finite for a zero T (a dead example: every s = 0)
-    scale = xp.maximum(xp.abs(theta).max(axis=1), np.finfo(alpha.dtype).tiny ** 0.5)
-    # 1e-10 of the scale above θ_1; in float32 at least 16 ulps, or σ would round to θ_1 and a pivot to zero
-    sigma = theta1 + max(1e-10, 16 * float(np.finfo(alpha.dtype).eps)) * scale
+    lam = xp.linalg.eigvalsh(tridiagonal(alpha, beta, xp))
+    lam1 = lam[:, -1]
+    lam2 = lam[:, -2] if m > 1 else xp.full_like(lam1, -np.inf)
+    # the shift's floor keeps 1/(λ − σ) finite for a zero T (a dead example: every s = 0)
+    scale = xp.maximum(xp.abs(lam).max(axis=1), np.finfo(alpha.dtype).tiny ** 0.5)
+    # 1e-10 of the scale above λ_1; in float32 at least 16 ulps, or σ would round to λ_1 and a pivot to zero
+    sigma = lam1 + max(1e-10, 16 * float(np.finfo(alpha.dtype).eps)) * scale
     d = [alpha[:, 0] - sigma]                                    # pivots of T − σ I = L D Lᵀ
     for j in range(1, m):
         d.append(alpha[:, j] - sigma - beta[:, j - 1] ** 2 / d[-1])
@@ -61,7 +61,7 @@ def top_ritz(alpha, beta, xp):
         u /= xp.abs(u).max(axis=1, keepdims=True)               # scaled first: u may be as large as 1/shift
         u /= xp.linalg.norm(u, axis=1, keepdims=True)
     last = u[:, -1]
-    return theta1, theta2, last
+    return lam1, lam2, last
 
 
 def _is_check_step(m, d):
@@ -83,10 +83,10 @@ def batched_top_eigenvalue(matvec, n, d, xp, dtype, tol=1e-9, start=None, seed=0
     adds copies of eigenvalues that have already converged. ``start``, a
     (d,) vector near the operators' common top eigenvector, warm-starts
     every example (a random 5% is mixed in so no example starts orthogonal
-    to its own). At m = 4, 8, 12, 16, 24, 32, … the top Ritz value θ_1 of
-    each active example is tested: its error estimate ``min(r, r²/(θ_1 −
-    θ_2))`` with ``r = |β_m s_m|`` (the residual bound, sharpened by the Ritz
-    gap) below ``tol · θ_1`` ends that example. At m = d the Krylov space is
+    to its own). At m = 4, 8, 12, 16, 24, 32, … the top Ritz value λ_1 of
+    each active example is tested: its error estimate ``min(r, r²/(λ_1 −
+    λ_2))`` with ``r = |β_m s_m|`` (the residual bound, sharpened by the Ritz
+    gap) below ``tol · λ_1`` ends that example. At m = d the Krylov space is
     the whole space and the answer exact. The sharpened estimate trusts the
     Ritz gap, which is too wide while a tight top cluster is not yet
     resolved: keep tol tight (at 1e-6, 6 of 120 random operators, all among
@@ -125,11 +125,11 @@ def batched_top_eigenvalue(matvec, n, d, xp, dtype, tol=1e-9, start=None, seed=0
         if not _is_check_step(m, d):
             continue
         host = to_numpy(xp.concatenate([alpha[:, :m], beta[:, :m]], axis=1)).astype(np.float64)
-        theta1, theta2, s_last = top_ritz(host[:, :m], host[:, m:2 * m - 1], np)
+        lam1, lam2, s_last = top_ritz(host[:, :m], host[:, m:2 * m - 1], np)
         r = np.abs(host[:, -1] * s_last)
-        error = np.minimum(r, r * r / np.maximum(theta1 - theta2, 1e-300))
-        done = (error <= tol * np.maximum(np.abs(theta1), 1e-300)) | (host[:, -1] == 0) | (m == d)
-        top[rows[done]] = theta1[done]
+        error = np.minimum(r, r * r / np.maximum(lam1 - lam2, 1e-300))
+        done = (error <= tol * np.maximum(np.abs(lam1), 1e-300)) | (host[:, -1] == 0) | (m == d)
+        top[rows[done]] = lam1[done]
         if done.all():
             break
         keep = np.flatnonzero(~done)

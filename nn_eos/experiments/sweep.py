@@ -135,12 +135,14 @@ def load(path):
     sweep = Sweep(settings.get("name", os.path.splitext(os.path.basename(path))[0]), raw.get("base", {}), grid,
                   analyze=settings.get("analyze", []), analyze_every=settings.get("analyze_every", 1),
                   analyze_skip=settings.get("analyze_skip", 10), tables=settings.get("tables", []), source=path,
-                  spectrum={key: settings[f"spectrum{suffix}"] for key, suffix in
-                            (("kind", ""), ("steps", "_steps"), ("probes", "_probes")) if f"spectrum{suffix}" in settings})
+                  spectrum={"kind": settings.get("spectrum", SPECTRUM_DEFAULTS["kind"]),
+                            "steps": settings.get("spectrum_steps", SPECTRUM_DEFAULTS["steps"]),
+                            "probes": settings.get("spectrum_probes", SPECTRUM_DEFAULTS["probes"])})
     from ..curvature import KINDS
 
     if sweep.spectrum["kind"] not in KINDS:
-        raise configs.ConfigError(f"{path}: sweep.spectrum must be one of {list(KINDS)}, got {sweep.spectrum['kind']!r}")
+        raise configs.ConfigError(f"{path}: sweep.spectrum must be one of {list(KINDS)}, got "
+                                  f"{sweep.spectrum['kind']!r}")
     if "eos" in sweep.analyze and "telemetry" not in sweep.base:
         raise configs.ConfigError(f"{path}: sweep.analyze has 'eos', which reads the 2022 telemetry recorded during "
                                   f"training: add a [base.telemetry] section")

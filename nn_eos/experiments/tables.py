@@ -80,7 +80,8 @@ def runs_table(sweep_dir):
                        examples=config.get("num_examples"))
             if os.path.exists(os.path.join(run_dir, "analysis_error.txt")):
                 with open(os.path.join(run_dir, "analysis_error.txt")) as f:
-                    row["status"] = f"{result['status']}; trained, analysis failed: " + f.read().strip().splitlines()[-1]
+                    last = f.read().strip().splitlines()[-1]
+                row["status"] = f"{result['status']}; trained, analysis failed: {last}"
         elif os.path.exists(os.path.join(run_dir, "error.txt")):
             with open(os.path.join(run_dir, "error.txt")) as f:
                 row["status"] = "failed: " + f.read().strip().splitlines()[-1]
