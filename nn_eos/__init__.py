@@ -7,9 +7,10 @@ Stability Is Caused by Layerwise Jacobian Alignment* (2024).
 The core, module by module, in the order data flows (docs/architecture.md):
 
     passes         layers (Layer, Dense, Flatten), conv (Conv2d, pools), activations, blocks (Residual,
-                   LayerNorm and the layers made of layers), criteria: each with its forward, backward,
-                   R-forward and R-backward pass; network (Sequential over one flat θ, mlp, alexnet_like,
-                   vgg_like)
+                   LayerNorm and the layers made of layers), sequence (Embedding, PositionalEmbedding),
+                   attention (SelfAttention), criteria: each with its forward, backward, R-forward and
+                   R-backward pass; network (Sequential over one flat θ, mlp, alexnet_like, vgg_like),
+                   architectures (transformer, residual_mlp, residual_conv)
     products       product (one curvature product, its passes in order), curvature (TrainingLoss: value,
                    gradient, ∇²L̃ v, G v, H v in chunks and blocks), third_order (∇³L̃[u, v, ·]), memory
     eigensolvers   eigen (top_eigenpairs: power, block Krylov, LOBPCG, Lanczos; batched Lanczos)
@@ -31,6 +32,8 @@ from .adaptive import Adam, RMSProp
 from .stochastic import SGD
 from .activations import ELU, GELU, Activation, ReLU, Tanh, register_activation
 from .backend import gpu_available
+from .architectures import residual_conv, residual_mlp, transformer
+from .attention import SelfAttention
 from .blocks import Affine, Chain, LayerNorm, Normalize, Residual
 from .conv import AvgPool2d, Conv2d, MaxPool2d
 from .criteria import MSE, CrossEntropy
@@ -41,12 +44,14 @@ from .loop import Run, TrainingInterrupted, train
 from .layers import Dense, Flatten, Layer
 from .network import Sequential, alexnet_like, mlp, vgg_like
 from .rundir import load_run
+from .sequence import Embedding, PositionalEmbedding
 
 __all__ = [
     # layers, criteria, networks
-    "Activation", "Affine", "AvgPool2d", "Chain", "Conv2d", "Dense", "ELU", "Flatten", "GELU", "Layer",
-    "LayerNorm", "MaxPool2d", "Normalize", "ReLU", "Residual", "Sequential", "Tanh", "register_activation",
-    "CrossEntropy", "MSE", "alexnet_like", "mlp", "vgg_like",
+    "Activation", "Affine", "AvgPool2d", "Chain", "Conv2d", "Dense", "ELU", "Embedding", "Flatten", "GELU", "Layer",
+    "LayerNorm", "MaxPool2d", "Normalize", "PositionalEmbedding", "ReLU", "Residual", "SelfAttention", "Sequential",
+    "Tanh", "register_activation", "CrossEntropy", "MSE", "alexnet_like", "mlp", "residual_conv", "residual_mlp",
+    "transformer", "vgg_like",
     # curvature and eigenpairs
     "EigenResult", "NonConvergenceWarning", "TrainingLoss", "top_eigenpairs",
     # dynamics

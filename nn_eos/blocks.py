@@ -66,6 +66,16 @@ class Chain(Layer):
         for layer in self.layers:
             layer.check_third_order()
 
+    def values_per_example(self, input_shape):
+        """memory.values_per_example: the inner layers' records, one after the other."""
+        from .memory import values_per_example
+
+        total = 0
+        for layer in self.layers:
+            total += values_per_example(layer, input_shape)
+            input_shape = layer.output_shape(input_shape)
+        return total
+
     def r_values_per_example(self, input_shape, first):
         """(kept, step) of memory.r_values_per_example: the inner layers' R-outputs kept below each step."""
         from .memory import r_values_per_example

@@ -3,6 +3,12 @@ third derivative ``∂³l[a, b, ·]`` (docs/third.md).
 
 All functions work per example on a batch: ``z`` has shape (n, O), ``y`` holds
 integer labels (n,). Directions ``u`` carry a leading axis: (k, n, O).
+
+An example may have outputs at several positions — a sequence's tokens, ``z``
+(n, T, O) with labels (n, T) — and then its criterion is the mean over its
+positions, ``l(z, y) = (1/T) Σ_t l(z_t, y_t)``, so that L̃ is the mean over all
+n·T tokens (PyTorch's ``cross_entropy`` on the flattened tokens). Every
+derivative below is then the per-position one divided by T (:func:`positions`).
 """
 
 import numpy as np
@@ -12,9 +18,9 @@ from .validation import check_labels
 
 
 def one_hot_mask(z, columns):
-    """(n, O) booleans, True at column ``columns[i]`` of row i (masks, not fancy indexing: on a device each
-    indexed read or write is a gather or scatter of its own)."""
-    return array_module(z).arange(z.shape[-1]) == columns[:, None]
+    """(n, …, O) booleans, True at entry ``columns[i, …]`` of the last axis (masks, not fancy indexing: on a device
+    each indexed read or write is a gather or scatter of its own)."""
+    return array_module(z).arange(z.shape[-1]) == columns[..., None]
 
 
 def label_mask(z, y):
@@ -22,8 +28,27 @@ def label_mask(z, y):
     naming them, not a wrong number); labels on a device were checked where they were moved there
     (TrainingLoss), since a check here would wait for the device."""
     if isinstance(y, np.ndarray):
-        check_labels(y, z.shape[0], z.shape[-1])
+        check_labels(y, z.shape[:-1], z.shape[-1])
     return one_hot_mask(z, y)
+
+
+def positions(z):
+    """T, the positions of one example's outputs z (n, …, O): 1 for (n, O), the tokens of a sequence (n, T, O)."""
+    return int(np.prod(z.shape[1:-1]))
+
+
+def per_example(l):
+    """The mean over each example's positions of a per-position criterion (n, …): (n,)."""
+    return l.reshape(l.shape[0], -1).mean(axis=1)
+
+
+def block_diagonal(h):
+    """Per-position O×O blocks h (n, …, O, O) as one (n, M, M) matrix per example, M = T·O the example's
+    outputs in z.reshape(n, −1) order."""
+    xp = array_module(h)
+    n, T, O = h.shape[0], positions(h[..., 0]), h.shape[-1]
+    blocks = h.reshape(n, T, O, O)
+    return xp.einsum("ntab,ts->ntasb", blocks, xp.eye(T, dtype=h.dtype)).reshape(n, T * O, T * O)
 
 
 class Criterion:
@@ -37,11 +62,11 @@ class Criterion:
         raise NotImplementedError
 
     def gradient(self, z, y):
-        """∂l/∂z per example, shape (n, O)."""
+        """∂l/∂z per example, shape of z: (n, O) or (n, …, O)."""
         raise NotImplementedError
 
     def hessian_product(self, z, y, u):
-        """``H_z l · u`` per example and direction, u of shape (k, n, O)."""
+        """``H_z l · u`` per example and direction, u of shape (k, *z.shape)."""
         raise NotImplementedError
 
     def output_hessian(self, z, y, scale=1.0):
@@ -50,7 +75,8 @@ class Criterion:
         return lambda u: scale * self.hessian_product(z, y, u)
 
     def hessian(self, z, y):
-        """``H_z l`` per example, shape (n, O, O)."""
+        """``H_z l`` per example, shape (n, M, M) with M = T·O the example's outputs in z.reshape(n, −1) order
+        (block diagonal over positions)."""
         raise NotImplementedError
 
     def third_product(self, z, y, a, b):
@@ -75,6 +101,8 @@ class CrossEntropy(Criterion):
     """Softmax cross-entropy, with ``p = softmax(z)``::
 
         l = −log p_y      ∂l/∂z = p − e_y      H_z l = diag(p) − p pᵀ
+
+    per position, each divided by T for a sequence of T positions (module docstring).
     """
 
     name = "cross_entropy"
@@ -97,15 +125,15 @@ class CrossEntropy(Criterion):
         xp = array_module(z)
         top = one_hot_mask(z, z.argmax(axis=-1))
         m = z.max(axis=-1)
-        others = xp.where(top, 0, xp.exp(z - m[:, None])).sum(axis=-1)
-        return (m - xp.where(label_mask(z, y), z, 0).sum(axis=-1)) + xp.log1p(others)
+        others = xp.where(top, 0, xp.exp(z - m[..., None])).sum(axis=-1)
+        return per_example((m - xp.where(label_mask(z, y), z, 0).sum(axis=-1)) + xp.log1p(others))
 
     def gradient(self, z, y):
         """``p − e_y``; the entry y is computed as ``−Σ_{q≠y} p_q``, exact when p_y ≈ 1."""
         xp = array_module(z)
         label = label_mask(z, y)
         p = xp.where(label, 0, self.softmax(z))
-        return xp.where(label, -p.sum(axis=-1, keepdims=True), p)
+        return xp.where(label, -p.sum(axis=-1, keepdims=True), p) / positions(z)
 
     def hessian_product(self, z, y, u):
         """``H_z l u = p ⊙ u − p (pᵀu)`` (:meth:`output_hessian`)."""
@@ -121,6 +149,7 @@ class CrossEntropy(Criterion):
         """
         p = self.softmax(z)
         top = one_hot_mask(z, z.argmax(axis=-1)).astype(z.dtype)
+        scale = scale / positions(z)
 
         def product(u):
             u = u - (u * top).sum(axis=-1, keepdims=True)
@@ -129,8 +158,9 @@ class CrossEntropy(Criterion):
 
     def hessian(self, z, y):
         xp = array_module(z)
-        p = self.softmax(z)
-        return p[:, :, None] * xp.eye(z.shape[-1], dtype=z.dtype) - p[:, :, None] * p[:, None, :]
+        p = self.softmax(z)[..., None]                                                    # (n, …, O, 1)
+        per_position = p * xp.eye(z.shape[-1], dtype=z.dtype) - p * p.swapaxes(-1, -2)
+        return block_diagonal(per_position / positions(z))
 
     def third_product(self, z, y, a, b):
         """``∂³l[a, b, ·] = H_z l · ((a − pᵀa) ⊙ (b − pᵀb))``, the third cumulant of the softmax (docs/third.md).
@@ -151,6 +181,8 @@ class MSE(Criterion):
     """Mean squared error against one-hot targets (PyTorch's ``mse_loss`` convention)::
 
         l = (1/O) Σ_q (z_q − e_{y,q})²      ∂l/∂z = (2/O)(z − e_y)      H_z l = (2/O) I
+
+    with O the outputs of one example (M = T·O for a sequence: the mean over all of them).
     """
 
     name = "mse"
@@ -161,25 +193,30 @@ class MSE(Criterion):
         """e_y as an (n, O) array of z's dtype."""
         return label_mask(z, y).astype(z.dtype)
 
+    @staticmethod
+    def outputs(z):
+        """O: the outputs of one example (T·O for a sequence)."""
+        return positions(z) * z.shape[-1]
+
     def value(self, z, y):
         r = z - self.one_hot(z, y)
-        return (r * r).mean(axis=-1)
+        return per_example((r * r).mean(axis=-1))
 
     def gradient(self, z, y):
-        return (2.0 / z.shape[-1]) * (z - self.one_hot(z, y))
+        return (2.0 / self.outputs(z)) * (z - self.one_hot(z, y))
 
     def hessian_product(self, z, y, u):
-        return (2.0 / z.shape[-1]) * u
+        return (2.0 / self.outputs(z)) * u
 
     def output_hessian(self, z, y, scale=1.0):
         """``u ↦ scale · (2/O) u``: one device operation a product."""
-        factor = scale * 2.0 / z.shape[-1]
+        factor = scale * 2.0 / self.outputs(z)
         return lambda u: factor * u
 
     def hessian(self, z, y):
         xp = array_module(z)
-        O = z.shape[-1]
-        return xp.broadcast_to((2.0 / O) * xp.eye(O, dtype=z.dtype), (z.shape[0], O, O)).copy()
+        M = self.outputs(z)
+        return xp.broadcast_to((2.0 / M) * xp.eye(M, dtype=z.dtype), (z.shape[0], M, M)).copy()
 
     def third_product(self, z, y, a, b):
         """``∂³l = 0``: l is quadratic in z."""

@@ -40,7 +40,7 @@ from . import backend, memory, product, third_order
 from .criteria import criterion as make_criterion
 from .eigen import BlockOperator
 from .product import KINDS
-from .validation import check_directions, check_inputs, check_integer, check_labels
+from .validation import check_directions, check_integer, check_labels
 
 
 @dataclass
@@ -64,8 +64,9 @@ class TrainingLoss:
     def __init__(self, net, criterion, X, y, chunk_size=None, max_memory=None):
         self.net = net
         self.criterion = make_criterion(criterion)
-        X = check_inputs(X, net.input_shape)
-        self.y_host = np.asarray(backend.to_numpy(check_labels(y, X.shape[0], net.num_outputs)), dtype=np.int64)
+        X = net.check_inputs(X)
+        labels = check_labels(y, (X.shape[0], *net.positions), net.num_outputs)
+        self.y_host = np.asarray(backend.to_numpy(labels), dtype=np.int64)
         self.X_host = X
         self.chunk_size = check_integer(chunk_size, "chunk_size", optional=True)
         self._max_memory = check_integer(max_memory, "max_memory (bytes)", optional=True)
@@ -101,7 +102,7 @@ class TrainingLoss:
         """(X, y) on the network's device and in its dtype (moved once, again after net.to)."""
         key = (self.net.device, self.net.dtype)
         if self._placed is None or self._placed[0] != key:
-            X = backend.to_device(self.X_host, self.net.device).astype(self.net.dtype, copy=False)
+            X = self.net.inputs(self.X_host)
             y = backend.to_device(self.y_host, self.net.device)
             self._placed = (key, X, y)
         return self._placed[1], self._placed[2]

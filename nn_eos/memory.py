@@ -75,9 +75,12 @@ class ProductCost:
 
 def values_per_example(layer, input_shape):
     """Numbers per example at a layer's input and output (and a convolution's patches cols(x), which its cache
-    keeps too): the ``W`` of the module docstring."""
+    keeps too): the ``W`` of the module docstring. A layer whose record holds more (attention's scores, a
+    chain's inner layers) says so itself, as ``values_per_example(input_shape)``."""
     from .conv import Conv2d
 
+    if hasattr(layer, "values_per_example"):
+        return layer.values_per_example(input_shape)
     output = layer.output_shape(input_shape)
     values = int(np.prod(input_shape)) + int(np.prod(output))
     if isinstance(layer, Conv2d):
@@ -138,7 +141,7 @@ def product_cost(net):
         peak = max(peak, kept_below + step)
         kept_below += kept
         shape = layer.output_shape(shape)
-    r_values = peak + CRITERION * net.num_outputs
+    r_values = peak + CRITERION * int(np.prod(net.output_shape))
     itemsize = np.dtype(net.dtype).itemsize
     return ProductCost(per_example=int(FORWARD * values * itemsize),
                        per_example_direction=int(r_values * itemsize),

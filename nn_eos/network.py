@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from . import backend
-from .validation import check_inputs, check_integer
+from .validation import check_inputs, check_integer, check_token_ids
 from .activations import activation as make_activation
 from .conv import Conv2d, MaxPool2d
 from .layers import Cache, Dense, Flatten, Layer
@@ -43,12 +43,18 @@ class Sequential:
         self.input_shape = tuple(int(d) for d in input_shape)
         self.dtype = backend.resolve_dtype(dtype)
         self.device = backend.check_device(device or backend.default_device())
+        late = [layer for layer in self.layers[1:] if getattr(layer, "takes_token_ids", False)]
+        if late:
+            raise ValueError(f"{late[0]!r} takes token ids, which only the network's inputs are: it must be the "
+                             f"first layer")
         shape = self.input_shape
         for layer in self.layers:
             shape = layer.output_shape(shape)
-        if len(shape) != 1:
-            raise ValueError(f"the last layer must output (n, O), got (n, *{shape})")
-        self.num_outputs = shape[0]
+        if len(shape) < 1:
+            raise ValueError(f"the last layer must output (n, O) or (n, …, O), got (n, *{shape})")
+        self.output_shape = tuple(shape)
+        self.num_outputs = shape[-1]
+        self.positions = tuple(shape[:-1])    # () for one output vector per example, (T,) for a sequence's tokens
         self.offsets = np.cumsum([0] + [layer.num_params for layer in self.layers])
         self.num_params = int(self.offsets[-1])
         # the first layer never needs ∂L̃/∂x^0: skipping it saves its largest product
@@ -70,6 +76,23 @@ class Sequential:
     @property
     def xp(self):
         return backend.module_for(self.device)
+
+    @property
+    def takes_token_ids(self):
+        """Whether the inputs are integer token ids (the first layer is an Embedding), kept as integers."""
+        return getattr(self.layers[0], "takes_token_ids", False)
+
+    def check_inputs(self, X, name="X"):
+        """X as a finite (n, *input_shape) array, or a clear error; token ids checked to lie in the vocabulary."""
+        X = check_inputs(X, self.input_shape, name=name)
+        if self.takes_token_ids:
+            check_token_ids(X, self.layers[0].vocab, name=name)
+        return X
+
+    def inputs(self, X):
+        """X on the network's device, in its dtype (token ids stay integers)."""
+        X = backend.to_device(X, self.device)
+        return X.astype(np.int64 if self.takes_token_ids else self.dtype, copy=False)
 
     # ----- parameters ---------------------------------------------------------
 
@@ -137,8 +160,7 @@ class Sequential:
 
     def __call__(self, x):
         """The outputs ``z = f(x, θ)`` for a batch ``x`` of shape (n, *input_shape)."""
-        x = check_inputs(x, self.input_shape, name="x")
-        return self.forward(backend.to_device(x, self.device).astype(self.dtype, copy=False))
+        return self.forward(self.inputs(self.check_inputs(x, name="x")))
 
     def new_caches(self):
         """One empty :class:`~nn_eos.layers.Cache` per layer: the record of one evaluation."""
@@ -160,7 +182,7 @@ class Sequential:
         return grad
 
     def r_forward(self, V, caches):
-        """``R{z} = J v`` for each row of V (k, P), from the forward pass recorded in ``caches``; (k, n, O)."""
+        """``R{z} = J v`` for each row of V (k, P), from the forward pass recorded in ``caches``; (k, n, …, O)."""
         r_x = None  # R{x^0} = 0: the data do not depend on θ
         for layer, v, cache in zip(self.layers, self.layer_parts(V), caches):
             r_x = layer.r_forward(r_x, v, cache)

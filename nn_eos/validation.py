@@ -42,19 +42,34 @@ def check_inputs(X, input_shape, name="X"):
 
 
 def check_labels(y, n, num_classes, name="y"):
-    """y must be n integer labels in 0..num_classes−1."""
+    """y must be integer labels in 0..num_classes−1, one per example, shape (n,), or one per position, shape
+    ``n`` given as a tuple (n, T, …) (a sequence's tokens)."""
+    shape = (n,) if isinstance(n, (int, np.integer)) else tuple(n)
     if not hasattr(y, "shape") or not hasattr(y, "dtype"):
         y = np.asarray(y)
     if y.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-    if y.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) to match the {n} examples, got {tuple(y.shape)}")
+    if tuple(y.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} to match the {shape[0]} examples"
+                         f"{'' if len(shape) == 1 else ' and the outputs per example'}, got {tuple(y.shape)}")
     y_host = to_numpy(y)
     low, high = int(y_host.min()), int(y_host.max())
     if low < 0 or high >= num_classes:
         raise ValueError(f"{name} has labels in [{low}, {high}], but the network has {num_classes} outputs "
                          f"(labels must lie in 0..{num_classes - 1})")
     return y
+
+
+def check_token_ids(X, vocab, name="X"):
+    """X must hold integer token ids in 0..vocab−1 (an embedding's inputs)."""
+    if X.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer token ids for the network's embedding, got dtype {X.dtype}")
+    X_host = to_numpy(X)
+    low, high = int(X_host.min()), int(X_host.max())
+    if low < 0 or high >= vocab:
+        raise ValueError(f"{name} has token ids in [{low}, {high}], but the embedding has a vocabulary of {vocab} "
+                         f"(ids must lie in 0..{vocab - 1})")
+    return X
 
 
 def check_directions(V, num_params, name="V", scan=True):

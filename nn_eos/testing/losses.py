@@ -52,16 +52,17 @@ def dense_hessian(loss, theta):
 
 
 def dense_ggn(loss, theta):
-    """``G = (1/N) Σ_n J_nᵀ H_z l J_n`` with J = ∂f/∂θ built column by column from central differences."""
+    """``G = (1/N) Σ_n J_nᵀ H_z l J_n`` with J = ∂f/∂θ built column by column from central differences (an
+    example's outputs flattened, as ``criterion.hessian`` orders them)."""
     net, P = loss.net, len(theta)
     X = loss.X_host
 
     def outputs(t):
         with net.using(t):
-            return backend.to_numpy(net(X))
+            return backend.to_numpy(net(X)).reshape(len(X), -1)
 
     J = np.stack([central_difference(outputs, theta, np.eye(P)[j]) for j in range(P)], axis=2)  # (n, O, P)
-    z = net.xp.asarray(outputs(theta))
+    z = net.xp.asarray(backend.to_numpy(net(X)))
     Hz = backend.to_numpy(loss.criterion.hessian(z, net.xp.asarray(loss.y_host)))
     return np.einsum("nop,nor,nrq->pq", J, Hz, J) / len(X)
 

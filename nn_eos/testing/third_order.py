@@ -30,22 +30,26 @@ def has_third_order(layer):
 
 
 def _second_order_passes(layer, xp, params, x, delta, r_x, v, r_delta):
-    """One direction's (R{y}, R{∂/∂x}, R{∂/∂p}) from the four passes, as host arrays (R{x} None: zero)."""
+    """One direction's (R{y}, R{∂/∂x}, R{∂/∂p}) from the four passes, as host arrays (R{x} None: zero; for token
+    ids, R{∂/∂x} zero)."""
     cache = Cache()
+    ids = np.asarray(x).dtype.kind in "iu"
     layer.bind(xp.asarray(params))
     layer.forward(xp.asarray(x), cache)
-    layer.backward(xp.asarray(delta), cache, None)
+    layer.backward(xp.asarray(delta), cache, None, need_input=not ids)
     v = xp.asarray(v[None])
     r_y = layer.r_forward(None if r_x is None else xp.asarray(r_x[None]), v, cache)
     r_grad = xp.zeros((1, layer.num_params))
-    r_dx = layer.r_backward(xp.asarray(r_delta[None]), v, cache, r_grad, True)
+    r_dx = layer.r_backward(xp.asarray(r_delta[None]), v, cache, r_grad, True, need_input=not ids)
+    r_dx = xp.zeros((1,) + np.shape(x)) if ids else r_dx
     return tuple(None if a is None else backend.to_numpy(a)[0] for a in (r_y, r_dx, r_grad))
 
 
 def check_third_order_passes(layer, x, params, seed=0, k=2, device=None):
     """Check ``rr_forward`` and ``rr_backward`` of a layer at inputs x (n, …) and parameters params (p,) against
     central differences of its R-passes (module docstring), with R_u{x} given, and, for a layer with parameters,
-    with R_uR_v{x} = 0 and with R_u{x} = R_v{x} = 0 (the network's first layer with parameters)."""
+    with R_uR_v{x} = 0 and with R_u{x} = R_v{x} = 0 (the network's first layer with parameters); for token ids
+    (integer x), only the last, with no input derivative."""
     xp = backend.module_for(backend.check_device(device or backend.default_device()))
     rng = np.random.default_rng(seed)
     name, p = type(layer).__name__, layer.num_params
@@ -57,9 +61,11 @@ def check_third_order_passes(layer, x, params, seed=0, k=2, device=None):
     U, V = rng.standard_normal((k, p)), rng.standard_normal((k, p))
     ru_delta, rv_delta, ruv_delta = (rng.standard_normal((k,) + y.shape) for _ in range(3))
     given = [rng.standard_normal((k,) + x.shape) for _ in range(3)]            # R_u{x}, R_v{x}, R_uR_v{x}
-    cases = [("R{x} given", *given)]
+    ids = np.asarray(x).dtype.kind in "iu"
+    cases = [] if ids else [("R{x} given", *given)]
     if p:
-        cases += [("R_uR_v{x} = 0", given[0], given[1], None), ("R{x} = 0", None, None, None)]
+        cases += [] if ids else [("R_uR_v{x} = 0", given[0], given[1], None)]
+        cases += [("R{x} = 0", None, None, None)]
     for case, ru_x, rv_x, ruv_x in cases:
         t = Tangents(x=xp.asarray(x), delta=xp.asarray(delta), ru_delta=xp.asarray(ru_delta),
                      rv_delta=xp.asarray(rv_delta),
@@ -69,8 +75,9 @@ def check_third_order_passes(layer, x, params, seed=0, k=2, device=None):
         ruv_y = layer.rr_forward(t.ruv_x, t, xp.asarray(U), xp.asarray(V), cache)
         ruv_y = np.zeros((k,) + y.shape) if ruv_y is None else backend.to_numpy(ruv_y)
         rr_grad = xp.zeros((k, p))
-        ruv_dx = backend.to_numpy(layer.rr_backward(xp.asarray(ruv_delta), t, xp.asarray(U), xp.asarray(V), cache,
-                                                    rr_grad))
+        ruv_dx = layer.rr_backward(xp.asarray(ruv_delta), t, xp.asarray(U), xp.asarray(V), cache, rr_grad,
+                                   need_input=not ids)
+        ruv_dx = np.zeros((k,) + x.shape) if ids else backend.to_numpy(ruv_dx)
         rr_grad = backend.to_numpy(rr_grad)
         for j in range(k):
             def moved(s, part):
