@@ -62,6 +62,10 @@ def output_jacobians(net, X, caches=None):
     layers' inputs and slopes that :func:`layer_grams` and
     :func:`per_example_quantities` read.
     """
+    if net.positions:
+        raise ValueError(f"the 2024 alignment decomposition is defined for one output vector per example (n, O); "
+                         f"this network outputs (n, {', '.join(map(str, net.output_shape))}) — docs/blocks.md "
+                         f"('Alignment beyond the MLP') says what would extend it")
     xp = net.xp
     caches = net.new_caches() if caches is None else caches
     z = net.forward(net.inputs(X), caches)

@@ -76,11 +76,13 @@ class SelfAttention(Layer):
         return 12 * T * self.d + 3 * self.heads * T * T
 
     def r_values_per_example(self, input_shape, first):
-        """(kept, step) of memory.r_values_per_example: R{y} kept; at the R-backward step, R{q}, R{k}, R{v}, R{a}
-        and R{S}, R{P} from the R-forward pass, R{ā}, R{v̄}, R{q̄}, R{k̄} and the dense layers' temporaries (T·d
-        each), R{P̄}, R{S̄} and the softmax's T-terms (T·T per head)."""
+        """(kept, step) of memory.r_values_per_example: kept from the R-forward pass to the R-backward pass, R{q},
+        R{k}, R{v}, R{a}, R{y} (T·d each) and R{S}, R{P} (T·T per head); at the R-backward step besides, R{ā},
+        R{v̄}, R{q̄}, R{k̄}, their merged copies and the dense layers' temporaries (about ten T·d), R{P̄}, R{S̄} and
+        the softmax's T-term temporaries (about nine T·T per head)."""
         T = input_shape[0]
-        return T * self.d, 14 * T * self.d + 8 * self.heads * T * T
+        Td, scores = T * self.d, self.heads * T * T
+        return 5 * Td + 2 * scores, 10 * Td + 9 * scores
 
     # ----- heads, mask, softmax ---------------------------------------------------------------------------------
 

@@ -77,16 +77,18 @@ class Chain(Layer):
         return total
 
     def r_values_per_example(self, input_shape, first):
-        """(kept, step) of memory.r_values_per_example: the inner layers' R-outputs kept below each step."""
+        """(kept, step) of memory.r_values_per_example: every inner layer's R-output stays in the inner caches from
+        the chain's R-forward pass to its R-backward pass, so all are kept; the step is the largest inner step above
+        the R-outputs kept below it."""
         from .memory import r_values_per_example
 
-        kept_below, peak, kept = 0, 0, 0
+        kept_below, peak = 0, 0
         for layer in self.layers:
             kept, step = r_values_per_example(layer, input_shape, first=first and kept_below == 0)
             peak = max(peak, kept_below + step)
             kept_below += kept
             input_shape = layer.output_shape(input_shape)
-        return kept, peak
+        return kept_below, peak
 
     def forward(self, x, cache):
         cache.inner = [Cache() for _ in self.layers]

@@ -122,3 +122,25 @@ def test_no_r_quantity_is_held_between_products(kind):
     loss.curvature_product(device_xp.asarray(np.random.default_rng(1).standard_normal((net.num_params, k))), kind)
     kept = [value for cache in loss._kept.passes.caches for value in vars(cache).values()]
     assert kept and not [a for a in kept if getattr(a, "shape", ())[:2] == (k, n)]
+
+
+@pytest.mark.parametrize("k", [1, 6])
+def test_the_estimate_bounds_what_a_transformer_product_allocates(k):
+    """Attention's (n, heads, T, T) records and a residual block's inner R-outputs are counted: the estimate
+    bounds the measured peak, within 1.5× of it."""
+    if not isinstance(np.zeros(1), type(device_xp.zeros(1))):
+        pytest.skip("tracemalloc sees host (NumPy) allocations only")
+    net = ne.transformer(11, 16, 2, 2, 16, seed=0)
+    rng = np.random.default_rng(0)
+    n = 64
+    loss = ne.TrainingLoss(net, "cross_entropy", rng.integers(0, 11, size=(n, 16)), rng.integers(0, 11, size=(n, 16)))
+    V = rng.standard_normal((net.num_params, k))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        loss.hvp(V)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    estimate = memory.product_cost(net).bytes(n, k)
+    assert peak <= estimate < 1.5 * peak, f"measured {peak / 2**20:.1f} MiB, estimate {estimate / 2**20:.1f} MiB"

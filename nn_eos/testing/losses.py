@@ -9,16 +9,18 @@ from .differences import TOL, assert_close, central_difference
 from .third_order import check_third_product
 
 
-def check_criterion(criterion, n_outputs, seed=0, n=4, scale=1.0, device=None):
+def check_criterion(criterion, n_outputs, seed=0, n=4, scale=1.0, device=None, positions=()):
     """Check a criterion's ``gradient`` against central differences of ``value``, ``hessian_product`` against
     those of ``gradient``, ``hessian`` against ``hessian_product``, and ``sqrt_hessian``: symmetric, PSD,
-    squaring to ``hessian``. Outputs z of ``scale``, labels drawn in range."""
+    squaring to ``hessian``. Outputs z (n, *positions, n_outputs) of ``scale`` (``positions=(T,)``: a sequence's
+    tokens), labels drawn in range."""
     xp = backend.module_for(backend.check_device(device or backend.default_device()))
     name = type(criterion).__name__
     rng = np.random.default_rng(seed)
-    z, y = scale * rng.standard_normal((n, n_outputs)), rng.integers(0, n_outputs, size=n)
+    shape = (n, *positions, n_outputs)
+    z, y = scale * rng.standard_normal(shape), rng.integers(0, n_outputs, size=shape[:-1])
     yd = xp.asarray(y)
-    u = rng.standard_normal((3, n, n_outputs))
+    u = rng.standard_normal((3, *shape))
     grad = backend.to_numpy(criterion.gradient(xp.asarray(z), yd))
     for j in range(3):
         fd = central_difference(lambda t: backend.to_numpy(criterion.value(xp.asarray(z + t * u[j]), yd)).sum(),
@@ -29,7 +31,9 @@ def check_criterion(criterion, n_outputs, seed=0, n=4, scale=1.0, device=None):
         fd = central_difference(lambda t: criterion.gradient(xp.asarray(z + t * u[j]), yd), 0.0, 1.0)
         assert_close(Hu[j], fd, TOL["fd"], f"{name}.hessian_product (H_z l u) against differences of ∂l/∂z")
     H = backend.to_numpy(criterion.hessian(xp.asarray(z), yd))
-    assert_close(np.einsum("nor,knr->kno", H, u), Hu, TOL["exact"], f"{name}.hessian against hessian_product")
+    flat = u.reshape(3, n, -1)
+    assert_close(np.einsum("nor,knr->kno", H, flat), Hu.reshape(flat.shape), TOL["exact"],
+                 f"{name}.hessian against hessian_product")
     sqrt_H = backend.to_numpy(criterion.sqrt_hessian(xp.asarray(z), yd))
     assert_close(sqrt_H, sqrt_H.transpose(0, 2, 1), TOL["exact"], f"{name}.sqrt_hessian symmetric")
     assert_close(sqrt_H @ sqrt_H, H, TOL["exact"], f"{name}.sqrt_hessian squared against hessian")
