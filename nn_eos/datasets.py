@@ -1,4 +1,5 @@
-"""Datasets of both papers: dice (built in), CIFAR-10, UCR/UEA time series and arrays from local files.
+"""Datasets of both papers: dice (built in), CIFAR-10, UCR/UEA time series and arrays from local files; token
+sequences for transformers (built in: tokens.py).
 
 Nothing is downloaded: loaders read local files and say where to get them when
 they are missing. Every loader returns ``(X, y)`` with X float64 and y int64
@@ -13,6 +14,7 @@ import pickle
 import numpy as np
 
 from .dice import CLASS_NAMES as DICE_CLASSES, dice  # noqa: F401  (re-exported)
+from .tokens import characters, modular_addition  # noqa: F401  (re-exported: token sequences, built in)
 from .validation import check_integer
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"

@@ -203,3 +203,62 @@ def test_a_sweep_refuses_an_eos_analysis_without_telemetry_and_an_unknown_spectr
     (tmp_path / "b.toml").write_text(text.replace("spectrum_steps = 6", 'spectrum = "gnn"'))
     with pytest.raises(config.ConfigError, match=r"sweep.spectrum must be one of \['hessian', 'ggn', 'residual'\]"):
         sweep.load(str(tmp_path / "b.toml"))
+
+
+@pytest.mark.parametrize("data", ['dataset = "modular_addition"\nmodulus = 5\n',
+                                  'dataset = "characters"\nn = 24\nlength = 6\n'])
+def test_a_transformer_through_sweep_analyze_and_plot(data, tmp_path, capsys):
+    """Token data built in (modular addition, characters of the generated text) on `arch = "transformer"`: trained
+    with its telemetry, its spectrum and the 2022 bulk claim analysed by the sweep, then by `nn-eos analyze`, then
+    drawn; the layerwise alignment refuses it in one line."""
+    text = f"""
+[sweep]
+analyze = ["spectrum", "eos"]
+analyze_every = 2
+spectrum_steps = 6
+spectrum_probes = 2
+
+[base.data]
+{data}
+[base.net]
+arch = "transformer"
+d = 4
+heads = 2
+depth = 1
+mlp_ratio = 2
+
+[base.integrator]
+name = "gd"
+
+[base.train]
+until_loss = 0.0
+max_steps = 4
+snapshot_every = 2
+
+[base.telemetry]
+k = 3
+every_time = 0.2
+method = "lanczos"
+
+[grid]
+"integrator.lr" = [0.1, 0.2]
+"""
+    path = tmp_path / "transformer.toml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    cli.main(["sweep", str(path), "--out", str(out), "--workers", "0", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "2 runs finished (0 already were), 0 failed" in printed, printed
+    runs = sorted((out / "runs").iterdir())
+    for run_dir in runs:
+        assert (run_dir / "spectrum.jsonl").exists() and "bulk_claim" in (run_dir / "eos.json").read_text()
+    X, y = config.training_data({"data": config.tomllib.loads(data), "net": {"arch": "transformer"}})
+    loss = config.rebuild_loss(str(runs[0]))
+    np.testing.assert_array_equal(loss.X_host, X)
+    np.testing.assert_array_equal(loss.y_host, y)
+    assert loss.net.output_shape == (X.shape[1], max(X.max(), y.max()) + 1)
+    assert cli.main(["analyze", str(out), "--eos", "--spectrum", "--lanczos-steps", "6", "--probes", "2"]) in (0, None)
+    assert "2 of 2 runs analysed" in capsys.readouterr().out
+    assert cli.main(["plot", str(out)]) in (0, None)
+    with pytest.raises(ValueError, match="one output vector per example"):
+        alignment.analyze(loss.net, "cross_entropy", X, y, sharpness=False)

@@ -3,9 +3,11 @@
 Every key is checked before any compute starts; an unknown key, a wrong type
 or a missing data path is reported with the key and the file.
 
-    [data]        dataset = "dice" | "cifar10" | "ucr" | "arrays", path, split, n, size, classes,
-                  subset_seed, standardize, segment, stride
-    [net]         arch = "mlp" | "alexnet" | "vgg11" | "vgg16", hidden, width, activation, init, seed, dtype
+    [data]        dataset = "dice" | "cifar10" | "ucr" | "arrays" | "modular_addition" | "characters", path,
+                  split, n, size, classes, subset_seed, standardize, segment, stride; modulus, train_fraction
+                  (modular_addition); length (characters: window length; path, a text file, optional)
+    [net]         arch = "mlp" | "alexnet" | "vgg11" | "vgg16" | "transformer", hidden, width, activation, init,
+                  seed, dtype; d, heads, depth, mlp_ratio (transformer)
     [criterion]   name = "cross_entropy" | "mse"
     [integrator]  name = "gd" | "adaptive_flow" | "exponential_euler" | "adam" | "rmsprop" | "sgd" and its settings
     [train]       until_loss, max_steps, max_time, snapshot_every, threads (BLAS threads; default 1)
@@ -25,9 +27,10 @@ from ..validation import check_integer
 
 SCHEMA = {
     "data": {"dataset": str, "path": str, "split": str, "n": int, "size": int, "classes": list,
-             "subset_seed": int, "standardize": bool, "segment": int, "stride": int, "seed": int},
+             "subset_seed": int, "standardize": bool, "segment": int, "stride": int, "seed": int, "modulus": int,
+             "train_fraction": (int, float), "length": int},
     "net": {"arch": str, "hidden": list, "width": (int, float), "activation": str, "init": str, "seed": int,
-            "dtype": str},
+            "dtype": str, "d": int, "heads": int, "depth": int, "mlp_ratio": int},
     "criterion": {"name": str},
     "integrator": {"name": str, "lr": (int, float), "lr_max": (int, float), "safety": (int, float), "k": int,
                    "tol": (int, float), "maxiter": int, "method": str, "stop": str, "beta1": (int, float),
@@ -41,6 +44,7 @@ SCHEMA = {
                            "max_projection_steps": int},
 }
 REQUIRED = {"data": ("dataset",), "integrator": ("name",)}
+BUILT_IN = ("dice", "modular_addition", "characters")         # datasets that need no data.path
 
 
 class ConfigError(ValueError):
@@ -78,7 +82,7 @@ def validate(config, source="<config>"):
             raise ConfigError(f"{source}: [self_stabilization] follows gradient descent: it needs integrator.name "
                               f"= \"gd\" and integrator.lr")
     data = config["data"]
-    if data["dataset"] != "dice":
+    if data["dataset"] not in BUILT_IN or "path" in data:
         if "path" not in data:
             raise ConfigError(f"{source}: data.path is required for dataset {data['dataset']!r}")
         if not os.path.exists(os.path.expanduser(data["path"])):
@@ -101,11 +105,20 @@ def load(path):
 
 def build_data(data):
     """(X, y) from the [data] section: load, subset, standardise (the explicit steps of datasets.py)."""
-    from .. import datasets
+    from .. import datasets, tokens
 
     name = data["dataset"]
     split = data.get("split", "train")
-    if name == "dice":
+    if name == "modular_addition":
+        X, y = tokens.modular_addition(data.get("modulus", 11), split, data.get("train_fraction", 0.5),
+                                       seed=data.get("seed", 0))
+    elif name == "characters":
+        text = None
+        if "path" in data:
+            with open(os.path.expanduser(data["path"]), encoding="utf-8") as f:
+                text = f.read()
+        X, y = tokens.characters(data.get("n", 512), data.get("length", 16), text=text, seed=data.get("seed", 0))
+    elif name == "dice":
         X, y = datasets.dice(split, n=data.get("n"), seed=data.get("seed", 0))
     elif name == "cifar10":
         X, y = datasets.load_cifar10(data["path"], split)
@@ -114,7 +127,8 @@ def build_data(data):
     elif name == "arrays":
         X, y = datasets.load_arrays(data["path"])
     else:
-        raise ConfigError(f"unknown data.dataset {name!r}; expected dice, cifar10, ucr or arrays")
+        raise ConfigError(f"unknown data.dataset {name!r}; expected dice, cifar10, ucr, arrays, modular_addition or "
+                          f"characters")
     if "size" in data or "classes" in data:
         X, y = datasets.subset(X, y, size=data.get("size"), classes=data.get("classes"),
                                seed=data.get("subset_seed", 0))
@@ -127,6 +141,11 @@ def shaped_for_net(net_cfg, X):
     """X as the [net] section's network takes it: 'mlp' flattens each example (a UCR window of C channels × T
     steps becomes C·T features); the conv nets take (C, H, W) images (flat dice vectors become 1×32×32)."""
     arch = net_cfg.get("arch", "mlp")
+    if arch == "transformer":
+        if X.ndim != 2 or X.dtype.kind not in "iu":
+            raise ConfigError(f"net.arch = 'transformer' needs (n, T) integer token ids (data.dataset = "
+                              f"'modular_addition' or 'characters'), got data of shape {X.shape}, dtype {X.dtype}")
+        return X
     if arch == "mlp":
         return X.reshape(len(X), -1)
     if X.ndim == 2 and X.shape[1] == 1024:
@@ -139,7 +158,7 @@ def shaped_for_net(net_cfg, X):
 def training_data(experiment):
     """(X, y) of a run's config exactly as its network trains on them: loaded, windowed, subset and standardised
     by the [data] section (:func:`build_data`), shaped for the [net] section (:func:`shaped_for_net`), on the host
-    in float64. The one place every command gets a run's data from — training (:func:`run`), the analyses and
+    in float64 (token ids in int64). The one place every command gets a run's data from — training (:func:`run`), the analyses and
     spectra (:func:`rebuild_loss`), the plots and the sweep — so that the data a run was analysed on are the data
     it trained on. (The network's device and dtype are applied by the TrainingLoss that takes them.)"""
     X, y = build_data(experiment["data"])
@@ -149,23 +168,31 @@ def training_data(experiment):
 def build_net(net_cfg, X, n_classes, device=None):
     """The network of the [net] section for inputs X; returns (net, X shaped for it: :func:`shaped_for_net`).
 
-    'mlp' puts ``hidden`` between the input size and n_classes.
+    'mlp' puts ``hidden`` between the input size and n_classes; 'transformer' takes its vocabulary from the token
+    ids and n_classes (whichever is larger) and its length from X.
     """
+    from ..architectures import transformer
     from ..network import alexnet_like, mlp, vgg_like
 
     arch = net_cfg.get("arch", "mlp")
-    common = {"activation": net_cfg.get("activation", "elu" if arch == "mlp" else "relu"),
-              "init": net_cfg.get("init", "xavier" if arch == "mlp" else "kaiming"), "seed": net_cfg.get("seed", 0),
+    default_activation = {"mlp": "elu", "transformer": "gelu"}.get(arch, "relu")
+    common = {"activation": net_cfg.get("activation", default_activation),
+              "init": net_cfg.get("init", "xavier" if arch in ("mlp", "transformer") else "kaiming"),
+              "seed": net_cfg.get("seed", 0),
               "dtype": net_cfg.get("dtype", "float64"), "device": device}
     X = shaped_for_net(net_cfg, X)
     if arch == "mlp":
         return mlp([X.shape[1], *net_cfg.get("hidden", [512] * 5), n_classes], **common), X
+    if arch == "transformer":
+        vocab = max(int(X.max()) + 1, n_classes)
+        return transformer(vocab, net_cfg.get("d", 32), net_cfg.get("heads", 2), net_cfg.get("depth", 1), X.shape[1],
+                           mlp_ratio=net_cfg.get("mlp_ratio", 4), **common), X
     width = net_cfg.get("width", 1.0)
     if arch == "alexnet":
         return alexnet_like(X.shape[1:], n_classes, width=width, **common), X
     if arch in ("vgg11", "vgg16"):
         return vgg_like(X.shape[1:], n_classes, depth=int(arch[3:]), width=width, **common), X
-    raise ConfigError(f"unknown net.arch {arch!r}; expected mlp, alexnet, vgg11 or vgg16")
+    raise ConfigError(f"unknown net.arch {arch!r}; expected mlp, alexnet, vgg11, vgg16 or transformer")
 
 
 class MissingClassesWarning(UserWarning):
