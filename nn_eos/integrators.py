@@ -9,8 +9,10 @@ to the next (warm-start eigenvectors), so that a run can be resumed exactly.
 
 What a step reads of the loss: ``num_params`` and ``operator("hessian", theta)``
 (the block operator of ∇²L̃ at θ that the flows' eigensolves run on), and, for
-ExponentialEuler without ``k``, ``net.num_outputs`` (its default k). A
-TrainingLoss has them all; a test double needs the same.
+ExponentialEuler without ``k``, ``net.num_outputs`` (its default k: the
+classes, whose count sets the outliers of the spectrum; for a sequence model
+(n, T, V) outputs, the vocabulary V, not T·V). A TrainingLoss has them all; a
+test double needs the same.
 """
 
 
