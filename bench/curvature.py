@@ -69,12 +69,16 @@ def torch_forward_for(make):
     return make(torch)
 
 
-def side_by_side(problem, rounds, device, peers, torch_forward, jax=True):
+def side_by_side(problem, rounds, device, peers, torch_forward, jax=True, extra=None):
     """Every row of peers.py for ``problem``, timed side by side; prints the table and the ratios, and returns
-    {"settings": [...], "rows": [{quantity, mode, who, seconds | failed}, ...]}."""
+    {"settings": [...], "rows": [{quantity, mode, who, seconds | failed}, ...]}. ``extra()``: the peers' (rows,
+    settings lines) for another network (bench/transformer.py), instead of the MLP's."""
     tol = 1e-8 if problem.net.dtype == np.float64 else 1e-3
     rows, settings = peers_module.ours(problem), [threads_line()]
-    if peers:
+    if peers and extra is not None:
+        more, lines = extra()
+        rows, settings = rows + more, settings + lines
+    elif peers:
         reference = peers_module.references(problem)
         makers = [lambda: peers_module.torch_rows(problem, torch_forward, reference, tol, device)
                   if torch_forward else ([], "PyTorch not installed")]

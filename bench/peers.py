@@ -140,9 +140,11 @@ def torch_parameters(net, theta, torch, device, dtype):
     return out
 
 
-def torch_rows(problem, forward, reference, tol, device="cpu"):
-    """PyTorch's rows for ``forward(params, X)`` (a PyTorch function of the parameter list, computing our net),
-    with the criterion cross-entropy: or ``([], reason)`` when PyTorch cannot run here."""
+def torch_rows(problem, forward, reference, tol, device="cpu", parameters=None):
+    """PyTorch's rows for ``forward(params, X)`` (a PyTorch function of the parameter list, computing our net's
+    outputs as (rows, O): a sequence model's tokens flattened, the labels then flattened the same way), with the
+    criterion cross-entropy: or ``([], reason)`` when PyTorch cannot run here. ``parameters(net, θ, torch,
+    device, dtype)`` gives θ as that list (default :func:`torch_parameters`: (W, b) per layer)."""
     try:
         import torch
         from torch.func import grad as fgrad, jvp, linearize, vjp, vmap
@@ -154,12 +156,13 @@ def torch_rows(problem, forward, reference, tol, device="cpu"):
     tdtype = getattr(torch, np.dtype(problem.net.dtype).name)
     torch.set_num_threads(os.cpu_count() or 1)
     net = problem.net
-    thetas = [torch_parameters(net, t, torch, tdev, tdtype) for t in problem.thetas]
-    vs = torch_parameters(net, problem.v, torch, tdev, tdtype)
-    per_direction = [torch_parameters(net, problem.V[:, j], torch, tdev, tdtype) for j in range(K_BLOCK)]
+    split = parameters or torch_parameters
+    thetas = [split(net, t, torch, tdev, tdtype) for t in problem.thetas]
+    vs = split(net, problem.v, torch, tdev, tdtype)
+    per_direction = [split(net, problem.V[:, j], torch, tdev, tdtype) for j in range(K_BLOCK)]
     Vs = [torch.stack(parts) for parts in zip(*per_direction)]
     Xt = torch.tensor(problem.X, dtype=tdtype, device=tdev)
-    yt = torch.tensor(problem.y, dtype=torch.int64, device=tdev)
+    yt = torch.tensor(problem.y.reshape(-1), dtype=torch.int64, device=tdev)
 
     def loss_fn(p):
         return torch.nn.functional.cross_entropy(forward(p, Xt), yt)
@@ -263,6 +266,14 @@ def jax_mlp(net, jax):
 
 def jax_mlp_rows(problem, reference, tol):
     """JAX's rows for our MLP (dense layers and ELU), jitted, on JAX's default device: or ``([], reason)``."""
+    if not all(type(layer).__name__ in ("Dense", "ELU") for layer in problem.net.layers):
+        return [], "JAX peer is written for dense layers and ELU only"
+    return jax_rows(problem, reference, tol, jax_mlp)
+
+
+def jax_rows(problem, reference, tol, model):
+    """JAX's rows for ``model(net, jax) = (pairs, forward, loss)`` (as :func:`jax_mlp` gives; ``forward`` returns
+    (rows, O): a sequence model's tokens flattened), jitted, on JAX's default device: or ``([], reason)``."""
     try:
         import jax
     except ImportError:
@@ -274,10 +285,7 @@ def jax_mlp_rows(problem, reference, tol):
     import jax.numpy as jnp
 
     net = problem.net
-    if not all(type(layer).__name__ in ("Dense", "ELU") for layer in net.layers):
-        return [], "JAX peer is written for dense layers and ELU only"
-
-    pairs, forward_on, loss_on = jax_mlp(net, jax)
+    pairs, forward_on, loss_on = model(net, jax)
     thetas = [pairs(t) for t in problem.thetas]
     vs = pairs(problem.v)
     Vs = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[pairs(problem.V[:, j]) for j in range(K_BLOCK)])
