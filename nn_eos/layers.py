@@ -140,7 +140,7 @@ class Dense(Layer):
     def forward(self, x, cache):
         """``x̂ = x Aᵀ + b``."""
         cache.x = x
-        return x @ self.A.T + self.b
+        return times(x, self.A.T) + self.b
 
     def backward(self, delta, cache, grad=None, need_input=True):
         """``∂L̃/∂A = δᵀ x``, ``∂L̃/∂b = Σ_n δ``; returns ``∂L̃/∂x = δ A``."""
@@ -149,14 +149,14 @@ class Dense(Layer):
             grad_A, grad_b = self.split(grad)
             grad_A[...] = rows(delta).T @ rows(cache.x)                 # (o, N) @ (N, i)
             grad_b[...] = rows(delta).sum(axis=0)
-        return delta @ self.A if need_input else None
+        return times(delta, self.A) if need_input else None
 
     def r_forward(self, r_x, v, cache):
         """``R{x̂} = R{x} Aᵀ + x V_Aᵀ + V_b``; ``r_x=None`` stands for ``R{x} = 0``."""
         cache.r_x = r_x
         V_A, V_b = self.split(v)                                     # (k, o, i), (k, o)
         r_x_hat = by_direction(rows(cache.x) @ V_A.transpose(0, 2, 1) + V_b[:, None, :], cache.x.shape[:-1])
-        return r_x_hat if r_x is None else r_x @ self.A.T + r_x_hat
+        return r_x_hat if r_x is None else times(r_x, self.A.T) + r_x_hat
 
     def r_backward(self, r_delta, v, cache, r_grad, second_order=True, need_input=True):
         """R-operator of the backward pass (docs/passes.md, "Dense"): a Gauss-Newton part, the backward pass
@@ -170,7 +170,7 @@ class Dense(Layer):
         r_grad_A, r_grad_b = self.split(r_grad)
         r_grad_A[...] = direction_rows(r_delta).transpose(0, 2, 1) @ rows(cache.x)   # R{δ}ᵀ x: (k, o, N) @ (N, i)
         r_grad_b[...] = direction_rows(r_delta).sum(axis=1)                         # Σ_n R{δ}: (k, o)
-        r_dx = r_delta @ self.A if need_input else None                             # R{δ} A:   (k, n, i)
+        r_dx = times(r_delta, self.A) if need_input else None                       # R{δ} A:   (k, n, i)
         if second_order:
             if cache.r_x is not None:                           # R{x} = 0 below the first layer with parameters
                 r_grad_A += rows(cache.delta).T @ direction_rows(cache.r_x)          # δᵀ R{x}: (o, N) @ (k, N, i)
@@ -184,9 +184,8 @@ class Dense(Layer):
         if t.ru_x is None:                      # the first layer with parameters: x does not move with θ
             return None
         (U_A, _), (V_A, _) = self.split(u), self.split(v)
-        ruv_x_hat = t.ru_x @ per_direction(V_A.transpose(0, 2, 1), t.ru_x) + t.rv_x @ per_direction(
-            U_A.transpose(0, 2, 1), t.rv_x)
-        return ruv_x_hat if ruv_x is None else ruv_x @ self.A.T + ruv_x_hat
+        ruv_x_hat = times_each(t.ru_x, V_A.transpose(0, 2, 1)) + times_each(t.rv_x, U_A.transpose(0, 2, 1))
+        return ruv_x_hat if ruv_x is None else times(ruv_x, self.A.T) + ruv_x_hat
 
     def rr_backward(self, ruv_delta, t, u, v, cache, rr_grad, need_input=True):
         """R_uR_v of the backward pass (docs/third.md)::
@@ -206,8 +205,7 @@ class Dense(Layer):
         if not need_input:
             return None
         (U_A, _), (V_A, _) = self.split(u), self.split(v)
-        return ruv_delta @ self.A + t.rv_delta @ per_direction(U_A, t.rv_delta) + t.ru_delta @ per_direction(
-            V_A, t.ru_delta)
+        return times(ruv_delta, self.A) + times_each(t.rv_delta, U_A) + times_each(t.ru_delta, V_A)
 
 
 class Flatten(Layer):
@@ -282,10 +280,16 @@ def by_direction(a, lead):
     return a.reshape(a.shape[0], *lead, a.shape[-1])
 
 
-def per_direction(W, r):
-    """A per-direction matrix W (k, a, b) shaped to multiply an R-quantity r (k, n, …, a) as ``r @ W``:
-    (k, 1, …, 1, a, b), one 1 for each axis of r between the directions and its last two."""
-    return W.reshape((W.shape[0],) + (1,) * (r.ndim - 3) + W.shape[1:])
+def times(a, M):
+    """``a M`` on the last axis of a (…, m) array, M (m, b): all of a's rows in one matrix product (NumPy
+    multiplies a stack of (T, m) matrices about twice as slowly as their N·T rows at once: bench/transformer.py)."""
+    return (a.reshape(-1, a.shape[-1]) @ M).reshape(*a.shape[:-1], M.shape[-1])
+
+
+def times_each(r, W):
+    """``r_j W_j`` for each direction j: an R-quantity r (k, n, …, a) times a per-direction matrix W (k, a, b), each
+    direction's rows in one matrix product; (k, n, …, b)."""
+    return by_direction(direction_rows(r) @ W, r.shape[1:-1])
 
 
 def weight_and_bias(flat, rows, cols):
