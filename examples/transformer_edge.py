@@ -1,11 +1,13 @@
 """Does a small transformer train at the edge of stability? GD's sharpness, Adam's preconditioned sharpness and the
 Gauss-Newton share of λ₁, measured with exact curvature products on characters of text.
 
-    python examples/transformer_edge.py [--gd-lrs 0.3 0.6] [--adam-lrs 0.003] [--steps 300] [--every 10]
+    python examples/transformer_edge.py [--gd-fractions 0.5 0.25] [--adam-lrs 0.001 0.003] [--steps 600] [--every 20]
 
 The network is ``ne.transformer`` (pre-norm, causal, GELU; d = 16, 2 heads, depth 1 by default) on n windows of
 the package's generated text (``datasets.characters``: next-character prediction), full batch, token-level
-cross-entropy. The claims and the criteria that decide them are fixed here, before any run:
+cross-entropy. GD runs at step sizes η that are fractions of 2/λ₁(θ₀), so that it starts below the edge and any
+rise to 2/η is progressive sharpening. The claims and the criteria that decide them are fixed here, before any
+run:
 
 1. GD: progressive sharpening to the edge (Cohen et al. 2021) — after step ``--skip``, the largest measured
    λ₁(∇²L̃) is at least 0.9 × 2/η;
@@ -26,7 +28,6 @@ import numpy as np
 
 import nn_eos as ne
 from nn_eos.alignment import top_curvature
-from nn_eos.backend import to_numpy
 from nn_eos.experiments.arguments import add_device, parse, script_parser
 
 PAPERS = {"edge": "holds (Cohen et al. 2021: transformers on WikiText-2, full batch)",
@@ -105,11 +106,12 @@ def main():
     parser.add_argument("--d", type=int, default=16)
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--depth", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--every", type=int, default=10, help="measure the sharpness every this many steps")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--every", type=int, default=20, help="measure the sharpness every this many steps")
     parser.add_argument("--skip", type=int, default=20, help="leave out measurements before this step")
-    parser.add_argument("--gd-lrs", type=float, nargs="*", default=[0.3, 0.6])
-    parser.add_argument("--adam-lrs", type=float, nargs="*", default=[0.003])
+    parser.add_argument("--gd-fractions", type=float, nargs="*", default=[0.5, 0.25],
+                        help="GD step sizes as fractions of 2/λ₁(θ₀)")
+    parser.add_argument("--adam-lrs", type=float, nargs="*", default=[0.001, 0.003])
     parser.add_argument("--seed", type=int, default=0)
     add_device(parser)
     parser.add_argument("--out", default="out/transformer_edge")
@@ -124,10 +126,14 @@ def main():
         lines.append(f"| {name} | {claim} | {paper} | {verdict[1].replace('|', chr(92) + '|')} | {verdict[0]} |")
         print(f"  {claim}: {verdict[1]} → {verdict[0]}")
 
-    for lr in args.gd_lrs:
+    loss = problem(args)
+    sharpness_0 = top_curvature(loss, loss.net.theta)[0]["hessian"]
+    print(f"λ₁(θ₀) = {sharpness_0:.4g}: GD at η = fraction × 2/λ₁(θ₀) for fractions {args.gd_fractions}")
+    for fraction in args.gd_fractions:
+        lr = fraction * 2 / sharpness_0
         rows = gd_run(args, lr)
         steps, ratio, share = rows[:, 0], lr * rows[:, 2] / 2, rows[:, 3] / rows[:, 2]
-        name = f"GD η = {lr:g}"
+        name = f"GD η = {lr:.3g} ({fraction:g} × 2/λ₁(θ₀))"
         ax_edge.plot(steps, ratio, label=f"{name}: ηλ₁/2 (final loss {rows[-1, 1]:.3g})")
         ax_ggn.plot(steps, share, label=name)
         for claim, verdict in zip(("1. sharpens to 2/η", "2. hovers at 2/η"), edge_verdicts(steps, ratio, args.skip)):
