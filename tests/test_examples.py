@@ -27,6 +27,8 @@ CASES = {
                          "--rmsprop-lrs", "0.0001"],
     "stochastic_edge.py": ["--n", "60", "--batch-sizes", "10", "30", "--steps", "6", "--every", "3", "--batches", "2"],
     "self_stabilization.py": ["--n", "60", "--steps", "4", "--configs", "relu2"],
+    "transformer_edge.py": ["--n", "16", "--length", "6", "--d", "4", "--steps", "8", "--every", "4", "--skip", "4",
+                            "--gd-fractions", "0.5", "--adam-lrs", "0.003"],
     "progressive_sharpening.py": ["--sizes", "60", "--nets", "8", "--activations", "tanh", "relu",
                                   "--criteria", "mse", "--max-time", "1"],
 }
