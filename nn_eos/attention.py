@@ -20,6 +20,8 @@ A masked entry has P = 0, so every one of these is 0 there whatever a holds: the
 forward pass, with no −∞ that an R-pass could multiply by 0.
 """
 
+import math
+
 import numpy as np
 
 from .backend import array_module
@@ -97,7 +99,7 @@ class SelfAttention(Layer):
 
     def scores(self, q, k):
         """``S = q kᵀ / √e``."""
-        return q @ k.swapaxes(-1, -2) / np.sqrt(self.e)
+        return q @ k.swapaxes(-1, -2) / math.sqrt(self.e)
 
     def softmax(self, S):
         """P: each row's softmax over the positions it sees (s ≤ t when causal), exactly 0 elsewhere."""
@@ -150,8 +152,8 @@ class SelfAttention(Layer):
         v_bar = P.swapaxes(-1, -2) @ a_bar
         P_bar = a_bar @ v.swapaxes(-1, -2)
         S_bar = self.J(P, P_bar)
-        q_bar = S_bar @ k / np.sqrt(self.e)
-        k_bar = S_bar.swapaxes(-1, -2) @ q / np.sqrt(self.e)
+        q_bar = S_bar @ k / math.sqrt(self.e)
+        k_bar = S_bar.swapaxes(-1, -2) @ q / math.sqrt(self.e)
         cache.a_bar, cache.P_bar, cache.S_bar = a_bar, P_bar, S_bar
         cache.q_bar, cache.k_bar, cache.v_bar = q_bar, k_bar, v_bar
         inputs = [projection.backward(self.merge_heads(bar), inner, part, need_input)
@@ -166,7 +168,7 @@ class SelfAttention(Layer):
         r_q, r_k, r_v = (self.split_heads(projection.r_forward(r_x, part, inner))
                          for projection, part, inner in zip(self.projections[:3], (V_Q, V_K, V_V), cache.inner))
         q, k, P = cache.q, cache.k, cache.P
-        r_S = (r_q @ k.swapaxes(-1, -2) + q @ r_k.swapaxes(-1, -2)) / np.sqrt(self.e)
+        r_S = (r_q @ k.swapaxes(-1, -2) + q @ r_k.swapaxes(-1, -2)) / math.sqrt(self.e)
         r_P = self.J(P, r_S)
         r_a = r_P @ cache.v + P @ r_v
         cache.r_q, cache.r_k, cache.r_v, cache.r_S, cache.r_P, cache.r_a = r_q, r_k, r_v, r_S, r_P, r_a
@@ -195,11 +197,11 @@ class SelfAttention(Layer):
         r_S_bar = self.J(P, r_P_bar)
         if second_order:
             r_S_bar = r_S_bar + self.T(P, cache.r_S, cache.P_bar)
-        r_q_bar = r_S_bar @ k / np.sqrt(e)
-        r_k_bar = r_S_bar.swapaxes(-1, -2) @ q / np.sqrt(e)
+        r_q_bar = r_S_bar @ k / math.sqrt(e)
+        r_k_bar = r_S_bar.swapaxes(-1, -2) @ q / math.sqrt(e)
         if second_order:
-            r_q_bar = r_q_bar + cache.S_bar @ cache.r_k / np.sqrt(e)
-            r_k_bar = r_k_bar + cache.S_bar.swapaxes(-1, -2) @ cache.r_q / np.sqrt(e)
+            r_q_bar = r_q_bar + cache.S_bar @ cache.r_k / math.sqrt(e)
+            r_k_bar = r_k_bar + cache.S_bar.swapaxes(-1, -2) @ cache.r_q / math.sqrt(e)
         cache.r_a_bar, cache.r_P_bar, cache.r_S_bar = r_a_bar, r_P_bar, r_S_bar
         cache.r_q_bar, cache.r_k_bar, cache.r_v_bar = r_q_bar, r_k_bar, r_v_bar
         inputs = [projection.r_backward(self.merge_heads(r_bar), part, inner, r_part, second_order, need_input)
@@ -228,7 +230,7 @@ class SelfAttention(Layer):
                                                                (along_u.q, along_u.k, along_u.v)))
         cache.ruv_q, cache.ruv_k, cache.ruv_v = ruv_q, ruv_k, ruv_v
         ruv_S = (ruv_q @ k.swapaxes(-1, -2) + along_u.q @ along_v.k.swapaxes(-1, -2)
-                 + along_v.q @ along_u.k.swapaxes(-1, -2) + q @ ruv_k.swapaxes(-1, -2)) / np.sqrt(e)
+                 + along_v.q @ along_u.k.swapaxes(-1, -2) + q @ ruv_k.swapaxes(-1, -2)) / math.sqrt(e)
         ruv_P = self.J(P, ruv_S) + self.T(P, along_u.S, along_v.S)
         ruv_a = ruv_P @ vv + along_u.P @ along_v.v + along_v.P @ along_u.v + P @ ruv_v
         cache.ruv_S, cache.ruv_P, cache.ruv_a = ruv_S, ruv_P, ruv_a
@@ -258,9 +260,9 @@ class SelfAttention(Layer):
                      + Rv.a_bar @ Ru.v.swapaxes(-1, -2) + a_bar @ cache.ruv_v.swapaxes(-1, -2))
         ruv_S_bar = (self.J(P, ruv_P_bar) + self.T(P, Ru.S, Rv.P_bar) + self.T(P, Rv.S, Ru.P_bar)
                      + self.T(P, cache.ruv_S, P_bar) + self.D3(P, Ru.S, Rv.S, P_bar))
-        ruv_q_bar = (ruv_S_bar @ k + Ru.S_bar @ Rv.k + Rv.S_bar @ Ru.k + S_bar @ cache.ruv_k) / np.sqrt(e)
+        ruv_q_bar = (ruv_S_bar @ k + Ru.S_bar @ Rv.k + Rv.S_bar @ Ru.k + S_bar @ cache.ruv_k) / math.sqrt(e)
         ruv_k_bar = (ruv_S_bar.swapaxes(-1, -2) @ q + Ru.S_bar.swapaxes(-1, -2) @ Rv.q
-                     + Rv.S_bar.swapaxes(-1, -2) @ Ru.q + S_bar.swapaxes(-1, -2) @ cache.ruv_q) / np.sqrt(e)
+                     + Rv.S_bar.swapaxes(-1, -2) @ Ru.q + S_bar.swapaxes(-1, -2) @ cache.ruv_q) / math.sqrt(e)
         inputs = []
         for projection, inner, U_part, V_part, rr_part, bar, ruv_bar, name in zip(
                 self.projections, cache.inner, U_parts, V_parts, rr_parts,

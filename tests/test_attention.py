@@ -134,6 +134,7 @@ def test_no_nan_from_the_mask_and_float32_against_float64_at_saturated_scores(sc
         V = np.random.default_rng(8).standard_normal(net.num_params)
         results[dtype] = [to_numpy(a) for a in (loss.gradient(), loss.hvp(V), loss.ggn(V))]
     for a32, a64 in zip(results["float32"], results["float64"]):
+        assert a32.dtype == np.float32                          # nothing promoted on the way (a NumPy scalar would)
         assert np.all(np.isfinite(a32)) and np.all(np.isfinite(a64))
         testing.assert_close(a32, a64, 1e-3 if scale < 100 else 2e-2, "float32 against float64")
 
@@ -235,3 +236,18 @@ def test_the_transformer_lays_out_theta_and_starts_as_documented():
     np.testing.assert_array_equal(norm, np.r_[np.ones(d), np.zeros(d)])
     z = net(np.zeros((2, 5), dtype=np.int64))
     assert z.shape == (2, 5, 7)
+
+
+def test_a_float32_transformer_keeps_float32_in_every_record():
+    net = ne.transformer(7, 8, 2, 1, 4, dtype="float32")
+    caches = net.new_caches()
+    net.forward(net.inputs(np.zeros((2, 4), dtype=np.int64)), caches)
+
+    def promoted(cache, where):
+        for name, value in vars(cache).items():
+            if getattr(value, "dtype", None) is not None and value.dtype.kind == "f":
+                assert value.dtype == np.float32, f"{where}.{name} is {value.dtype}"
+            for j, inner in enumerate(value if name == "inner" else ()):
+                promoted(inner, f"{where}.inner[{j}]")
+    for i, cache in enumerate(caches):
+        promoted(cache, f"layer {i}")
