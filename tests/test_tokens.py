@@ -51,3 +51,18 @@ def test_a_transformer_learns_modular_addition_on_the_train_split():
     for _ in range(100):
         theta = theta - 0.5 * loss.gradient(theta)
     assert loss.value(theta) < 0.7 * start
+
+
+def test_the_shipped_transformer_config_builds_its_network():
+    import os
+
+    from nn_eos.experiments import config
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "configs",
+                        "transformer_characters.toml")
+    experiment = config.load(path)
+    X, y = config.training_data(experiment)
+    net, X = config.build_net(experiment["net"], X, config.count_classes(y, warn=False))
+    assert X.shape == (128, 16) and X.dtype == np.int64
+    assert net.spec["kind"] == "transformer" and net.output_shape == (16, tokens.vocabulary_size(X, y))
+    with pytest.raises(config.ConfigError, match="needs \\(n, T\\) integer token ids"):
+        config.shaped_for_net({"arch": "transformer"}, np.zeros((3, 4)))
