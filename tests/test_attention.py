@@ -251,3 +251,13 @@ def test_a_float32_transformer_keeps_float32_in_every_record():
                 promoted(inner, f"{where}.inner[{j}]")
     for i, cache in enumerate(caches):
         promoted(cache, f"layer {i}")
+
+
+def test_exponential_euler_on_a_sequence_model_takes_the_vocabulary_as_its_default_k():
+    """net.num_outputs of a (n, T, V) model is V (the classes), not T·V: ExponentialEuler's default k."""
+    net, X, y = tiny_transformer(9)
+    loss = ne.TrainingLoss(net, "cross_entropy", X, y)
+    integrator = ne.ExponentialEuler(lr_max=0.1)
+    assert integrator._k(loss) == 5
+    run = ne.train(loss, integrator, max_steps=2, until_loss=0.0, progress=False)
+    assert run.metrics["loss"][-1] < run.metrics["loss"][0]
