@@ -55,16 +55,23 @@ def sharpness_terms(loss, theta, gradient=None, previous=None, tol=1e-8, maxiter
                           converged=bool(top.converged))
 
 
+RESTART_BELOW = 1 / 8      # project: a step halved this far starts the search again from the best point
+
+
 def project(loss, theta, eta, tol=1e-3, max_steps=20, previous=None, eig_tol=1e-8):
     """``proj_M(θ)``: (θ†, its :class:`SharpnessTerms`, points evaluated) (docs/self_stabilization.md).
 
     M's two constraints, ``c₂ = ∇L̃ · u = 0`` and ``c₁ = S − 2/η ≤ 0``, are solved for a move ``s u₀ + r ∇S₀``
     along the first point's u₀ and ∇S₀ by a safeguarded Broyden method: Newton steps with the Jacobian
-    ``[[S, S u₀·∇S₀], [u₀·∇S₀, β]]`` to start (∇c₂ ≈ ∇²L̃ u = S u, ∇c₁ = ∇S), updated from each accepted
-    step's change of (c₂, c₁), which takes in how u turns and S bends as θ moves. A step that does not lower
-    the violation ``|c₂|/‖∇L̃‖ + max(c₁, 0)/(2/η)`` is halved and the Jacobian taken afresh at the current point.
-    c₁ joins while positive. Stops when ``c₁ ≤ tol · 2/η`` and ``|c₂| ≤ tol · ‖∇L̃‖``; after ``max_steps`` points
-    without that, warns (NonConvergenceWarning) and returns the best point.
+    ``[[S, S u₀·∇S₀], [u₀·∇S₀, β]]`` to start (∇c₂ ≈ ∇²L̃ u = S u, ∇c₁ = ∇S), updated from each step's change of
+    (c₂, c₁), which takes in how u turns and S bends as θ moves — where u turns fast (a small gap to the next
+    eigenvalue), ∇c₂ along u can even have the sign opposite to S, and only a step tried teaches it. A step that
+    does not lower the violation ``|c₂|/‖∇L̃‖ + max(c₁, 0)/(2/η)`` is not taken, and the next one is halved.
+    c₁ joins while positive. A step halved below ``RESTART_BELOW`` means the plane of u₀ and ∇S₀ no longer lowers
+    the violation — the top eigenvector has turned, or a second eigenvalue has risen past 2/η as S came down — and
+    the search starts again from the best point, along its own u and ∇S: with k eigenvalues above 2/η, each
+    restart brings the one on top down. Stops when ``c₁ ≤ tol · 2/η`` and ``|c₂| ≤ tol · ‖∇L̃‖``; after
+    ``max_steps`` points without that, warns (NonConvergenceWarning) and returns the best point.
     """
     eta = check_step(eta, "eta")
     edge = 2.0 / eta
@@ -96,12 +103,15 @@ def project(loss, theta, eta, tol=1e-3, max_steps=20, previous=None, eig_tol=1e-
         active = residual[1] > 0                                   # c₁ is an inequality: solved while violated
         step = -np.linalg.solve(jacobian, residual) if active else np.array([-residual[0] / jacobian[0, 0], 0.0])
         trial = evaluate(move + shrink * step, terms.vector)
-        if trial[3] < violation:                                   # accepted: Broyden's update of the Jacobian
-            taken, change = shrink * step, trial[2] - residual
-            jacobian = jacobian + np.outer(change - jacobian @ taken, taken) / (taken @ taken)
+        taken, change = shrink * step, trial[2] - residual
+        jacobian = jacobian + np.outer(change - jacobian @ taken, taken) / (taken @ taken)   # Broyden's update
+        if trial[3] < violation:                                   # accepted
             move, (point, terms, residual, violation), shrink = move + taken, trial, 1.0
-        else:                                                      # rejected: a shorter step, a fresh Jacobian
-            jacobian, shrink = fresh_jacobian(terms), shrink / 2
+        elif shrink > RESTART_BELOW:                               # rejected: a shorter step, the Jacobian it taught
+            shrink = shrink / 2
+        else:                                                      # the plane of u₀, ∇S₀ no longer helps: again
+            start, move = point, np.zeros(2)                       # from the best point, with its own u and ∇S
+            directions, jacobian, shrink = (terms.vector, terms.sharpness_gradient), fresh_jacobian(terms), 1.0
     warnings.warn(f"project: M not reached in {max_steps} points (S − 2/η = {residual[1]:.3g}, ∇L̃·u = "
                   f"{residual[0]:.3g}); returning the best point", NonConvergenceWarning, stacklevel=2)
     return point, terms, max_steps

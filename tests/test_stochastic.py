@@ -83,3 +83,40 @@ def test_configs_and_bad_settings():
         ne.SGD(0.1, batch_size=0)
     with pytest.raises(ValueError, match=r"lr must be a finite positive number"):
         ne.SGD(0, batch_size=4)
+
+
+def test_the_batches_follow_the_documented_rule_and_every_epoch_is_reshuffled():
+    """Epoch e is default_rng([seed, e]).permutation(N) cut into batches of b (the module docstring, written out
+    here); a sampler that reused one permutation every epoch, or ignored the seed, fails."""
+    N, b, seed = 20, 6, 11
+    per_epoch = 4                                                     # ⌈20 / 6⌉
+    for epoch in range(3):
+        order = np.random.default_rng([seed, epoch]).permutation(N)
+        for j in range(per_epoch):
+            np.testing.assert_array_equal(batch_indices(epoch * per_epoch + j, N, b, seed), order[j * b:(j + 1) * b])
+    firsts = {tuple(batch_indices(epoch * per_epoch, N, b, seed)) for epoch in range(5)}
+    assert len(firsts) == 5                                            # each epoch its own order
+    assert not np.array_equal(batch_indices(0, N, b, seed), batch_indices(0, N, b, seed + 1))
+
+
+def test_each_batch_sharpness_measurement_draws_its_own_batches(monkeypatch):
+    """SGD measures batch sharpness with the seed seed + step: two measurements never reuse one draw."""
+    from nn_eos import stochastic
+
+    drawn = []
+    original = stochastic.batch_loss
+
+    def recording(loss, indices):
+        drawn.append(tuple(np.sort(indices)))
+        return original(loss, indices)
+
+    monkeypatch.setattr(stochastic, "batch_loss", recording)
+    problem = build_problem([3, 4, 3], "tanh", "cross_entropy", n=12, seed=2)
+    sgd = ne.SGD(0.1, batch_size=4, seed=5, sharpness_every=1, batches=3)
+    theta = problem.net.theta
+    measured = []
+    for _ in range(3):
+        drawn.clear()
+        theta, _, _ = sgd.step(problem.loss, theta, problem.loss.gradient(theta))
+        measured.append(drawn[:3])                                     # the three sharpness batches of this step
+    assert measured[0] != measured[1] != measured[2] and measured[0] != measured[2]
