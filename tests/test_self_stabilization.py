@@ -174,3 +174,35 @@ def test_the_projection_on_a_family_of_random_problems():
             reached += 1
             assert violation(again) <= 1.01e-3
     assert reached >= 5, reached
+
+
+def test_the_central_flow_steps_back_onto_the_edge_when_an_euler_step_crosses_it(monkeypatch):
+    """Just below the edge on a sharpening problem, one Euler step takes S past 2/η: the Newton step along ∇S
+    runs (an extra measurement of S) and puts S back within edge_tol of 2/η."""
+    import nn_eos.self_stabilization as module
+
+    problem = build_problem([4, 6, 3], "tanh", "cross_entropy", n=8, seed=1)
+    loss, theta0 = problem.loss, problem.theta
+    terms = sharpness_terms(loss, theta0)
+    assert terms.alpha > 0
+    eta = 2 / (terms.sharpness * 1.0005)                # 2/η just above S: the first Euler step crosses it
+    measured = []
+    original = module.sharpness_terms
+
+    def counting(*args, **kwargs):
+        result = original(*args, **kwargs)
+        measured.append(result.sharpness)
+        return result
+    monkeypatch.setattr(module, "sharpness_terms", counting)
+    points = central_flow(loss, theta0, eta, steps=1, substeps=10)
+    assert len(measured) > 11                            # 1 at θ₀ + 1 per Euler step, and the Newton steps' own
+    crossings, i = 0, 1                                  # measured[0]: θ₀; then each Euler step's, and after
+    while i < len(measured) - 1:                         # one past the edge, its Newton step's
+        if measured[i] > 2 / eta:
+            crossings += 1
+            assert abs(measured[i + 1] - 2 / eta) <= 1e-3 * (2 / eta)      # back onto the edge
+            i += 2
+        else:
+            i += 1
+    assert crossings >= 1
+    assert points[-1].sharpness <= 2 / eta

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from checks import build_problem, device_operator
+from checks import build_problem, device_operator, device_xp
 from nn_eos import spectrum
 from nn_eos.backend import to_numpy
 
@@ -97,3 +97,26 @@ def test_bad_input_is_named():
         spectrum.hutchinson_trace(operator, samples=0)
     with pytest.raises(ValueError, match=r"width must be positive"):
         spectrum.spectral_density(operator, steps=2, probes=1).smoothed([0.0], 0)
+
+
+@pytest.mark.parametrize("P", [7, 40])
+def test_each_estimate_counts_the_products_it_took(P):
+    """Estimate.products (what estimators are compared by) against an operator that counts the directions it is
+    applied to."""
+    from nn_eos.eigen import BlockOperator
+
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((P, P))
+    A = device_xp.asarray(M + M.T)
+    counted = {"directions": 0}
+
+    def matmat(V):
+        counted["directions"] += V.shape[1]
+        return A @ V
+    operator = BlockOperator(matmat, like=A[:, 0])
+    for name, run in [("hutchinson", lambda: spectrum.hutchinson_trace(operator, samples=23, block=5)),
+                      ("hutch++", lambda: spectrum.hutchpp_trace(operator, products=30)),
+                      ("diagonal", lambda: spectrum.diagonal(operator, samples=17, block=4)),
+                      ("density", lambda: spectrum.spectral_density(operator, steps=6, probes=3))]:
+        counted["directions"] = 0
+        assert run().products == counted["directions"], name
