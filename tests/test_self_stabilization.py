@@ -206,3 +206,31 @@ def test_the_central_flow_steps_back_onto_the_edge_when_an_euler_step_crosses_it
             i += 1
     assert crossings >= 1
     assert points[-1].sharpness <= 2 / eta
+
+
+def test_the_telemetry_fields_against_their_formulas_at_the_projected_points():
+    """x, y, the deviation and both predicted losses of rows 0 and 1, from θ† computed here by project() alone:
+    θ†_0 = proj_M(θ_0), θ†_1 = proj_M(θ†_0 − η ∇L̃(θ†_0)), θ_1 = θ_0 − η ∇L̃(θ_0), and with u, S, ∇S at θ†
+    x = u · (θ − θ†), y = S − 2/η + ∇S · (θ − θ†), L̃(θ†) + S x²/2 (docs/self_stabilization.md)."""
+    problem = build_problem([4, 6, 3], "tanh", "cross_entropy", n=8, seed=1)
+    loss, theta0 = problem.loss, to_numpy(problem.theta)
+    eta = 1.5 / sharpness_terms(loss, theta0).sharpness
+    rows = gd_run(problem, eta, max_steps=1).telemetry
+    dagger0, terms0, _ = project(loss, theta0, eta)
+    dagger0 = to_numpy(dagger0)
+    dagger1, terms1, _ = project(loss, dagger0 - eta * to_numpy(terms0.gradient), eta, previous=terms0.vector)
+    theta1 = theta0 - eta * to_numpy(loss.gradient(theta0))
+    for row, theta, dagger, terms in ((rows[0], theta0, dagger0, terms0), (rows[1], theta1, to_numpy(dagger1),
+                                                                          terms1)):
+        v = theta - dagger
+        x = float(to_numpy(terms.vector) @ v)
+        y = terms.sharpness - 2 / eta + float(to_numpy(terms.sharpness_gradient) @ v)
+        assert abs(row["x"]) == pytest.approx(abs(x), rel=1e-6, abs=1e-12)
+        assert row["y"] == pytest.approx(y, rel=1e-6, abs=1e-12)
+        assert row["deviation_norm"] == pytest.approx(np.linalg.norm(v), rel=1e-8)
+        constrained_loss = loss.value(theta=dagger)
+        assert row["constrained_loss"] == pytest.approx(constrained_loss, rel=1e-10)
+        assert row["loss_predicted"] == pytest.approx(constrained_loss + terms.sharpness * x * x / 2, rel=1e-8)
+    x1, _ = predicted_step(rows[0]["x"], rows[0]["y"], terms0.alpha, terms0.beta, eta)
+    assert rows[1]["loss_predicted_by_model"] == pytest.approx(loss.value(theta=to_numpy(dagger1))
+                                                               + terms1.sharpness * x1 * x1 / 2, rel=1e-8)
