@@ -261,3 +261,20 @@ def test_exponential_euler_on_a_sequence_model_takes_the_vocabulary_as_its_defau
     assert integrator._k(loss) == 5
     run = ne.train(loss, integrator, max_steps=2, until_loss=0.0, progress=False)
     assert run.metrics["loss"][-1] < run.metrics["loss"][0]
+
+
+@pytest.mark.parametrize("init", ["xavier", "kaiming"])
+def test_the_embeddings_are_drawn_as_a_dense_layer_of_the_same_fans(init):
+    """E (vocab, d) and P (T, d) as a dense map from vocab (or T) to d features: Xavier-uniform within
+    ±gain·sqrt(6/(fan_in + fan_out)) and reaching near it, or Kaiming-normal with std gain/sqrt(fan_in)."""
+    rng = np.random.default_rng(0)
+    for layer, fan_in in ((Embedding(400, 300), 400), (PositionalEmbedding(200, 300), 200)):
+        w = layer.initial_parameters(rng, init, 1.7)
+        assert w.shape == (layer.num_params,)
+        if init == "xavier":
+            a = 1.7 * np.sqrt(6 / (fan_in + 300))
+            assert np.abs(w).max() <= a and np.abs(w).max() > 0.99 * a and abs(w.mean()) < 0.01 * a
+        else:
+            assert w.std() == pytest.approx(1.7 / np.sqrt(fan_in), rel=0.02) and abs(w.mean()) < 0.01
+    with pytest.raises(ValueError, match="unknown init"):
+        Embedding(3, 2).initial_parameters(rng, "orthogonal", 1.0)
