@@ -52,11 +52,7 @@ def check_labels(y, n, num_classes, name="y"):
     if tuple(y.shape) != shape:
         raise ValueError(f"{name} must have shape {shape} to match the {shape[0]} examples"
                          f"{'' if len(shape) == 1 else ' and the outputs per example'}, got {tuple(y.shape)}")
-    y_host = to_numpy(y)
-    low, high = int(y_host.min()), int(y_host.max())
-    if low < 0 or high >= num_classes:
-        raise ValueError(f"{name} has labels in [{low}, {high}], but the network has {num_classes} outputs "
-                         f"(labels must lie in 0..{num_classes - 1})")
+    check_range(y, num_classes, f"{name} has labels", f"the network has {num_classes} outputs (labels")
     return y
 
 
@@ -64,12 +60,16 @@ def check_token_ids(X, vocab, name="X"):
     """X must hold integer token ids in 0..vocab−1 (an embedding's inputs)."""
     if X.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer token ids for the network's embedding, got dtype {X.dtype}")
-    X_host = to_numpy(X)
-    low, high = int(X_host.min()), int(X_host.max())
-    if low < 0 or high >= vocab:
-        raise ValueError(f"{name} has token ids in [{low}, {high}], but the embedding has a vocabulary of {vocab} "
-                         f"(ids must lie in 0..{vocab - 1})")
+    check_range(X, vocab, f"{name} has token ids", f"the embedding has a vocabulary of {vocab} (ids")
     return X
+
+
+def check_range(values, count, what, limit):
+    """Integers in 0..count−1, or ValueError "{what} in [low, high], but {limit} must lie in 0..count−1)"."""
+    host = to_numpy(values)
+    low, high = int(host.min()), int(host.max())
+    if low < 0 or high >= count:
+        raise ValueError(f"{what} in [{low}, {high}], but {limit} must lie in 0..{count - 1})")
 
 
 def check_directions(V, num_params, name="V", scan=True):

@@ -18,6 +18,22 @@ def loss_of(net, n, seed=0, **kwargs):
     return ne.TrainingLoss(net, "cross_entropy", X, np.arange(n) % net.num_outputs, **kwargs)
 
 
+def host_only():
+    if not isinstance(np.zeros(1), type(device_xp.zeros(1))):
+        pytest.skip("tracemalloc sees host (NumPy) allocations only")
+
+
+def measured_peak(loss, V):
+    """Bytes allocated at the peak of ``loss.hvp(V)`` above what was there before (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        loss.hvp(V)
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
 NETS = {
     "mlp": lambda: ne.mlp([64, 128, 128, 128, 4], activation="elu", seed=0),
     "mlp, wide input": lambda: ne.mlp([512, 32, 32, 6], activation="tanh", seed=0),
@@ -29,19 +45,12 @@ NETS = {
 @pytest.mark.parametrize("name", NETS)
 @pytest.mark.parametrize("k", [1, 6])
 def test_the_estimate_bounds_what_a_product_allocates(name, k):
-    if not isinstance(np.zeros(1), type(device_xp.zeros(1))):
-        pytest.skip("tracemalloc sees host (NumPy) allocations only")
+    host_only()
     net = NETS[name]()
     n = 24 if name in ("alexnet", "vgg11") else 800     # enough examples for the R-quantities to dominate
     loss = loss_of(net, n)
     V = np.random.default_rng(1).standard_normal((net.num_params, k))
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        loss.hvp(V)
-        peak = tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
+    peak = measured_peak(loss, V)
     estimate = memory.product_cost(net).bytes(n, k)
     assert peak <= estimate, f"{name}: measured {peak / 2**20:.1f} MiB above the estimate {estimate / 2**20:.1f} MiB"
     assert estimate < (1.3 if name == "mlp" else 2.5) * peak     # and not so loose that it chunks for nothing
@@ -128,19 +137,12 @@ def test_no_r_quantity_is_held_between_products(kind):
 def test_the_estimate_bounds_what_a_transformer_product_allocates(k):
     """Attention's (n, heads, T, T) records and a residual block's inner R-outputs are counted: the estimate
     bounds the measured peak, within 1.5× of it."""
-    if not isinstance(np.zeros(1), type(device_xp.zeros(1))):
-        pytest.skip("tracemalloc sees host (NumPy) allocations only")
+    host_only()
     net = ne.transformer(11, 16, 2, 2, 16, seed=0)
     rng = np.random.default_rng(0)
     n = 64
     loss = ne.TrainingLoss(net, "cross_entropy", rng.integers(0, 11, size=(n, 16)), rng.integers(0, 11, size=(n, 16)))
     V = rng.standard_normal((net.num_params, k))
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        loss.hvp(V)
-        peak = tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
+    peak = measured_peak(loss, V)
     estimate = memory.product_cost(net).bytes(n, k)
     assert peak <= estimate < 1.5 * peak, f"measured {peak / 2**20:.1f} MiB, estimate {estimate / 2**20:.1f} MiB"
