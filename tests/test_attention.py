@@ -278,3 +278,32 @@ def test_the_embeddings_are_drawn_as_a_dense_layer_of_the_same_fans(init):
             assert w.std() == pytest.approx(1.7 / np.sqrt(fan_in), rel=0.02) and abs(w.mean()) < 0.01
     with pytest.raises(ValueError, match="unknown init"):
         Embedding(3, 2).initial_parameters(rng, "orthogonal", 1.0)
+
+
+def test_the_embedding_looks_up_rows_and_the_layers_refuse_bad_sizes():
+    layer = Embedding(5, 3)
+    E = np.arange(15.0).reshape(5, 3)
+    layer.bind(E.ravel())
+    ids = np.array([[4, 0, 2], [1, 1, 3]])
+    np.testing.assert_array_equal(layer.forward(ids, ne.layers.Cache()), E[ids])      # y = E[x], row by row
+    for make in (lambda: Embedding(0, 3), lambda: Embedding(3, 0), lambda: PositionalEmbedding(0, 3),
+                 lambda: PositionalEmbedding(3, 0), lambda: SelfAttention(0, 1)):
+        with pytest.raises(ValueError, match="positive|heads dividing"):
+            make()
+    attention = SelfAttention(4, 2)
+    for shape in ((3, 5), (4,), (2, 3, 4)):
+        with pytest.raises(ValueError, match=r"expects inputs of shape \(n, T, 4\)"):
+            attention.output_shape(shape)
+    assert repr(attention) == "SelfAttention(4, heads=2)"
+    assert repr(SelfAttention(4, 2, causal=False)) == "SelfAttention(4, heads=2, causal=False)"
+
+
+def test_attention_as_the_first_layer_with_parameters():
+    """A net whose first layer is attention (R{x} = 0, no ∂L̃/∂x asked of it): every product against differences
+    and dense matrices, and ∇³L̃."""
+    rng = np.random.default_rng(3)
+    layers = [SelfAttention(4, 2), ne.Dense(4, 3)]
+    net = ne.Sequential(layers, (3, 4), theta=0.5 * rng.standard_normal(sum(layer.num_params for layer in layers)))
+    loss = ne.TrainingLoss(net, "cross_entropy", rng.standard_normal((4, 3, 4)), rng.integers(0, 3, size=(4, 3)))
+    check_loss(loss, dense_below=100)
+    testing.check_third(loss)

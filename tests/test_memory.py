@@ -136,8 +136,9 @@ def test_no_r_quantity_is_held_between_products(kind):
 @pytest.mark.parametrize("k", [1, 6])
 def test_the_estimate_bounds_what_a_transformer_product_allocates(k):
     """Attention's (n, heads, T, T) records and a residual block's inner R-outputs are counted: the estimate
-    bounds the measured peak, within 1.5× of it."""
-    host_only()
+    bounds the measured peak, within 1.5× of it (on NumPy and on the strict stand-in, whose arrays NumPy holds)."""
+    if ne.backend.default_device() == "gpu":
+        pytest.skip("tracemalloc sees host allocations only")
     net = ne.transformer(11, 16, 2, 2, 16, seed=0)
     rng = np.random.default_rng(0)
     n = 64
