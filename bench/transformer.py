@@ -1,7 +1,7 @@
 """Curvature products of a small transformer, cold and warm, beside PyTorch and JAX (issue 40's bench).
 
     python bench/transformer.py [--n 256] [--T 32] [--d 64] [--heads 4] [--depth 2] [--vocab 32] [--rounds 5]
-                                [--dtype float64 float32] [--no-peers] [--json FILE]
+                                [--dtype float64 float32] [--device cpu|gpu] [--no-peers] [--json FILE]
 
 The network is ``ne.transformer(vocab, d, heads, depth, T)`` (pre-norm, causal, GELU, mlp_ratio 4) on n random
 token sequences with random next-token labels, the loss the token-level cross-entropy (the mean over n·T
@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nn_eos as ne  # noqa: E402
-from nn_eos.experiments.arguments import parse, script_parser  # noqa: E402
+from nn_eos.experiments.arguments import add_device, parse, script_parser  # noqa: E402
 from nn_eos.backend import to_numpy  # noqa: E402
 import peers as peers_module  # noqa: E402
 from curvature import side_by_side  # noqa: E402
@@ -63,9 +63,9 @@ def arrays(net, flat):
     return out
 
 
-def setup(n, T, d, heads, depth, vocab, dtype):
+def setup(n, T, d, heads, depth, vocab, dtype, device="cpu"):
     rng = np.random.default_rng(0)
-    net = ne.transformer(vocab, d, heads, depth, T, seed=0, dtype=dtype)
+    net = ne.transformer(vocab, d, heads, depth, T, seed=0, dtype=dtype, device=device)
     X, y = rng.integers(0, vocab, size=(n, T)), rng.integers(0, vocab, size=(n, T))
     theta = to_numpy(net.theta).copy()
     theta += 0.05 * rng.standard_normal(theta.shape)          # γ, β and the biases away from 1 and 0
@@ -160,10 +160,10 @@ def loss_line(problem, device):
     """Our loss at θ_0 beside PyTorch's (plain attention), with the relative difference."""
     import torch
     net = problem.net
-    dtype = getattr(torch, np.dtype(net.dtype).name)
-    params = torch_parameters(net, problem.thetas[0], torch, "cpu", dtype)
-    z = torch_forward(net)(params, torch.tensor(problem.X))
-    theirs = float(torch.nn.functional.cross_entropy(z, torch.tensor(problem.y.reshape(-1))))
+    dtype, where = getattr(torch, np.dtype(net.dtype).name), "cuda" if device == "gpu" else "cpu"
+    params = torch_parameters(net, problem.thetas[0], torch, where, dtype)
+    z = torch_forward(net)(params, torch.tensor(problem.X, device=where))
+    theirs = float(torch.nn.functional.cross_entropy(z, torch.tensor(problem.y.reshape(-1), device=where)))
     ours = ne.TrainingLoss(net, "cross_entropy", problem.X, problem.y).value(net.xp.asarray(problem.thetas[0]))
     return f"loss at θ_0: ours {ours:.17g}, PyTorch {theirs:.17g}, relative difference {abs(ours - theirs) / ours:.1e}"
 
@@ -204,15 +204,17 @@ def main():
     parser.add_argument("--dtype", nargs="+", default=["float64", "float32"])
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--json", help="write every row to this file")
+    add_device(parser)
     args = parse(parser)
+    device = args.device
     report = {}
     for dtype in args.dtype:
-        problem = setup(args.n, args.T, args.d, args.heads, args.depth, args.vocab, dtype)
-        print(f"\n=== {dtype}, cpu, transformer vocab {args.vocab}, d {args.d}, {args.heads} heads, depth "
+        problem = setup(args.n, args.T, args.d, args.heads, args.depth, args.vocab, dtype, device)
+        print(f"\n=== {dtype}, {device}, transformer vocab {args.vocab}, d {args.d}, {args.heads} heads, depth "
               f"{args.depth}, T = {args.T}, P = {problem.net.num_params}, n = {args.n} ===")
         tol = 1e-9 if dtype == "float64" else 1e-3
-        report[dtype] = side_by_side(problem, args.rounds, "cpu", not args.no_peers, None, jax=False,
-                                     extra=None if args.no_peers else lambda: peer_rows(problem, "cpu", tol))
+        report[dtype] = side_by_side(problem, args.rounds, device, not args.no_peers, None, jax=False,
+                                     extra=None if args.no_peers else lambda: peer_rows(problem, device, tol))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -91,3 +91,19 @@ def test_the_third_derivative_bench_runs_and_keeps_what_fails(capsys):
         else:
             assert any(label in name for name in names)
     assert "∇³L̃[u, v]: ours" in capsys.readouterr().out
+
+
+def test_the_transformer_bench_runs_and_keeps_what_fails(capsys, monkeypatch):
+    """bench/transformer.py at a tiny size: every row of ours is timed; PyTorch's and JAX's are timed, named
+    failed with the reason, or the peer is named as not installed — never dropped."""
+    import transformer
+
+    monkeypatch.setattr(sys, "argv", ["transformer.py", "--n", "4", "--T", "3", "--d", "4", "--heads", "2",
+                                      "--depth", "1", "--vocab", "5", "--rounds", "1", "--dtype", "float64",
+                                      "--device", "cpu"])
+    transformer.main()
+    printed = capsys.readouterr().out
+    for quantity in ("gradient", "hvp", "ggn", "block of 11 hvp"):
+        assert quantity in printed
+    for peer, label in (("torch", "PyTorch"), ("jax", "JAX")):
+        assert (f"{label} not installed" in printed) == (importlib.util.find_spec(peer) is None)
