@@ -212,3 +212,8 @@ def test_check_third_names_a_third_derivative_off_by_the_tolerances_size():
     with pytest.raises(AssertionError, match=r"third: ∇³L̃\[u, v, ·\] against differences of ∇²L̃ v along u"):
         testing.check_third(small_loss("third"))
     testing.check_third(small_loss())
+
+
+def test_assert_close_without_a_name_says_what_failed_all_the_same():
+    with pytest.raises(AssertionError, match=r"^: max error 1\.000e-03 > 1e-06"):
+        assert_close(np.array([1.001]), np.array([1.0]), 1e-6)
