@@ -26,6 +26,7 @@ import numpy as np
 
 from .backend import array_module
 from .layers import Cache, Dense, Layer, Tangents
+from .network import init_dense
 
 
 class SelfAttention(Layer):
@@ -63,8 +64,6 @@ class SelfAttention(Layer):
 
     def initial_parameters(self, rng, init, gain):
         """Each projection drawn as a dense layer (d → d), biases 0."""
-        from .network import init_dense
-
         return np.concatenate([init_dense(rng, self.d, self.d, init, gain) for _ in range(4)])
 
     def output_shape(self, input_shape):

@@ -204,21 +204,26 @@ class Sequential:
 INITS = ("xavier", "kaiming")
 
 
-def init_dense(rng, n_in, n_out, init, gain):
-    """Weights of one dense layer; biases start at zero.
+def init_weights(rng, shape, fan_in, fan_out, init, gain):
+    """A weight array of ``shape`` drawn by the rule ``init`` with the given fans:
 
     - 'xavier' (the 2024 paper, section 3): Xavier-uniform scaled by the
-      activation's gain, ``A ~ U(−a, a)``, ``a = gain · sqrt(6 / (n_in + n_out))``.
+      activation's gain, ``U(−a, a)``, ``a = gain · sqrt(6 / (fan_in + fan_out))``.
     - 'kaiming' (the 2022 paper): Kaiming-normal in fan-in mode,
-      ``A ~ N(0, (gain / sqrt(n_in))²)``.
+      ``N(0, (gain / sqrt(fan_in))²)``.
     """
     if init == "xavier":
-        a = gain * math.sqrt(6.0 / (n_in + n_out))
-        A = rng.uniform(-a, a, size=(n_out, n_in))
-    elif init == "kaiming":
-        A = rng.normal(0.0, gain / math.sqrt(n_in), size=(n_out, n_in))
-    else:
-        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+        a = gain * math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-a, a, size=shape)
+    if init == "kaiming":
+        return rng.normal(0.0, gain / math.sqrt(fan_in), size=shape)
+    raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+
+
+def init_dense(rng, n_in, n_out, init, gain):
+    """Weights ``A`` (n_out, n_in) of one dense layer by :func:`init_weights` with fans n_in and n_out; biases
+    start at zero."""
+    A = init_weights(rng, (n_out, n_in), n_in, n_out, init, gain)
     return np.concatenate([A.ravel(), np.zeros(n_out)])
 
 
@@ -235,15 +240,8 @@ def init_layer(rng, layer, init, gain):
     if not isinstance(layer, Conv2d):
         raise TypeError(f"{type(layer).__name__} has parameters but no initial_parameters(rng, init, gain): define "
                         f"it, or build a Sequential and set θ yourself (docs/layers.md)")
-    kk = layer.win.kh * layer.win.kw
-    fan_in, fan_out = layer.K, layer.F * kk
-    if init == "xavier":
-        a = gain * math.sqrt(6.0 / (fan_in + fan_out))
-        W = rng.uniform(-a, a, size=(layer.F, layer.K))
-    elif init == "kaiming":
-        W = rng.normal(0.0, gain / math.sqrt(fan_in), size=(layer.F, layer.K))
-    else:
-        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+    fan_in, fan_out = layer.K, layer.F * layer.win.kh * layer.win.kw
+    W = init_weights(rng, (layer.F, layer.K), fan_in, fan_out, init, gain)
     return np.concatenate([W.ravel(), np.zeros(layer.F)])
 
 
@@ -349,4 +347,4 @@ def mlp(widths, activation="elu", init="xavier", gain=None, seed=0, dtype="float
                         {"kind": "mlp", "widths": widths})
 
 
-__all__ = ["Sequential", "alexnet_like", "init_dense", "init_layer", "mlp", "vgg_like"]
+__all__ = ["Sequential", "alexnet_like", "init_dense", "init_layer", "init_weights", "mlp", "vgg_like"]

@@ -8,23 +8,11 @@ data, which no direction of θ moves: neither has a second-order term, and the
 embedding sends no gradient down (it is the network's first layer).
 """
 
-import math
-
 import numpy as np
 
 from .backend import array_module
 from .layers import Layer, by_direction, direction_rows, rows
-
-
-def weights(rng, shape, fan_in, fan_out, init, gain):
-    """A weight array drawn as a dense layer's are (network.init_dense): Xavier-uniform
-    ``U(−a, a), a = gain · sqrt(6 / (fan_in + fan_out))`` or Kaiming-normal ``N(0, (gain / sqrt(fan_in))²)``."""
-    if init == "xavier":
-        a = gain * math.sqrt(6.0 / (fan_in + fan_out))
-        return rng.uniform(-a, a, size=shape)
-    if init == "kaiming":
-        return rng.normal(0.0, gain / math.sqrt(fan_in), size=shape)
-    raise ValueError(f"unknown init {init!r}; expected one of ('xavier', 'kaiming')")
+from .network import init_weights
 
 
 class Embedding(Layer):
@@ -53,8 +41,8 @@ class Embedding(Layer):
         return (*tuple(input_shape), self.d)
 
     def initial_parameters(self, rng, init, gain):
-        """E drawn as a dense layer from the vocabulary to d features (:func:`weights`)."""
-        return weights(rng, (self.vocab, self.d), self.vocab, self.d, init, gain).ravel()
+        """E drawn as a dense layer from the vocabulary to d features (network.init_weights)."""
+        return init_weights(rng, (self.vocab, self.d), self.vocab, self.d, init, gain).ravel()
 
     def bind(self, params):
         self.E = params.reshape(self.vocab, self.d)
@@ -132,8 +120,8 @@ class PositionalEmbedding(Layer):
         return tuple(input_shape)
 
     def initial_parameters(self, rng, init, gain):
-        """P drawn as a dense layer from T to d features (:func:`weights`)."""
-        return weights(rng, (self.T, self.d), self.T, self.d, init, gain).ravel()
+        """P drawn as a dense layer from T to d features (network.init_weights)."""
+        return init_weights(rng, (self.T, self.d), self.T, self.d, init, gain).ravel()
 
     def bind(self, params):
         self.P = params.reshape(self.T, self.d)

@@ -88,8 +88,8 @@ def test_chunks_of_examples_give_the_whole_products():
 
 
 def test_causality_in_every_pass():
-    """Changing the last token moves no earlier position's outputs, R{z}, or (for attention alone) R-backward
-    output at earlier positions from later δ's absence: outputs and R-quantities at t < T − 1 are equal."""
+    """Changing the last token leaves every earlier position's z and R{z} bit for bit; in attention alone, a δ
+    at position t sends ∂L̃/∂x and R{∂L̃/∂x} to positions s ≤ t only."""
     net, X, y = tiny_transformer(3)
     V = np.random.default_rng(4).standard_normal((2, net.num_params))
     X2 = X.copy()
@@ -152,7 +152,7 @@ class Leaky(SelfAttention):
 
 
 class Planted(SelfAttention):
-    """Attention with a bug the size of the checker's tolerance (a relative 1e-5) in one of its softmax terms."""
+    """Attention with a bug ten times the checker's tolerance (a relative 1e-5) in one of its softmax terms."""
 
     def __init__(self, bug):
         super().__init__(4, 2)
@@ -165,7 +165,7 @@ class Planted(SelfAttention):
         return super().T(P, a, b) * (1 + 1e-5 if self.bug == "T" else 1)
 
     def D3(self, P, a, b, c):
-        return super().D3(P, a, b, c) * (1 + 1e-3 if self.bug == "D3" else 1)
+        return super().D3(P, a, b, c) * (1 + 1e-5 if self.bug == "D3" else 1)
 
 
 @pytest.mark.parametrize("bug, message", [
