@@ -51,7 +51,7 @@ def batch_sharpness(loss, theta, batch_size, batches=16, seed=0, eig_tol=1e-4):
 
 
 def _top(loss, theta, tol):
-    result = top_eigenpairs(loss.operator("hessian", theta), 1, method="krylov", which="LA", tol=tol, warn=False)
+    result = top_eigenpairs(loss.operator("hessian", theta), 1, method="krylov", which="LA", tol=tol)
     return float(to_numpy(result.values)[0])
 
 

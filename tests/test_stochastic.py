@@ -120,3 +120,98 @@ def test_each_batch_sharpness_measurement_draws_its_own_batches(monkeypatch):
         theta, _, _ = sgd.step(problem.loss, theta, problem.loss.gradient(theta))
         measured.append(drawn[:3])                                     # the three sharpness batches of this step
     assert measured[0] != measured[1] != measured[2] and measured[0] != measured[2]
+
+
+def test_the_defaults_are_the_documented_ones():
+    """batch_sharpness: 16 batches, seed 0, eig_tol 1e-4; SGD: seed 0, no sharpness, 16 batches, tol 1e-4."""
+    problem = build_problem([3, 4, 3], "tanh", "cross_entropy", n=12, seed=2)
+    assert batch_sharpness(problem.loss, problem.net.theta, 5) == batch_sharpness(
+        problem.loss, problem.net.theta, 5, batches=16, seed=0, eig_tol=1e-4)
+    assert ne.SGD(0.1, batch_size=4).config() == {"name": "sgd", "lr": 0.1, "batch_size": 4, "seed": 0,
+                                                  "sharpness_every": 0, "batches": 16, "tol": 1e-4}
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"seed": -1}, r"^seed must be a non-negative integer"),
+    ({"sharpness_every": -1}, r"^sharpness_every must be a non-negative integer"),
+    ({"batches": 0}, r"^batches must be a positive integer")])
+def test_a_bad_setting_is_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ne.SGD(0.1, batch_size=4, **settings)
+
+
+@pytest.mark.parametrize("settings, message", [({"batch_size": 0}, r"^batch_size must be a positive integer"),
+                                               ({"batch_size": 3, "batches": 0}, r"^batches must be a positive")])
+def test_a_bad_batch_sharpness_setting_is_named(settings, message):
+    problem = build_problem([3, 4, 3], "tanh", "cross_entropy", n=6, seed=2)
+    with pytest.raises(ValueError, match=message):
+        batch_sharpness(problem.loss, problem.net.theta, **settings)
+
+
+def test_a_minibatch_loss_keeps_the_chunking():
+    problem = build_problem([3, 4, 3], "tanh", "cross_entropy", n=12, seed=2, chunk_size=3)
+    assert batch_loss(problem.loss, np.arange(5)).chunk_size == 3
+
+
+def test_sgd_measures_batch_sharpness_on_the_documented_steps_with_its_own_settings():
+    """sharpness_every = 2: steps 0, 2, 4, each the batch_sharpness of (b, batches, seed + step, tol)."""
+    problem = build_problem([3, 4, 3], "tanh", "cross_entropy", n=12, seed=2)
+    sgd = ne.SGD(0.1, batch_size=5, seed=3, sharpness_every=2, batches=3, tol=1e-9)
+    theta = problem.net.theta
+    for step in range(5):
+        expected = batch_sharpness(problem.loss, theta, 5, 3, seed=3 + step, eig_tol=1e-9) if step % 2 == 0 else {}
+        theta, _, info = sgd.step(problem.loss, theta, problem.loss.gradient(theta))
+        assert info == expected, f"step {step}"
+
+
+def test_batch_sharpness_is_measured_at_the_theta_given():
+    """λ₁ of the full loss at θ₁, even when the loss last ran at another θ."""
+    problem = build_problem([3, 4, 3], "tanh", "cross_entropy", n=12, seed=2)
+    P = problem.net.num_params
+    theta1 = problem.theta + 0.2 * np.random.default_rng(0).standard_normal(P)
+    problem.loss.gradient(problem.net.theta)
+    got = batch_sharpness(problem.loss, problem.net.xp.asarray(theta1), 4, batches=2, eig_tol=1e-10)
+    H = to_numpy(problem.loss.hvp(np.eye(P), theta=problem.net.xp.asarray(theta1)))
+    assert got["lambda_1"] == pytest.approx(np.linalg.eigvalsh((H + H.T) / 2).max(), rel=1e-8)
+
+
+def test_batch_sharpness_near_a_minimum_and_at_one():
+    """The ratio gᵀHg/‖g‖² at a small gradient (‖g‖² ≪ 1) is still measured; at a θ where every batch gradient is
+    zero there is no direction and the result is NaN, without an error. θ: every weight 0 and the last bias
+    (c, 0), so every output is (c, 0) and, with every label 0, the MSE residual is (c − 1, 0)."""
+    import warnings
+
+    net = ne.mlp([2, 3, 2], activation="tanh", seed=0)
+    X = np.random.default_rng(0).standard_normal((6, 2))
+    loss = ne.TrainingLoss(net, "mse", X, np.zeros(6, dtype=int))
+
+    def theta(c):
+        values = np.zeros(net.num_params)
+        values[-2] = c                                             # the last layer's bias comes last
+        return net.xp.asarray(values)
+
+    net.set_theta(theta(0.5))
+    assert_close(net.forward(net.xp.asarray(X)), np.tile([0.5, 0.0], (6, 1)), TOL["exact"], "the outputs")
+    g = to_numpy(loss.gradient(theta(0.9)))
+    assert 0 < g @ g < 1e-1
+    assert np.isfinite(batch_sharpness(loss, theta(0.9), 6, batches=1)["batch_sharpness"])
+    assert not np.any(to_numpy(loss.gradient(theta(1.0))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)           # NumPy's "mean of empty slice"
+        assert np.isnan(batch_sharpness(loss, theta(1.0), 3, batches=2)["batch_sharpness"])
+
+
+def test_the_eigenvalue_tolerance_reaches_the_solver():
+    """A loose eig_tol stops the solver sooner: its λ₁ differs from a tight one's, which is exact to rounding."""
+    problem = build_problem([3, 4, 3], "tanh", "cross_entropy", n=6, seed=2)
+    loose, tight = (batch_sharpness(problem.loss, problem.net.theta, 3, batches=1, eig_tol=tol)["lambda_1"]
+                    for tol in (0.3, 1e-12))
+    H = to_numpy(problem.loss.hvp(np.eye(problem.net.num_params)))
+    assert tight == pytest.approx(np.linalg.eigvalsh((H + H.T) / 2).max(), rel=1e-10) and loose != tight
+
+
+def test_a_snapshot_without_a_step_count_starts_at_step_zero():
+    sgd = ne.SGD(0.1, batch_size=4)
+    sgd.steps = 5
+    sgd.load_state({})
+    assert sgd.steps == 0
