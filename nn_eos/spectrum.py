@@ -14,6 +14,7 @@ each product. Randomness comes from ``numpy.random.default_rng(seed)`` on the ho
 on every device.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +79,7 @@ def hutchpp_trace(operator, products=99, seed=0, block=None):
     exact = float(xp.trace(Q.T @ operator.matmat(Q)))
     G = _rademacher(rng, P, k, operator)
     G = G - Q @ (Q.T @ G)                                  # (I − QQᵀ) g
-    rest = backend.to_numpy((G * operator.matmat(G)).sum(axis=0)) if k else np.zeros(0)
+    rest = backend.to_numpy((G * operator.matmat(G)).sum(axis=0))        # k ≥ 1 as products ≥ 3
     if Q.shape[1] >= P:                                     # the sketch spans R^P: the complement is empty
         return Estimate(exact, 0.0, 2 * Q.shape[1] + k)
     return Estimate(exact + float(rest.mean()), float(rest.std(ddof=1) / np.sqrt(k)) if k > 1 else np.inf,
@@ -140,7 +141,8 @@ def spectral_density(operator, steps=80, probes=10, seed=0):
     steps = min(steps, P)
     xp = operator.xp
     rng = np.random.default_rng(seed)
-    V = _rademacher(rng, P, probes, operator) / np.sqrt(P)            # (P, p): unit vectors
+    V = _rademacher(rng, P, probes, operator) / math.sqrt(P)          # (P, p): unit vectors (a NumPy scalar
+    # would promote a float32 block to float64)
     basis = xp.zeros((steps, P, probes), dtype=operator.dtype)
     alpha = np.zeros((probes, steps))
     beta = np.zeros((probes, steps))

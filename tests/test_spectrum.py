@@ -120,3 +120,140 @@ def test_each_estimate_counts_the_products_it_took(P):
                       ("density", lambda: spectrum.spectral_density(operator, steps=6, probes=3))]:
         counted["directions"] = 0
         assert run().products == counted["directions"], name
+
+
+def dtype_checking_operator(M, dtype):
+    """M as a block operator in ``dtype`` that refuses directions of any other dtype: an estimator's probes and
+    bases must be in the operator's dtype."""
+    from nn_eos.eigen import BlockOperator
+
+    A = device_xp.asarray(M, dtype=dtype)
+
+    def matmat(V):
+        assert V.dtype == A.dtype, f"directions in {V.dtype} for an operator in {A.dtype}"
+        return A @ V
+    return BlockOperator(matmat, like=A[:, 0])
+
+
+def rademacher_blocks(seed, P, samples, block):
+    """The probes the estimators draw for this seed, block by block, as the module docstring says."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.choice(np.array([-1.0, 1.0]), size=(P, min(block, samples - start)))
+                           for start in range(0, samples, block)], axis=1)
+
+
+def test_the_defaults_are_the_documented_ones():
+    """100 probes in blocks of 10 (trace, diagonal), 99 products (Hutch++), 80 steps of 10 probes (density),
+    seed 0 for all."""
+    M, _ = symmetric(np.random.default_rng(1), 90)
+    operator = device_operator(M)
+    same = [(spectrum.hutchinson_trace, dict(samples=100, seed=0, block=10)),
+            (spectrum.hutchpp_trace, dict(products=99, seed=0, block=None))]
+    for estimator, defaults in same:
+        assert estimator(operator) == estimator(operator, **defaults), estimator.__name__
+    by_default, given_ = spectrum.spectral_density(operator), spectrum.spectral_density(operator, 80, 10, 0)
+    np.testing.assert_array_equal(by_default.nodes, given_.nodes)
+    np.testing.assert_array_equal(by_default.weights, given_.weights)
+    by_default, given_ = spectrum.diagonal(operator), spectrum.diagonal(operator, samples=100, seed=0, block=10)
+    np.testing.assert_array_equal(to_numpy(by_default.value), to_numpy(given_.value))
+    assert spectrum.spectral_density(operator).nodes.shape == (10, 80)
+
+
+@pytest.mark.parametrize("estimator, settings, message", [
+    (spectrum.hutchinson_trace, {"samples": 0}, r"^samples must be a positive integer"),
+    (spectrum.hutchinson_trace, {"block": 0}, r"^block must be a positive integer"),
+    (spectrum.diagonal, {"samples": 0}, r"^samples must be a positive integer"),
+    (spectrum.diagonal, {"block": 0}, r"^block must be a positive integer"),
+    (spectrum.hutchpp_trace, {"products": 0}, r"^products must be a positive integer"),
+    (spectrum.spectral_density, {"steps": 0}, r"^steps must be a positive integer"),
+    (spectrum.spectral_density, {"probes": 0}, r"^probes must be a positive integer")])
+def test_a_bad_setting_is_named(estimator, settings, message):
+    with pytest.raises(ValueError, match=message):
+        estimator(device_operator(np.eye(3)), **settings)
+
+
+def test_hutchinson_and_the_diagonal_against_their_definitions():
+    """Hutchinson: the mean of zᵀAz and its sample standard deviation (ddof 1) over √m; the diagonal: the mean of
+    z ⊙ Az and, per entry, the same standard error; one probe: no spread to measure (inf)."""
+    P, samples, block = 9, 13, 4
+    M, _ = symmetric(np.random.default_rng(2), P)
+    Z = rademacher_blocks(5, P, samples, block)
+    quadratic, terms = np.einsum("ps,ps->s", Z, M @ Z), Z * (M @ Z)
+    trace = spectrum.hutchinson_trace(device_operator(M), samples=samples, seed=5, block=block)
+    assert trace.value == pytest.approx(quadratic.mean(), rel=1e-12)
+    assert trace.std_error == pytest.approx(quadratic.std(ddof=1) / np.sqrt(samples), rel=1e-12)
+    diagonal = spectrum.diagonal(device_operator(M), samples=samples, seed=5, block=block)
+    np.testing.assert_allclose(to_numpy(diagonal.value), terms.mean(axis=1), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(to_numpy(diagonal.std_error), terms.std(axis=1, ddof=1) / np.sqrt(samples),
+                               rtol=1e-9, atol=1e-14)
+    assert spectrum.hutchinson_trace(device_operator(M), samples=1).std_error == np.inf
+    two = spectrum.diagonal(device_operator(M), samples=2, seed=5, block=4)
+    Z = rademacher_blocks(5, P, 2, 4)
+    terms = Z * (M @ Z)
+    np.testing.assert_allclose(to_numpy(two.std_error), terms.std(axis=1, ddof=1) / np.sqrt(2), rtol=1e-9, atol=1e-14)
+    assert spectrum.hutchinson_trace(device_operator(M), samples=2).std_error < np.inf
+
+
+def test_hutchpp_against_its_definition():
+    """tr(QᵀAQ) + the Hutchinson mean over (I − QQᵀ)g, its standard error the sample standard deviation (ddof
+    1) over √k; with 3 products (k = 1) the error is inf; fewer than 3 are refused."""
+    P, products = 20, 15
+    M, _ = symmetric(np.random.default_rng(3), P)
+    k = products // 3
+    rng = np.random.default_rng(4)
+    S = rng.choice(np.array([-1.0, 1.0]), size=(P, k))
+    Q, _ = np.linalg.qr(M @ S)
+    G = rng.choice(np.array([-1.0, 1.0]), size=(P, k))
+    G = G - Q @ (Q.T @ G)
+    rest = np.einsum("pk,pk->k", G, M @ G)
+    got = spectrum.hutchpp_trace(device_operator(M), products=products, seed=4)
+    assert got.value == pytest.approx(np.trace(Q.T @ M @ Q) + rest.mean(), rel=1e-10)
+    assert got.std_error == pytest.approx(rest.std(ddof=1) / np.sqrt(k), rel=1e-10)
+    assert spectrum.hutchpp_trace(device_operator(M), products=3).std_error == np.inf
+    assert np.isfinite(spectrum.hutchpp_trace(device_operator(M), products=6).std_error)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_estimator_works_in_the_operators_dtype(dtype):
+    M, _ = symmetric(np.random.default_rng(5), 8)
+    operator = dtype_checking_operator(M, dtype)
+    spectrum.hutchinson_trace(operator, samples=5)
+    spectrum.hutchpp_trace(operator, products=6)
+    spectrum.spectral_density(operator, steps=4, probes=2)
+    assert to_numpy(spectrum.diagonal(operator, samples=5).value).dtype == dtype
+
+
+def test_a_closed_krylov_space_stops_its_probe():
+    """A has three distinct eigenvalues (100, 200, 300 on a 20-dimensional space): each probe's Krylov space
+    closes after 3 steps, so its density has exactly 3 nodes with weight — at the eigenvalues, with weights the
+    probe's squared components in their eigenspaces — and every later slot weight 0; the same at any scale of A
+    (×1e-14), and the zero operator has one node at 0 with weight 1."""
+    P = 20
+    Q, _ = np.linalg.qr(np.random.default_rng(6).standard_normal((P, P)))
+    values = np.repeat([100.0, 200.0, 300.0], [7, 7, 6])
+    M = (Q * values) @ Q.T
+    V = probes(7, P, 4)
+    for scale in (1.0, 1e-14):                 # at 1e-14 every β is below 1e-12: the test is relative to |α|
+        density = spectrum.spectral_density(device_operator(scale * M), steps=8, probes=4, seed=7)
+        assert np.count_nonzero(density.weights, axis=1).tolist() == [3, 3, 3, 3], scale
+        for p in range(4):
+            shares = [np.sum((Q[:, values == value].T @ V[:, p]) ** 2) for value in (100.0, 200.0, 300.0)]
+            with_weight = density.weights[p] > 0
+            np.testing.assert_allclose(density.nodes[p, with_weight], scale * np.array([100.0, 200.0, 300.0]),
+                                       rtol=1e-10)
+            np.testing.assert_allclose(density.weights[p, with_weight], shares, rtol=1e-8)
+    zero = spectrum.spectral_density(device_operator(np.zeros((5, 5))), steps=3, probes=2)
+    assert np.isfinite(zero.nodes).all() and np.count_nonzero(zero.weights, axis=1).tolist() == [1, 1]
+    np.testing.assert_allclose(zero.weights[:, 0], 1.0)
+
+
+def test_the_smoothed_density_is_its_definition():
+    """φ(x) = (1/p) Σ_probes Σ_j τ_j N(x; θ_j, w²) on a grid, for nodes that are not symmetric about 0."""
+    density = spectrum.Density(np.array([[1.0, 3.0], [2.0, 5.0]]), np.array([[0.25, 0.75], [0.5, 0.5]]), 4)
+    grid, width = np.array([0.0, 1.5, 4.0]), 0.7
+
+    def normal(x, mean):
+        return np.exp(-0.5 * ((x - mean) / width) ** 2) / (width * np.sqrt(2 * np.pi))
+    expected = [(0.25 * normal(x, 1) + 0.75 * normal(x, 3) + 0.5 * normal(x, 2) + 0.5 * normal(x, 5)) / 2
+                for x in grid]
+    np.testing.assert_allclose(density.smoothed(grid, width), expected, rtol=1e-14)
