@@ -10,6 +10,7 @@ is the model; :class:`SelfStabilizationTelemetry` runs all three beside gradient
 :func:`central_flow` integrates Cohen et al.'s central flow, dθ/dt = −(∇L̃ + (σ²/2)∇S), and its loss prediction.
 """
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -97,9 +98,11 @@ def project(loss, theta, eta, tol=1e-3, max_steps=20, previous=None, eig_tol=1e-
     point, terms, residual, violation = evaluate(move, previous)
     directions = (terms.vector, terms.sharpness_gradient)
     jacobian, shrink = fresh_jacobian(terms), 1.0
-    for steps in range(1, max_steps + 1):
+    for steps in range(1, max_steps + 1):                          # steps: the points evaluated so far
         if violation <= tol:
             return point, terms, steps
+        if steps == max_steps:
+            break
         active = residual[1] > 0                                   # c₁ is an inequality: solved while violated
         step = -np.linalg.solve(jacobian, residual) if active else np.array([-residual[0] / jacobian[0, 0], 0.0])
         trial = evaluate(move + shrink * step, terms.vector)
@@ -127,9 +130,8 @@ def predicted_step(x, y, alpha, beta, eta):
 
 def _finite(value):
     """A float for a telemetry row, None where the model has blown up (JSON has no inf)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        value = float(value)
-    return value if np.isfinite(value) else None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 class SelfStabilizationTelemetry:
@@ -204,6 +206,8 @@ class SelfStabilizationTelemetry:
         if self.model is None:
             self.model = (x, y)
         constrained_loss = loss.value(theta=self.constrained)
+        with np.errstate(over="ignore", invalid="ignore"):             # a model that has blown up: inf, then None
+            loss_by_model = constrained_loss + dagger.sharpness * np.float64(self.model[0]) ** 2 / 2
         row = {"step": int(step), "t": float(t), "eta": float(eta), "loss": loss.value(theta=theta),
                "sharpness": here.sharpness, "sharpness_gradient_norm": float(np.sqrt(here.beta)),
                "alpha": here.alpha, "beta": here.beta, "eig_converged": here.converged,
@@ -213,8 +217,7 @@ class SelfStabilizationTelemetry:
                "projection_steps": int(projection_steps),
                "x_predicted": _finite(self.model[0]), "y_predicted": _finite(self.model[1]),
                "loss_predicted": constrained_loss + dagger.sharpness * x * x / 2,
-               "loss_predicted_by_model": _finite(constrained_loss
-                                                  + dagger.sharpness * np.float64(self.model[0]) ** 2 / 2)}
+               "loss_predicted_by_model": _finite(loss_by_model)}
         self.next_time = (np.floor(t / self.every_time + 1e-9) + 1) * self.every_time
         return row
 
