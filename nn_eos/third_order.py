@@ -46,9 +46,10 @@ def third_derivative(loss, U, V=None, theta=None):
     with net.using(theta):
         for j in range(0, len(Uk), pairs):
             block = slice(j, j + pairs)
-            same = V is None
+            U_block = Uk[block]
+            V_block = U_block if V is None else Vk[block]      # the same object: _passes runs k directions, not 2k
             for Xc, yc in loss.chunks(split.examples):
-                out[block] += _passes(loss, Xc, yc, Uk[block], Uk[block] if same else Vk[block])
+                out[block] += _passes(loss, Xc, yc, U_block, V_block)
     return out[0] if was_vector else out.T
 
 

@@ -189,3 +189,42 @@ def test_a_linear_model_has_only_the_criterion_term():
     ce = ne.TrainingLoss(net, "cross_entropy", X, y)
     fd = central_difference(lambda t: ce.hvp(u, theta=t), to_numpy(net.theta), u, step=FD_STEP)
     assert_close(ce.third(u), fd, TOL["fd"], "cross-entropy on a linear model")
+
+
+def test_eigenvalue_gradient_normalises_each_column_and_names_u():
+    """∇λ = ∇³L̃[u, u, ·]/‖u‖² per column: a block of columns of norms 2 and 3 gives each column's own."""
+    problem = build_problem([3, 4, 3], "tanh", "cross_entropy", n=5, seed=0)
+    loss, P = problem.loss, problem.net.num_params
+    a, b = np.random.default_rng(0).standard_normal((2, P))
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    block = to_numpy(loss.eigenvalue_gradient(np.stack([2 * a, 3 * b], axis=1)))
+    assert_close(block[:, 0], loss.eigenvalue_gradient(a), TOL["exact"], "column of norm 2")
+    assert_close(block[:, 1], loss.eigenvalue_gradient(b), TOL["exact"], "column of norm 3")
+    with pytest.raises(ValueError, match=rf"^u must have shape \({P},\)"):
+        loss.eigenvalue_gradient(np.ones(P + 1))
+
+
+def test_third_is_cut_as_the_memory_plan_says(monkeypatch):
+    """A block of k pairs asks the plan for 3k directions (the records hold about three products' worth), and
+    runs ⌊directions / 3⌋ pairs (at least one) over chunks of the planned examples; with v = u each pass gets one
+    block of directions for both (k R-directions, not 2k)."""
+    from nn_eos import third_order
+
+    problem = build_problem([3, 4, 3], "tanh", "cross_entropy", n=7, seed=1)
+    loss, P = problem.loss, problem.net.num_params
+    U = np.random.default_rng(1).standard_normal((P, 5))
+    expected = to_numpy(loss.third(U, U))
+    seen, asked, original = [], [], third_order._passes
+
+    def recording(loss_, X, y, Ub, Vb):
+        seen.append((len(Ub), len(X), Vb is Ub))
+        return original(loss_, X, y, Ub, Vb)
+    monkeypatch.setattr(third_order, "_passes", recording)
+    for directions, pairs in ((3, 1), (6, 2), (2, 1)):
+        seen.clear(), asked.clear()
+        monkeypatch.setattr(loss, "plan", lambda k, d=directions: asked.append(k) or memory.Plan(3, d))
+        assert_close(loss.third(U), expected, TOL["exact"], f"{directions} directions a block")
+        assert asked == [15]
+        assert [s[0] for s in seen] == [pairs] * (5 // pairs) * 3 + [5 % pairs] * 3 * (5 % pairs > 0)
+        assert all(examples <= 3 for _, examples, _ in seen) and sum(s[1] for s in seen) == 7 * -(-5 // pairs)
+        assert all(same for _, _, same in seen)
