@@ -103,12 +103,12 @@ class PlantedCrossEntropy(ne.CrossEntropy):
 
 @pytest.mark.parametrize("positions", [(), (3,)])
 @pytest.mark.parametrize("bug, message", [
-    ("gradient", r"PlantedCrossEntropy.gradient \(∂l/∂z\) against differences of l"),
-    ("hessian_product", r"PlantedCrossEntropy.hessian_product \(H_z l u\) against differences of ∂l/∂z"),
-    ("hessian", r"PlantedCrossEntropy.hessian against hessian_product"),
-    ("sqrt_hessian", r"PlantedCrossEntropy.sqrt_hessian squared against hessian"),
-    ("third", r"PlantedCrossEntropy.third_product \(∂³l\[a, b, ·\]\) against differences"),
-    ("uncentred", r"PlantedCrossEntropy.third_product \(∂³l\[a, b, ·\]\) against differences"),
+    ("gradient", r"^PlantedCrossEntropy.gradient \(∂l/∂z\) against differences of l"),
+    ("hessian_product", r"^PlantedCrossEntropy.hessian_product \(H_z l u\) against differences of ∂l/∂z"),
+    ("hessian", r"^PlantedCrossEntropy.hessian against hessian_product"),
+    ("sqrt_hessian", r"^PlantedCrossEntropy.sqrt_hessian squared against hessian"),
+    ("third", r"^PlantedCrossEntropy.third_product \(∂³l\[a, b, ·\]\) against differences"),
+    ("uncentred", r"^PlantedCrossEntropy.third_product \(∂³l\[a, b, ·\]\) against differences"),
 ])
 def test_check_criterion_names_each_part(bug, message, positions):
     with pytest.raises(AssertionError, match=message):
@@ -175,24 +175,52 @@ class PlantedLoss(ne.TrainingLoss):
     bug = None
 
     def curvature_product(self, V, kind, theta=None):
-        return super().curvature_product(V, kind, theta) * (SIZE if self.bug == kind else 1)
+        product = super().curvature_product(V, kind, theta) * (SIZE if self.bug == kind else 1)
+        sign = {"ggn": 1, "residual": -1}.get(kind, 0)          # G and H off in opposite ways: G + H still ∇²L̃
+        if self.bug == "dense_hessian":                          # ∇²L̃ and G off together, by 3e-6 in one entry
+            sign = 1 if kind in ("hessian", "ggn") else 0
+        if self.bug in ("asymmetric", "block", "dense_hessian", "dense_ggn") and sign:
+            product = product + sign * self.xp.asarray(self.planted(V))
+        return product
+
+    def planted(self, V):
+        """(error matrix) V on the host: antisymmetric (a G that is not symmetric), symmetric but applied to
+        blocks only (a block unlike its columns), or symmetric in one pair of entries: 3e-6 of the largest
+        entry of ∇²L̃ or G, which a random direction's difference check (1e-6 of a sum of P terms) cannot see."""
+        V = ne.backend.to_numpy(V)
+        P = self.net.num_params
+        E = np.zeros((P, P))
+        if self.bug == "asymmetric":
+            E = 1e-5 * np.triu(np.random.default_rng(0).standard_normal((P, P)), 1)
+            E = E - E.T
+        elif self.bug == "block" and V.ndim == 2 and V.shape[1] > 1:
+            E = 1e-5 * np.eye(P)
+        elif self.bug in ("dense_hessian", "dense_ggn"):
+            E[0, 1] = E[1, 0] = 3e-6 * self.largest
+        return E @ V
 
     def third(self, U, V=None, theta=None):
         return super().third(U, V, theta) * (SIZE if self.bug == "third" else 1)
 
 
-def small_loss(bug=None, activation="tanh"):
-    net = ne.mlp([3, 4, 3], activation=activation, seed=1)
+def small_loss(bug=None, activation="tanh", widths=(3, 4, 3), criterion="cross_entropy"):
+    net = ne.mlp(list(widths), activation=activation, seed=1)
     rng = np.random.default_rng(2)
-    loss = PlantedLoss(net, "cross_entropy", rng.standard_normal((6, 3)), np.arange(6) % 3)
+    loss = PlantedLoss(net, criterion, rng.standard_normal((6, widths[0])), np.arange(6) % widths[-1])
+    P = net.num_params
+    loss.largest = float(np.abs(ne.backend.to_numpy(loss.hvp(np.eye(P)))).max())
     loss.bug = bug
     return loss
 
 
 @pytest.mark.parametrize("bug, message", [
-    ("hessian", r"hvp: ∇²L̃ v against differences of ∇L̃"),
-    ("ggn", r"∇²L̃ v = G v \+ H v"),
-    ("residual", r"∇²L̃ v = G v \+ H v"),
+    ("hessian", r"^hvp: ∇²L̃ v against differences of ∇L̃"),
+    ("ggn", r"^∇²L̃ v = G v \+ H v"),
+    ("residual", r"^∇²L̃ v = G v \+ H v"),
+    ("asymmetric", r"^ggn: uᵀ M v = vᵀ M u"),
+    ("block", r"^ggn: a block of 3 against 3 single products"),
+    ("dense_hessian", r"^hvp against the dense Hessian"),
+    ("dense_ggn", r"^ggn against Jᵀ H_z J from finite-difference Jacobians"),
 ])
 def test_check_loss_names_each_product(bug, message):
     with pytest.raises(AssertionError, match=message):
@@ -204,7 +232,7 @@ def test_check_loss_sees_a_layer_bug_of_the_tolerances_size_through_the_whole_ne
     net = ne.Sequential([ne.Dense(3, 4), PlantedTanh(), ne.Dense(4, 3)], (3,), theta=np.zeros(16 + 15))
     net.initialise(seed=1)
     loss = ne.TrainingLoss(net, "cross_entropy", np.random.default_rng(2).standard_normal((6, 3)), np.arange(6) % 3)
-    with pytest.raises(AssertionError, match=r"gradient: ⟨∇L̃, v⟩ against differences of L̃"):
+    with pytest.raises(AssertionError, match=r"^gradient: ⟨∇L̃, v⟩ against differences of L̃"):
         testing.check_loss(loss)
 
 
@@ -217,3 +245,133 @@ def test_check_third_names_a_third_derivative_off_by_the_tolerances_size():
 def test_assert_close_without_a_name_says_what_failed_all_the_same():
     with pytest.raises(AssertionError, match=r"^: max error 1\.000e-03 > 1e-06"):
         assert_close(np.array([1.001]), np.array([1.0]), 1e-6)
+
+
+class NegatedMSE(ne.MSE):
+    """−MSE, consistent in every part: its G = Jᵀ H_z J is negative semi-definite, which only the PSD check sees."""
+
+    def value(self, z, y):
+        return -super().value(z, y)
+
+    def gradient(self, z, y):
+        return -super().gradient(z, y)
+
+    def hessian_product(self, z, y, u):
+        return -super().hessian_product(z, y, u)
+
+    def hessian(self, z, y):
+        return -super().hessian(z, y)
+
+    def output_hessian(self, z, y, scale=1.0):
+        return super().output_hessian(z, y, scale=-scale)
+
+
+def test_check_loss_names_a_gauss_newton_matrix_that_is_not_psd():
+    net = ne.mlp([3, 4, 3], activation="tanh", seed=1)
+    loss = ne.TrainingLoss(net, NegatedMSE(), np.random.default_rng(2).standard_normal((6, 3)), np.arange(6) % 3)
+    with pytest.raises(AssertionError, match=r"^ggn: G is not positive semi-definite"):
+        testing.check_loss(loss)
+
+
+def test_check_loss_draws_by_seed_in_blocks_of_k_and_goes_dense_up_to_dense_below(monkeypatch):
+    """Directions from the seed alone (default 0), blocks of k = 3 (default); the dense matrices are built when
+    P ≤ dense_below (default 120: here P = 120 exactly) and not above."""
+    from nn_eos.testing import losses
+
+    def blocks(**kwargs):
+        loss, seen = small_loss(), []
+        original = loss.curvature_product
+
+        def recording(V, kind, theta=None):
+            seen.append(np.array(ne.backend.to_numpy(V)))
+            return original(V, kind, theta)
+        loss.curvature_product = recording
+        testing.check_loss(loss, dense_below=0, **kwargs)
+        return seen
+    default, again, zero, other = blocks(), blocks(), blocks(seed=0, k=3), blocks(seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(default, again)) and len(default) == len(again)
+    assert all(np.array_equal(a, b) for a, b in zip(default, zero)) and len(default) == len(zero)
+    assert not np.array_equal(default[0], other[0])
+    assert {v.shape for v in default if v.ndim == 2} == {(31, 3)}
+    dense, original_ggn = [], losses.dense_ggn
+
+    def counting(loss, theta):
+        dense.append(len(theta))
+        return original_ggn(loss, theta)
+    monkeypatch.setattr(losses, "dense_ggn", counting)
+    loss = small_loss(widths=(5, 8, 8))
+    assert loss.net.num_params == 120
+    testing.check_loss(loss)
+    testing.check_loss(loss, dense_below=119)
+    assert dense == [120]
+
+
+
+class RecordedCrossEntropy(ne.CrossEntropy):
+    """Cross-entropy recording the outputs and labels every part is handed."""
+
+    def __init__(self):
+        self.seen = []
+
+    def _record(self, part, z, y):
+        self.seen.append((part, np.array(ne.backend.to_numpy(z)),
+                          None if y is None else np.array(ne.backend.to_numpy(y))))
+
+    def gradient(self, z, y):
+        self._record("gradient", z, y)
+        return super().gradient(z, y)
+
+    def hessian_product(self, z, y, u):
+        self._record("hessian_product", z, y)
+        return super().hessian_product(z, y, u)
+
+    def hessian(self, z, y):
+        self._record("hessian", z, y)
+        return super().hessian(z, y)
+
+    def sqrt_hessian(self, z, y):
+        self._record("sqrt_hessian", z, y)
+        return super().sqrt_hessian(z, y)
+
+    def third_product(self, z, y, a, b):
+        self._record("third_product", a, y)
+        return super().third_product(z, y, a, b)
+
+
+def test_check_criterion_draws_by_seed_and_hands_every_part_the_labels():
+    """Outputs scale × N(0, 1) (none beyond 5 scales here) and labels in 0..O−1 from the seed alone (default 0,
+    n 4, scale 1), every label value drawn among 40 examples; every part — the third product too, whose
+    directions also come from the seed — gets the same labels."""
+    def run(**kwargs):
+        criterion = RecordedCrossEntropy()
+        testing.check_criterion(criterion, 3, **kwargs)
+        return criterion.seen
+    default, given_, again, other = run(), run(seed=0, n=4, scale=1.0), run(), run(seed=1)
+    for a in (given_, again):
+        assert len(a) == len(default) and all(
+            x[0] == y[0] and np.array_equal(x[1], y[1]) and np.array_equal(x[2], y[2]) for x, y in zip(default, a))
+    assert not np.array_equal(default[0][1], other[0][1])
+    assert default[0][1].shape == (4, 3) and np.abs(default[0][1]).max() < 5
+    assert {part for part, _, _ in default} == {"gradient", "hessian_product", "hessian", "sqrt_hessian",
+                                                 "third_product"}
+    many = run(n=40)
+    labels = many[0][2]
+    assert labels.shape == (40,) and set(labels.tolist()) == {0, 1, 2}
+    assert all(y is not None and np.array_equal(y, labels) for _, _, y in many)
+    assert np.abs(run(scale=0.25)[0][1]).max() < 5 * 0.25
+
+
+class AsymmetricRoot(ne.CrossEntropy):
+    """√H with 1e-8 added to entry (0, 1) and taken from (1, 0) of every example: squares to H to rounding, but is
+    not symmetric."""
+
+    def sqrt_hessian(self, z, y):
+        root = super().sqrt_hessian(z, y)
+        skew = ne.backend.array_module(root).zeros_like(root)
+        skew[:, 0, 1], skew[:, 1, 0] = 1e-8, -1e-8
+        return root + skew
+
+
+def test_check_criterion_names_a_square_root_that_is_not_symmetric():
+    with pytest.raises(AssertionError, match=r"^AsymmetricRoot.sqrt_hessian symmetric"):
+        testing.check_criterion(AsymmetricRoot(), 3)
