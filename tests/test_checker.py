@@ -316,3 +316,18 @@ def test_the_third_order_check_draws_by_the_seed_on_the_device_asked_for():
     assert runs[0] and all(np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2]) for a, b in zip(*runs[:2]))
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(runs[0], runs[2]))
     assert {module for module, _, _ in runs[3]} == {"numpy" if other == "cpu" else "nn_eos.strict"}
+
+
+def test_the_third_order_passes_check_draws_by_its_defaults():
+    """Called alone: seed 0 and k = 2 pairs of directions."""
+    from nn_eos.testing.third_order import check_third_order_passes
+
+    x, params = np.random.default_rng(0).standard_normal((3, 3)), np.random.default_rng(1).standard_normal(8)
+    runs = []
+    for kwargs in ({}, dict(seed=0, k=2)):
+        layer = RecordedDense(3, 2)
+        layer.seen = []
+        check_third_order_passes(layer, x, params, **kwargs)
+        runs.append(layer.seen)
+    assert len(runs[0]) == len(runs[1]) and all(np.array_equal(a[1], b[1]) for a, b in zip(*runs))
+    assert runs[0][0][1].shape == (2, 8)

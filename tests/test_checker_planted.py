@@ -131,6 +131,8 @@ class PlantedDense(ne.Dense):
         out = super().rr_forward(ruv_x, t, u, v, cache)
         if self.bug == "ruv_x_zero" and ruv_x is None and out is not None:   # wrong only when R_uR_v{x} = 0
             return out * SIZE
+        if self.bug == "swapped_without_ruv" and ruv_x is None and t.ru_x is not None:   # seen only if R_u ≠ R_v
+            return super().rr_forward(ruv_x, t, v, u, cache)
         return out
 
     def rr_backward(self, ruv_delta, t, u, v, cache, rr_grad, need_input=True):
@@ -145,6 +147,7 @@ class PlantedDense(ne.Dense):
 @pytest.mark.parametrize("bug, message", [
     ("swapped", r"PlantedDense.rr_forward \(R\{x\} given\)"),
     ("ruv_x_zero", r"PlantedDense.rr_forward \(R_uR_v\{x\} = 0\)"),
+    ("swapped_without_ruv", r"^PlantedDense.rr_forward \(R_uR_v\{x\} = 0\)"),
     ("first_layer", r"PlantedDense.rr_backward parameters \(R\{x\} = 0\)"),
     ("rr_backward_size", r"PlantedDense.rr_backward parameters \(R\{x\} given\)"),
 ])
@@ -173,6 +176,7 @@ class PlantedLoss(ne.TrainingLoss):
     """A TrainingLoss with one product off: ∇²L̃ v, G v or H v by a relative 1e-5, or ∇³L̃ by 1e-5."""
 
     bug = None
+    seen = ()
 
     def curvature_product(self, V, kind, theta=None):
         product = super().curvature_product(V, kind, theta) * (SIZE if self.bug == kind else 1)
@@ -200,7 +204,15 @@ class PlantedLoss(ne.TrainingLoss):
         return E @ V
 
     def third(self, U, V=None, theta=None):
-        return super().third(U, V, theta) * (SIZE if self.bug == "third" else 1)
+        """Off by 1e-5 ("third"), or by 1e-8 — below the difference check's tolerance, above rounding — for a
+        single pair ("third_pair"), for v = None ("third_v_none"), or antisymmetrically in u and v."""
+        result = super().third(U, V, theta) * (SIZE if self.bug == "third" else 1)
+        if self.bug == "third_pair" and np.ndim(U) == 1 or self.bug == "third_v_none" and V is None:
+            result = result * (1 + 1e-8)
+        if self.bug == "third_asymmetric" and V is not None:
+            result = result + 1e-8 * self.xp.asarray(ne.backend.to_numpy(U) - ne.backend.to_numpy(V))
+        self.seen.append(np.array(ne.backend.to_numpy(U)))
+        return result
 
 
 def small_loss(bug=None, activation="tanh", widths=(3, 4, 3), criterion="cross_entropy"):
@@ -209,7 +221,7 @@ def small_loss(bug=None, activation="tanh", widths=(3, 4, 3), criterion="cross_e
     loss = PlantedLoss(net, criterion, rng.standard_normal((6, widths[0])), np.arange(6) % widths[-1])
     P = net.num_params
     loss.largest = float(np.abs(ne.backend.to_numpy(loss.hvp(np.eye(P)))).max())
-    loss.bug = bug
+    loss.bug, loss.seen = bug, []
     return loss
 
 
@@ -236,10 +248,26 @@ def test_check_loss_sees_a_layer_bug_of_the_tolerances_size_through_the_whole_ne
         testing.check_loss(loss)
 
 
-def test_check_third_names_a_third_derivative_off_by_the_tolerances_size():
-    with pytest.raises(AssertionError, match=r"third: ∇³L̃\[u, v, ·\] against differences of ∇²L̃ v along u"):
-        testing.check_third(small_loss("third"))
+@pytest.mark.parametrize("bug, message", [
+    ("third", r"^third: ∇³L̃\[u, v, ·\] against differences of ∇²L̃ v along u"),
+    ("third_pair", r"^third: pair 0 against the block"),
+    ("third_asymmetric", r"^third: ∇³L̃\[u, v, ·\] = ∇³L̃\[v, u, ·\]"),
+    ("third_v_none", r"^third: V=None against v = u given"),
+])
+def test_check_third_names_each_part(bug, message):
+    with pytest.raises(AssertionError, match=message):
+        testing.check_third(small_loss(bug))
     testing.check_third(small_loss())
+
+
+def test_check_third_draws_by_seed_in_blocks_of_k():
+    def directions(**kwargs):
+        loss = small_loss()
+        testing.check_third(loss, **kwargs)
+        return loss.seen
+    default, given_, other = directions(), directions(seed=0, k=2), directions(seed=1)
+    assert len(default) == len(given_) and all(np.array_equal(a, b) for a, b in zip(default, given_))
+    assert not np.array_equal(default[0], other[0]) and default[0].shape == (31, 2)
 
 
 def test_assert_close_without_a_name_says_what_failed_all_the_same():
