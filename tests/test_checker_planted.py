@@ -98,6 +98,8 @@ class PlantedCrossEntropy(ne.CrossEntropy):
     def third_product(self, z, y, a, b):
         if self.bug == "uncentred":
             return self.output_hessian(z, y)(a * b)
+        if self.bug == "third_asymmetric":                   # 1e-8: under the difference check, over rounding
+            return super().third_product(z, y, a, b) + 1e-8 * (a - b)
         return super().third_product(z, y, a, b) * (SIZE if self.bug == "third" else 1)
 
 
@@ -109,6 +111,7 @@ class PlantedCrossEntropy(ne.CrossEntropy):
     ("sqrt_hessian", r"^PlantedCrossEntropy.sqrt_hessian squared against hessian"),
     ("third", r"^PlantedCrossEntropy.third_product \(∂³l\[a, b, ·\]\) against differences"),
     ("uncentred", r"^PlantedCrossEntropy.third_product \(∂³l\[a, b, ·\]\) against differences"),
+    ("third_asymmetric", r"^PlantedCrossEntropy.third_product symmetric in a and b"),
 ])
 def test_check_criterion_names_each_part(bug, message, positions):
     with pytest.raises(AssertionError, match=message):
