@@ -217,8 +217,9 @@ def test_bad_sequences_are_clear_errors():
         ne.TrainingLoss(net, "cross_entropy", X, y[:, 0])
     with pytest.raises(ValueError, match="it must be the first layer"):
         ne.Sequential([ne.Dense(2, 2), Embedding(3, 2)], (2,), theta=np.zeros(6 + 6))
-    with pytest.raises(ValueError, match="heads dividing the width"):
-        SelfAttention(6, 4)
+    for d, heads in ((6, 4), (0, 1), (4, 0)):                   # 0 heads: a ValueError, not a division by zero
+        with pytest.raises(ValueError, match="heads dividing the width"):
+            SelfAttention(d, heads)
     with pytest.raises(ValueError, match=r"one output vector per example"):
         ne.alignment.output_jacobians(net, X)
 
