@@ -12,7 +12,8 @@ The core, module by module, in the order data flows (docs/architecture.md):
                    R-backward pass; network (Sequential over one flat θ, mlp, alexnet_like, vgg_like),
                    architectures (transformer, residual_mlp, residual_conv)
     products       product (one curvature product, its passes in order), curvature (TrainingLoss: value,
-                   gradient, ∇²L̃ v, G v, H v in chunks and blocks), third_order (∇³L̃[u, v, ·]), memory
+                   gradient, ∇²L̃ v, G v, H v in chunks and blocks), third_order (∇³L̃[u, v, ·]), memory,
+                   sharded (ShardedLoss: the same over the workers of a Dask cluster)
     eigensolvers   eigen (top_eigenpairs: power, block Krylov, LOBPCG, Lanczos; batched Lanczos)
     dynamics       integrators (GD, adaptive flow, exponential Euler), adaptive (Adam, RMSProp), stochastic
                    (SGD), loop (train, resume), rundir (run directories)
@@ -38,6 +39,7 @@ from .blocks import Affine, Chain, LayerNorm, Normalize, Residual
 from .conv import AvgPool2d, Conv2d, MaxPool2d
 from .criteria import MSE, CrossEntropy
 from .curvature import TrainingLoss
+from .sharded import ShardedLoss
 from .eigen import EigenResult, NonConvergenceWarning, top_eigenpairs
 from .integrators import AdaptiveGradientFlow, ExponentialEuler, GradientDescent
 from .loop import Run, TrainingInterrupted, train
@@ -53,7 +55,7 @@ __all__ = [
     "Tanh", "register_activation", "CrossEntropy", "MSE", "alexnet_like", "mlp", "residual_conv", "residual_mlp",
     "transformer", "vgg_like",
     # curvature and eigenpairs
-    "EigenResult", "NonConvergenceWarning", "TrainingLoss", "top_eigenpairs",
+    "EigenResult", "NonConvergenceWarning", "ShardedLoss", "TrainingLoss", "top_eigenpairs",
     # dynamics
     "Adam", "AdaptiveGradientFlow", "ExponentialEuler", "GradientDescent", "RMSProp", "Run", "SGD", "TrainingInterrupted",
     "load_run", "train",

@@ -58,10 +58,12 @@ class TrainingLoss:
     """``L̃(θ)`` of a network and criterion over a dataset ``(X, y)``.
 
     Every method evaluates at the network's own θ, or at ``theta=`` when given
-    (the network's θ is left untouched).
+    (the network's θ is left untouched). ``mean_over``: the N of the mean (1/N) Σ_n, by default the number of
+    examples given; a shard of a larger dataset (:class:`~nn_eos.sharded.ShardedLoss`) sets the whole dataset's
+    N, so that its value, gradient and products are its share of the whole mean, as a chunk's are.
     """
 
-    def __init__(self, net, criterion, X, y, chunk_size=None, max_memory=None):
+    def __init__(self, net, criterion, X, y, chunk_size=None, max_memory=None, mean_over=None):
         self.net = net
         self.criterion = make_criterion(criterion)
         X = net.check_inputs(X)
@@ -70,6 +72,7 @@ class TrainingLoss:
         self.X_host = X
         self.chunk_size = check_integer(chunk_size, "chunk_size", optional=True)
         self._max_memory = check_integer(max_memory, "max_memory (bytes)", optional=True)
+        self.mean_over = check_integer(mean_over, "mean_over", optional=True) or self.num_examples
         self._default_budget = None
         self._placed = None
         self._kept = None
@@ -142,17 +145,17 @@ class TrainingLoss:
         with self.net.using(theta):
             for Xc, yc in self.chunks():
                 total += float(self.criterion.value(self.net.forward(Xc), yc).sum())
-        return total / self.num_examples
+        return total / self.mean_over
 
     def value_and_gradient(self, theta=None):
         """``(L̃(θ), ∇L̃(θ))``: one forward and one backward pass per chunk.
 
         The backward pass starts from ``δ^L = (1/N) ∂l/∂z`` (docs/curvature.md).
         """
-        net, N = self.net, self.num_examples
-        examples = self.plan(0).examples
+        net, N, examples = self.net, self.mean_over, self.plan(0).examples
+        whole = examples >= self.num_examples
         grad = net.xp.zeros(net.num_params, dtype=net.dtype)
-        chunk_grad = grad if examples >= N else net.xp.empty_like(grad)
+        chunk_grad = grad if whole else net.xp.empty_like(grad)
         total = 0.0
         with net.using(theta):
             for Xc, yc in self.chunks(examples):
@@ -161,7 +164,7 @@ class TrainingLoss:
                 product.backward_pass(net, self.criterion, passes, yc, N, grad=chunk_grad)
                 if chunk_grad is not grad:
                     grad += chunk_grad
-            self._keep(passes, theta, whole=examples >= N)
+            self._keep(passes, theta, whole=whole)
         return total / N, grad
 
     def gradient(self, theta=None):
@@ -206,13 +209,13 @@ class TrainingLoss:
     def _product(self, V, was_vector, kind, theta, frozen=False):
         """curvature_product for checked directions. ``frozen``: θ is an operator's private copy, never
         changed, so the passes it left can be recognised by identity (no comparison of P numbers per call)."""
-        net, N = self.net, self.num_examples
+        net, N = self.net, self.mean_over
         V = backend.to_device(V, net.device).astype(net.dtype, copy=False)
         xp = net.xp
         Vk = V[None, :] if was_vector else xp.ascontiguousarray(V.T)  # (k, P): row j is direction j
         out = xp.empty_like(Vk)
         split = self.plan(len(Vk))
-        whole = split.examples >= N
+        whole = split.examples >= self.num_examples
         with net.using(theta, checked=frozen):
             for j in range(0, len(Vk), split.directions):            # blocks of directions, to fit max_memory
                 block_out = out[j:j + split.directions]

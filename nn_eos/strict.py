@@ -118,6 +118,10 @@ class StrictArray:
     def __array_function__(self, func, types, args, kwargs):
         _refuse(f"NumPy function {func.__name__} called on a device array")
 
+    def __reduce__(self):
+        """Pickled by value, a device array again when loaded, as CuPy's arrays are (sent to a Dask worker)."""
+        return StrictArray, (self._a,)
+
     def get(self):
         """A host copy (cupy.ndarray.get)."""
         _read()

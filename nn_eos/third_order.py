@@ -84,7 +84,7 @@ def _pair(r, k, same):
 
 def _passes(loss, X, y, U, V):
     """``∇³L̃[u, v, ·]``'s share from the examples X, y: the six passes of the module docstring, (k, P)."""
-    net, criterion, N, xp = loss.net, loss.criterion, loss.num_examples, loss.net.xp
+    net, criterion, N, xp = loss.net, loss.criterion, loss.mean_over, loss.net.xp
     layers, first, k, same = net.layers, net.first_with_params, len(U), V is U
     caches, records = net.new_caches(), [Tangents() for _ in layers]
     below = range(first, len(layers))               # the layers whose passes depend on θ
