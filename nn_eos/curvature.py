@@ -54,7 +54,38 @@ class _Kept:
     placement: tuple     # (device, dtype, layers) of the network they ran through
 
 
-class TrainingLoss:
+class Loss:
+    """What a training loss offers through its network and its ``curvature_product`` alone: the array module, dtype
+    and size of θ, and the three products by name. :class:`TrainingLoss` and
+    :class:`~nn_eos.sharded.ShardedLoss` are both this."""
+
+    @property
+    def xp(self):
+        """The array module (numpy, cupy) of every array this loss returns: its network's."""
+        return self.net.xp
+
+    @property
+    def dtype(self):
+        return self.net.dtype
+
+    @property
+    def num_params(self):
+        return self.net.num_params
+
+    def hvp(self, V, theta=None):
+        """Hessian-vector products ``∇²L̃ v`` (2024 paper, eq. 2, left side) for V (P,) or (P, k)."""
+        return self.curvature_product(V, "hessian", theta)
+
+    def ggn(self, V, theta=None):
+        """Gauss-Newton products ``G v = E[Jᵀ H_z l J] v`` (2024 paper, eq. 2) for V (P,) or (P, k)."""
+        return self.curvature_product(V, "ggn", theta)
+
+    def residual(self, V, theta=None):
+        """Residual products ``H v = ∇²L̃ v − G v`` (2024 paper, eq. 2) for V (P,) or (P, k)."""
+        return self.curvature_product(V, "residual", theta)
+
+
+class TrainingLoss(Loss):
     """``L̃(θ)`` of a network and criterion over a dataset ``(X, y)``.
 
     Every method evaluates at the network's own θ, or at ``theta=`` when given
@@ -85,19 +116,6 @@ class TrainingLoss:
     @property
     def num_examples(self):
         return self.X_host.shape[0]
-
-    @property
-    def xp(self):
-        """The array module (numpy, cupy) of every array this loss returns: its network's."""
-        return self.net.xp
-
-    @property
-    def dtype(self):
-        return self.net.dtype
-
-    @property
-    def num_params(self):
-        return self.net.num_params
 
     # ----- data on the network's device and dtype ---------------------------
 
@@ -172,18 +190,6 @@ class TrainingLoss:
         return self.value_and_gradient(theta)[1]
 
     # ----- curvature products -------------------------------------------------
-
-    def hvp(self, V, theta=None):
-        """Hessian-vector products ``∇²L̃ v`` (2024 paper, eq. 2, left side) for V (P,) or (P, k)."""
-        return self.curvature_product(V, "hessian", theta)
-
-    def ggn(self, V, theta=None):
-        """Gauss-Newton products ``G v = E[Jᵀ H_z l J] v`` (2024 paper, eq. 2) for V (P,) or (P, k)."""
-        return self.curvature_product(V, "ggn", theta)
-
-    def residual(self, V, theta=None):
-        """Residual products ``H v = ∇²L̃ v − G v`` (2024 paper, eq. 2) for V (P,) or (P, k)."""
-        return self.curvature_product(V, "residual", theta)
 
     def third(self, U, V=None, theta=None):
         """``∇³L̃[u, v, ·] = d/dε ∇²L̃(θ + εu) v`` (docs/third.md) for u, v (P,) or the column pairs of U, V (P, k);

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import backend
 from .criteria import criterion as make_criterion
+from .curvature import Loss, TrainingLoss
 from .eigen import BlockOperator
 from .product import KINDS
 from .validation import check_directions, check_integer, check_labels
@@ -34,8 +35,6 @@ def shard_bounds(num_examples, shards):
 
 def _shard_loss(key, shard, setup, data):
     """The shard's TrainingLoss on this worker: made from its data the first time, then kept."""
-    from .curvature import TrainingLoss
-
     loss = _SHARDS.get((key, shard))
     if loss is None:
         net, criterion, mean_over, chunk_size, max_memory = setup
@@ -59,7 +58,7 @@ def _forget(key):
         del _SHARDS[entry]
 
 
-class ShardedLoss:
+class ShardedLoss(Loss):
     """``L̃(θ)`` of a network and criterion over ``(X, y)``, its examples in ``shards`` pieces on the workers of
     ``client`` (a ``distributed.Client``): TrainingLoss's interface (value, gradient, hvp, ggn, residual, third,
     eigenvalue_gradient, operator, linear_operator), each result the sum of the shards' shares in shard order
@@ -98,18 +97,6 @@ class ShardedLoss:
         """Not on the client: a ShardedLoss's examples live on the workers."""
         raise TypeError("a ShardedLoss keeps its examples on the workers: minibatch SGD, which draws its batches "
                         "from the data on the client, runs on a TrainingLoss")
-
-    @property
-    def xp(self):
-        return self.net.xp
-
-    @property
-    def dtype(self):
-        return self.net.dtype
-
-    @property
-    def num_params(self):
-        return self.net.num_params
 
     # ----- the shares and their sum ----------------------------------------------------------------------------
 
@@ -157,15 +144,6 @@ class ShardedLoss:
             raise ValueError(f"unknown curvature kind {kind!r}; expected one of {KINDS}")
         V, _ = check_directions(V, self.net.num_params)
         return self._on_device(self._sum("curvature_product", theta, backend.to_numpy(V), kind))
-
-    def hvp(self, V, theta=None):
-        return self.curvature_product(V, "hessian", theta)
-
-    def ggn(self, V, theta=None):
-        return self.curvature_product(V, "ggn", theta)
-
-    def residual(self, V, theta=None):
-        return self.curvature_product(V, "residual", theta)
 
     def third(self, U, V=None, theta=None):
         """``∇³L̃[u, v, ·]`` (TrainingLoss.third)."""
