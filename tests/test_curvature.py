@@ -454,3 +454,17 @@ def test_every_public_product_runs_the_one_product_function(monkeypatch):
     kinds.clear()
     chunked.loss.hvp(V)
     assert kinds == ["hessian", "hessian"]                            # two chunks of examples: 4 + 2
+
+
+def test_losses_over_parts_with_the_whole_mean_add_up_to_the_whole():
+    """mean_over = N: each part's value, gradient, products and third derivative are its share of the mean over
+    all N examples, so the parts add up to the whole loss's (to rounding)."""
+    problem = build_problem([3, 5, 3], "tanh", "cross_entropy", n=10, seed=4)
+    net, X, y = problem.net, problem.X, problem.y
+    whole = ne.TrainingLoss(net, "cross_entropy", X, y)
+    parts = [ne.TrainingLoss(net, "cross_entropy", X[a:b], y[a:b], mean_over=10) for a, b in ((0, 4), (4, 10))]
+    V = np.random.default_rng(0).standard_normal((net.num_params, 2))
+    assert sum(part.value() for part in parts) == pytest.approx(whole.value(), rel=1e-14)
+    for name, run in [("gradient", lambda loss: loss.gradient()), ("hvp", lambda loss: loss.hvp(V)),
+                      ("ggn", lambda loss: loss.ggn(V)), ("third", lambda loss: loss.third(V))]:
+        assert_close(sum(to_numpy(run(part)) for part in parts), run(whole), TOL["exact"], name)
