@@ -7,13 +7,24 @@ and so for ∇L̃, ∇²L̃ v, G v, H v and ∇³L̃[u, v, ·]: each is a sum ov
 :class:`~nn_eos.curvature.TrainingLoss` of its examples with ``mean_over = N``, exactly as a chunk's is in one
 process. The S shards are fixed by N and S (contiguous, as ``numpy.array_split`` cuts them), not by the workers;
 the shares come back to the client and are added there in shard order, so a result does not depend on how many
-workers there are or which finishes first: with one BLAS thread per worker (Dask's default), a sharded loss and
-a TrainingLoss chunked at the shard boundaries give the same numbers.
+workers there are or which finishes first: each share runs on one BLAS thread (threadpoolctl, whatever the
+worker's environment), so a sharded loss and a TrainingLoss chunked at the shard boundaries in one process on one
+BLAS thread give the same numbers.
 
-The core does not import Dask: a ShardedLoss is handed a ``distributed.Client``.
+A worker lost in the middle of a product costs the product, never its sum: Dask runs the lost shard's share
+again on a worker that has its examples (a second copy, or — for shards loaded by the workers — the shard loaded
+again), a shard whose every copy is gone is sent again from the client, and the sum is taken only of all S
+shares. A share that kills every worker it runs on stops the product with one line naming the shard and the last
+worker (docs/sharded.md, "Faults").
+
+The core does not import Dask: a ShardedLoss is handed a ``distributed.Client`` (and names Dask's
+``KilledWorker`` only when a product fails).
 """
 
 import uuid
+import warnings
+from concurrent.futures import CancelledError
+from functools import partial
 
 import numpy as np
 
@@ -25,6 +36,7 @@ from .product import KINDS
 from .validation import check_directions, check_integer, check_labels
 
 _SHARDS = {}        # on a worker: (loss key, shard) → the shard's TrainingLoss, kept for warm products at one θ
+_BLAS = None        # on a worker: its threadpoolctl controller
 
 
 def shard_bounds(num_examples, shards):
@@ -38,19 +50,44 @@ def _shard_loss(key, shard, setup, data):
     loss = _SHARDS.get((key, shard))
     if loss is None:
         net, criterion, mean_over, chunk_size, max_memory = setup
-        X, y = data
+        X, y = map(_own, data)          # the loss's own copy (so a worker holds its shard twice: see _own)
         loss = TrainingLoss(net, criterion, X, y, chunk_size=chunk_size, max_memory=max_memory, mean_over=mean_over)
         _SHARDS[(key, shard)] = loss
     return loss
 
 
+def _one_blas_thread():
+    """One BLAS thread on this worker for the share (whatever its environment says), so that a share's bits do
+    not depend on the machine it lands on; threadpoolctl's controller is made once per worker."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
+def _own(array):
+    """A fresh copy of an array that came over the network. Dask hands a worker its arrays inside the message's
+    buffer, at whatever alignment they landed, and the layers compute on views of θ and V: some NumPy loops (the
+    attention's batched products among them) round differently at another alignment. A copy sits where the
+    process's own arrays do, so a share has the bits it has in one process."""
+    return array.copy() if isinstance(array, np.ndarray) else array
+
+
 def _share(key, shard, setup, data, theta, method, *args):
     """One shard's share of ``loss.method(*args, theta=θ)``, as host arrays (a float for the value)."""
     loss = _shard_loss(key, shard, setup, data)
-    result = getattr(loss, method)(*args, theta=theta)
+    with _one_blas_thread():
+        result = getattr(loss, method)(*map(_own, args), theta=_own(theta))
     if isinstance(result, tuple):
         return tuple(r if isinstance(r, float) else backend.to_numpy(r) for r in result)
     return result if isinstance(result, float) else backend.to_numpy(result)
+
+
+def _load(load, start, stop):
+    """A shard's examples, loaded on the worker that runs this: ``load(start, stop)``."""
+    return load(start, stop)
 
 
 def _forget(key):
@@ -64,28 +101,55 @@ class ShardedLoss(Loss):
     eigenvalue_gradient, operator, linear_operator), each result the sum of the shards' shares in shard order
     (module docstring). ``chunk_size`` and ``max_memory`` hold per worker. The data are sent once, each shard to
     one worker (two where there are two: a shard outlives the loss of one worker); θ once per θ; directions once
-    per product.
+    per product. :meth:`from_config` and :meth:`from_loader` load the shards on the workers instead.
     """
 
     def __init__(self, net, criterion, X, y, client, shards=2, chunk_size=None, max_memory=None):
-        self.net, self.client = net, client
-        self.criterion = make_criterion(criterion)
         X = net.check_inputs(X)
         y = np.asarray(backend.to_numpy(check_labels(y, (X.shape[0], *net.positions), net.num_outputs)),
                        dtype=np.int64)
-        self.num_examples = X.shape[0]
+        self._begin(net, criterion, X.shape[0], client, shards, chunk_size, max_memory)
+        self._pieces = [(X[a:b], y[a:b]) for a, b in self._ranges()]   # the caller's arrays, to send a lost shard
+        self._load, self._holders = None, {}
+        self._data = [self._send(s) for s in range(self.shards)]
+
+    @classmethod
+    def from_loader(cls, net, criterion, num_examples, load, client, shards=2, chunk_size=None, max_memory=None):
+        """A sharded loss whose shards load their own examples on the workers: ``load(start, stop)`` (a function
+        the workers can import, or a ``functools.partial`` of one) returns ``(X, y)`` of examples start..stop−1 of
+        the N = ``num_examples``. The data never pass through the client, and a shard lost with its worker is
+        loaded again on another by Dask."""
+        loss = cls.__new__(cls)
+        loss._begin(net, criterion, check_integer(num_examples, "num_examples"), client, shards, chunk_size,
+                    max_memory)
+        loss._pieces, loss._load, loss._holders = None, load, {}
+        loss._data = [loss._send(s) for s in range(loss.shards)]
+        return loss
+
+    @classmethod
+    def from_config(cls, config, client, shards=2, chunk_size=None, max_memory=None, device=None):
+        """The loss of a run's config (a dict from ``nn_eos.experiments.config.load``: its [data], [net] and
+        [criterion]), each shard loading the config's data on its worker (:meth:`from_loader`). One worker first
+        reads the data's size, an example and the classes present, from which the client builds the network on
+        ``device``."""
+        from .experiments import config as configs
+
+        num_examples, example, present = client.submit(configs.describe_data, config, pure=False).result()
+        net, _ = configs.build_net(config.get("net", {}), example, configs.count_classes(present, "[data]"), device)
+        criterion = config.get("criterion", {}).get("name", "cross_entropy")
+        return cls.from_loader(net, criterion, num_examples, partial(configs.shard_data, config), client, shards,
+                               chunk_size, max_memory)
+
+    def _begin(self, net, criterion, num_examples, client, shards, chunk_size, max_memory):
+        self.net, self.client = net, client
+        self.criterion = make_criterion(criterion)
+        self.num_examples = num_examples
         self.shards = check_integer(shards, "shards", high=self.num_examples)
         self.chunk_size = check_integer(chunk_size, "chunk_size", optional=True)
         self.max_memory = check_integer(max_memory, "max_memory (bytes)", optional=True)
         self.bounds = shard_bounds(self.num_examples, self.shards)
         self._key = uuid.uuid4().hex
-        pieces = [(X[a:b], y[a:b]) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
-        self._data = client.scatter(pieces, hash=False)
-        workers = len(client.scheduler_info()["workers"])
-        if workers > 1:
-            client.replicate(self._data, n=2)
-        self._setup = client.scatter((net, self.criterion, self.num_examples, self.chunk_size, self.max_memory),
-                                     broadcast=True, hash=False)
+        self._setup = None
         self._theta = None          # (θ on the host, its future): sent once per θ
 
     def __repr__(self):
@@ -98,6 +162,39 @@ class ShardedLoss(Loss):
         raise TypeError("a ShardedLoss keeps its examples on the workers: minibatch SGD, which draws its batches "
                         "from the data on the client, runs on a TrainingLoss")
 
+    # ----- what the workers hold -------------------------------------------------------------------------------
+
+    def _ranges(self):
+        return list(zip(self.bounds[:-1].tolist(), self.bounds[1:].tolist()))
+
+    def _send(self, shard):
+        """Shard s's examples on the workers: scattered (to two workers where there are two) or loaded there."""
+        if self._load is not None:
+            return self.client.submit(_load, self._load, *self._ranges()[shard], pure=False,
+                                      key=f"nn-eos-shard-{self._key}-{shard}-{uuid.uuid4().hex}")
+        [future] = self.client.scatter([self._pieces[shard]], hash=False)
+        if len(self.client.scheduler_info()["workers"]) > 1:
+            self.client.replicate([future], n=2)
+        self._holders[shard] = self.client.who_has([future]).get(future.key, ())
+        return future
+
+    def _send_lost(self):
+        """Send again what the cluster lost with its workers (Dask cancels a future whose every copy is gone):
+        the shared setup, θ, and each lost shard — from the client's arrays, with a warning naming the workers
+        that held it, or loaded again where the shards load themselves."""
+        if self._setup is None or self._setup.status == "cancelled":
+            [self._setup] = self.client.scatter([(self.net, self.criterion, self.num_examples, self.chunk_size,
+                                                  self.max_memory)], broadcast=True, hash=False)
+        if self._theta is not None and self._theta[1].status == "cancelled":
+            self._theta = None
+        for s, future in enumerate(self._data):
+            if future.status == "cancelled":
+                if self._pieces is not None:
+                    lost = ", ".join(self._holders[s]) or "its workers"
+                    warnings.warn(f"shard {s} of {self.shards} was lost with {lost}: sent again from the client",
+                                  RuntimeWarning, stacklevel=4)
+                self._data[s] = self._send(s)
+
     # ----- the shares and their sum ----------------------------------------------------------------------------
 
     def _theta_future(self, theta):
@@ -107,20 +204,38 @@ class ShardedLoss(Loss):
             self._theta = (host.copy(), self.client.scatter(host, broadcast=True, hash=False))
         return self._theta[1]
 
-    def _sum(self, method, theta, *args):
-        """Σ_s (shard s's share of ``method``), added in shard order on the client."""
-        theta_future = self._theta_future(theta)
-        args = [self.client.scatter(a, broadcast=True, hash=False) if isinstance(a, np.ndarray) else a
-                for a in args]
-        futures = [self.client.submit(_share, self._key, s, self._setup, data, theta_future, method, *args,
-                                      key=f"nn-eos-{method}-{self._key}-{s}-{uuid.uuid4().hex}", retries=2,
-                                      pure=False)
-                   for s, data in enumerate(self._data)]
-        shares = self.client.gather(futures)
-        total = shares[0]
-        for share in shares[1:]:
-            total = tuple(a + b for a, b in zip(total, share)) if isinstance(total, tuple) else total + share
-        return total
+    def _sum(self, method, theta, *args, attempts=3):
+        """Σ_s (shard s's share of ``method``), added in shard order on the client once all S shares are in.
+
+        A share lost with its worker is run again by Dask where the shard still is (or is loaded again); a shard
+        lost with every copy cancels the product, which then runs again from what :meth:`_send_lost` sends
+        (``attempts`` times in all). A share that kills every worker it runs on raises one line naming them."""
+        from distributed.scheduler import KilledWorker
+
+        for _ in range(attempts):
+            self._send_lost()
+            theta_future = self._theta_future(theta)
+            sent = [self.client.scatter(a, broadcast=True, hash=False) if isinstance(a, np.ndarray) else a
+                    for a in args]
+            futures = [self.client.submit(_share, self._key, s, self._setup, data, theta_future, method, *sent,
+                                          key=f"nn-eos-{method}-{self._key}-{s}-{uuid.uuid4().hex}", pure=False)
+                       for s, data in enumerate(self._data)]
+            try:
+                shares = self.client.gather(futures)
+            except CancelledError:
+                continue                               # a shard, θ or V lost with every copy: send it and run again
+            except KilledWorker as error:
+                shard = next(s for s, f in enumerate(futures) if f.key == error.task)
+                raise RuntimeError(f"{method} on shard {shard} of {self.shards}: {error.allowed_failures + 1} "
+                                   f"worker(s) died running it, the last {error.last_worker.address} (out of "
+                                   f"memory? give the workers more, or set max_memory or chunk_size, or use more "
+                                   f"shards)") from None
+            total = shares[0]
+            for share in shares[1:]:
+                total = tuple(a + b for a, b in zip(total, share)) if isinstance(total, tuple) else total + share
+            return total
+        raise RuntimeError(f"{method}: the cluster lost the shards' data in each of {attempts} attempts; is it "
+                           f"losing workers? ({len(self.client.scheduler_info()['workers'])} now)")
 
     def _on_device(self, array):
         return backend.to_device(array, self.net.device)

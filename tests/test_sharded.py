@@ -4,6 +4,7 @@ the same, and what it refuses."""
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 import nn_eos as ne
 from nn_eos.backend import to_numpy
@@ -70,19 +71,30 @@ def test_every_quantity_is_the_sum_of_the_shards_shares(client):
 
 @pytest.mark.parametrize("integrator", ["gd", "exponential_euler"])
 def test_a_sharded_run_is_the_run_of_the_same_sums(client, integrator):
-    """nn_eos.train on a ShardedLoss and on one process chunked at the shard boundaries (two shards of 16 and
-    chunks of 16): the same θ after three steps, bit for bit, and the same losses."""
+    """nn_eos.train with the 2022 telemetry on a ShardedLoss and on one process chunked at the shard boundaries
+    (two shards of 16 and chunks of 16): the same θ after four steps, bit for bit, the same losses, step sizes
+    and sharpness, and the same telemetry (top eigenvalues, the gradient's projections, the losses' changes)."""
     net, X, y = problem()
     X, y = np.concatenate([X, X[:1]]), np.concatenate([y, y[:1]])                     # 32 examples
     theta0 = to_numpy(net.theta).copy()          # set_theta writes into the network's own array
 
     def run(loss):
         chosen = ne.GradientDescent(0.5) if integrator == "gd" else ne.ExponentialEuler(k=2)
-        return ne.train(loss, chosen, max_steps=3, theta=theta0, progress=False)
+        telemetry = ne.eos.Telemetry(k=2, every_time=0.5 if integrator == "gd" else 0.01, method="krylov")
+        return ne.train(loss, chosen, max_steps=4, theta=theta0, telemetry=telemetry, progress=False)
+    with threadpool_limits(1, user_api="blas"):
+        local = run(ne.TrainingLoss(net, "cross_entropy", X, y, chunk_size=16))
     sharded = run(ShardedLoss(net, "cross_entropy", X, y, client, shards=2))
-    local = run(ne.TrainingLoss(net, "cross_entropy", X, y, chunk_size=16))
     np.testing.assert_array_equal(to_numpy(sharded.theta), to_numpy(local.theta))
-    np.testing.assert_allclose(sharded.metrics["loss"], local.metrics["loss"], rtol=1e-14)
+    assert sharded.metrics.keys() == local.metrics.keys()
+    for column in set(local.metrics) - {"wall"}:
+        np.testing.assert_array_equal(sharded.metrics[column], local.metrics[column], column)
+    assert len(local.telemetry) >= 2
+    assert [row.keys() for row in sharded.telemetry] == [row.keys() for row in local.telemetry]
+    for ours, theirs in zip(sharded.telemetry, local.telemetry):
+        for column in theirs:
+            np.testing.assert_array_equal(np.asarray(ours[column], dtype=float),
+                                          np.asarray(theirs[column], dtype=float), column)
 
 
 def test_what_a_sharded_loss_refuses(client):
@@ -96,3 +108,114 @@ def test_what_a_sharded_loss_refuses(client):
         sharded.curvature_product(np.ones(net.num_params), "hessain")
     with pytest.raises(ValueError, match=r"V must have shape \(75,\)"):
         sharded.hvp(np.ones(3))
+
+
+def test_from_config_each_worker_loads_its_shard(client, tmp_path):
+    """ShardedLoss.from_config: the network the config builds, and every shard's share that of the config's data
+    (nn_eos.experiments.config.training_data) at the shard's examples; token ids and a transformer too."""
+    from nn_eos.experiments import config as configs
+
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "data.npz", X=rng.standard_normal((23, 3, 2)), y=rng.integers(0, 3, 23))
+    runs = [{"data": {"dataset": "arrays", "path": str(tmp_path / "data.npz"), "standardize": True},
+             "net": {"hidden": [7], "activation": "tanh", "seed": 3}, "integrator": {"name": "gd", "lr": 0.1}},
+            {"data": {"dataset": "modular_addition", "modulus": 5}, "criterion": {"name": "mse"},
+             "net": {"arch": "transformer", "d": 4, "heads": 1, "seed": 1}, "integrator": {"name": "gd", "lr": 0.1}}]
+    for run in runs:
+        X, y = configs.training_data(run)
+        net, X = configs.build_net(run["net"], X, configs.count_classes(y))
+        loss = ShardedLoss.from_config(run, client, shards=3)
+        assert loss.net.num_params == net.num_params and loss.num_examples == len(X)
+        np.testing.assert_array_equal(to_numpy(loss.net.theta), to_numpy(net.theta))
+        assert all(f.key.startswith("nn-eos-shard-") for f in loss._data)          # tasks on the workers
+        bounds = shard_bounds(len(X), 3)
+        V = rng.standard_normal((net.num_params, 2))
+        criterion = run.get("criterion", {}).get("name", "cross_entropy")
+        with threadpool_limits(1, user_api="blas"):
+            expected = sum(to_numpy(ne.TrainingLoss(net, criterion, X[a:b], y[a:b], mean_over=len(X)).ggn(V))
+                           for a, b in zip(bounds[:-1], bounds[1:]))
+        np.testing.assert_array_equal(to_numpy(loss.ggn(V)), expected)
+        loss.close()
+
+
+def test_a_product_that_does_not_fit_a_worker_is_refused_with_its_size(client):
+    net, X, y = problem()
+    sharded = ShardedLoss(net, "cross_entropy", X, y, client, shards=2, max_memory=2000)
+    with pytest.raises(MemoryError, match=r"the 4 direction\(s\) and their results alone need about .* MiB, more "
+                                          r"than max_memory"):
+        sharded.hvp(np.ones((net.num_params, 4)))
+
+
+SHARDED_RUN = """
+[data]
+dataset = "dice"
+n = 40
+
+[net]
+hidden = [6]
+activation = "tanh"
+
+[integrator]
+name = "exponential_euler"
+k = 2
+
+[train]
+until_loss = 0.0
+max_steps = {steps}
+
+[telemetry]
+k = 2
+every_time = 0.01
+method = "krylov"
+"""
+
+
+def test_nn_eos_train_with_a_scheduler_resumes_on_a_cluster_of_another_size(client, tmp_path):
+    """`nn-eos train --scheduler` shards the run (the shard count — the cluster's 2 workers — recorded, not the
+    address); killed after 2 steps and resumed to 4 on a cluster of one worker, it ends at the θ and with the
+    metrics and telemetry of the run that was never stopped. A sharded run resumes only sharded, and a run made in
+    one process only there."""
+    import json
+
+    from nn_eos.experiments import cli, config as configs
+
+    path = tmp_path / "run.toml"
+    path.write_text(SHARDED_RUN.format(steps=4))
+    address = client.scheduler.address
+    cli.main(["train", str(path), "--out", str(tmp_path / "whole"), "--scheduler", address, "--no-progress"])
+    experiment = json.loads((tmp_path / "whole" / "config.json").read_text())["experiment"]
+    assert experiment["cluster"] == {"shards": 2}
+    whole = configs.load(str(path))
+
+    def load_run(name):
+        return ne.loop.load_run(str(tmp_path / name)) if hasattr(ne, "loop") else None
+    halves = configs.load(str(path))
+    halves["train"]["max_steps"] = 2
+    configs.run(halves, str(tmp_path / "halves"), scheduler=address, progress=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  worker_dashboard_address=None) as one:
+        resumed = configs.run(whole, str(tmp_path / "halves"), resume=True, scheduler=one.scheduler_address,
+                              progress=False)
+    straight = configs.run(whole, str(tmp_path / "again"), scheduler=address, progress=False)
+    np.testing.assert_array_equal(to_numpy(resumed.theta), to_numpy(straight.theta))
+    for name in ("metrics.jsonl", "telemetry.jsonl"):
+        rows = [[{k: v for k, v in json.loads(line).items() if k != "wall"} for line in
+                 (tmp_path / run / name).read_text().splitlines()] for run in ("halves", "whole")]
+        for ours, theirs in zip(*rows):
+            assert ours == theirs, {k: (ours[k], theirs.get(k)) for k in ours if ours[k] != theirs.get(k)}
+        assert len(rows[0]) == len(rows[1]) >= 3, name
+    with pytest.raises(configs.ConfigError, match="was sharded over 2 shards; .* give a scheduler"):
+        configs.run(whole, str(tmp_path / "halves"), resume=True, progress=False)
+    configs.run(halves, str(tmp_path / "local"), progress=False)
+    with pytest.raises(configs.ConfigError, match="was run in one process"):
+        configs.run(whole, str(tmp_path / "local"), resume=True, scheduler=address, progress=False)
+
+
+def test_a_sweep_leaves_sharding_to_one_run(tmp_path):
+    from nn_eos.experiments import config as configs, sweep
+
+    path = tmp_path / "sweep.toml"
+    path.write_text('[base.data]\ndataset = "dice"\n[base.integrator]\nname = "gd"\nlr = 0.1\n'
+                    '[base.cluster]\nshards = 2\n[grid]\n"net.seed" = [0, 1]\n')
+    with pytest.raises(configs.ConfigError, match=r"a sweep distributes whole runs .* \[cluster\] shards one run"):
+        sweep.load(str(path))

@@ -65,7 +65,7 @@ def _train(args):
         print(f"nothing to resume in {out}: starting a new run there", file=sys.stderr)
     args.resume_hint = f"nn-eos train {args.config} --out {out} --resume"
     run = config.run(cfg, out, device=args.device, resume=args.resume, progress=not args.no_progress,
-                     threads=args.threads)
+                     threads=args.threads, scheduler=args.scheduler)
     print(f"{run.status}: {run.message}\nrun directory: {os.path.abspath(out)}")
 
 
@@ -257,6 +257,9 @@ def build_parser():
     train.add_argument("config", help="the TOML file")
     train.add_argument("--out", help="run directory (default: runs/<config name>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--scheduler", help="shard the run's products over the workers of this Dask scheduler, e.g. "
+                                           "tcp://10.0.0.5:8786 (default: the config's cluster.scheduler; "
+                                           "docs/sharded.md)")
     _add_run_options(train, "the config's train.threads, else 1")
 
     analyze = command("analyze", "the papers' measurements over a run",

@@ -14,8 +14,11 @@ or a missing data path is reported with the key and the file.
     [telemetry]   k, every_time, n_classes, tol, method, lambda_min (optional: the 2022 paper's telemetry)
     [self_stabilization]  every_steps, tol, eig_tol, max_projection_steps (optional, gd only, instead of
                   [telemetry]: Damian et al.'s constrained trajectory beside the run; docs/self_stabilization.md)
+    [cluster]     scheduler (a Dask scheduler's address), shards (default: its workers at the start) — optional:
+                  one run's products sharded over a cluster's workers (ShardedLoss; docs/sharded.md)
 """
 
+import contextlib
 import os
 
 try:
@@ -42,6 +45,7 @@ SCHEMA = {
                   "lambda_min": bool},
     "self_stabilization": {"every_steps": int, "tol": (int, float), "eig_tol": (int, float),
                            "max_projection_steps": int},
+    "cluster": {"scheduler": str, "shards": int},
 }
 REQUIRED = {"data": ("dataset",), "integrator": ("name",)}
 BUILT_IN = ("dice", "modular_addition", "characters")         # datasets that need no data.path
@@ -165,6 +169,24 @@ def training_data(experiment):
     return shaped_for_net(experiment.get("net", {}), X), y
 
 
+def describe_data(experiment):
+    """What the client needs to build a run's network without holding its data (a sharded run: ShardedLoss's
+    ``from_config`` runs this on a worker): N, the example holding the largest input value (its shape, and for
+    token ids the vocabulary it needs) and the classes present."""
+    import numpy as np
+
+    X, y = training_data(experiment)
+    row = int(np.argmax(X.reshape(len(X), -1).max(axis=1)))
+    return len(X), X[row:row + 1].copy(), np.unique(y)
+
+
+def shard_data(experiment, start, stop):
+    """Examples start..stop−1 of a run's :func:`training_data`, loaded where this runs (a worker of a sharded
+    run); copies, so that the rest of the data is freed."""
+    X, y = training_data(experiment)
+    return X[start:stop].copy(), y[start:stop].copy()
+
+
 def build_net(net_cfg, X, n_classes, device=None):
     """The network of the [net] section for inputs X; returns (net, X shaped for it: :func:`shaped_for_net`).
 
@@ -221,13 +243,17 @@ def _few(values, most=6):
     return ", ".join(map(str, values[:most])) + (f" … ({len(values)} in all)" if len(values) > most else "")
 
 
-def run(config, out, device=None, resume=False, progress=True, threads=None):
+def run(config, out, device=None, resume=False, progress=True, threads=None, scheduler=None):
     """Train the run a validated config describes into the run directory ``out``; returns the Run.
 
     The config is kept in the run's manifest (config.json, key 'experiment'),
     from which ``rebuild_loss`` rebuilds the run's loss. The run uses
     ``threads`` BLAS threads (else the config's ``train.threads``, else 1;
-    on resume, the count the run was made with: see threads.py).
+    on resume, the count the run was made with: see threads.py). With a Dask
+    ``scheduler`` address (else the config's ``cluster.scheduler``) its
+    products are sharded over that cluster's workers (a ShardedLoss loading its
+    shards there; the shard count is recorded, and a resumed run keeps it on a
+    cluster of any size).
     """
     import copy
 
@@ -241,9 +267,7 @@ def run(config, out, device=None, resume=False, progress=True, threads=None):
     config = copy.deepcopy(config)
     settings = config.setdefault("train", {})
     settings["threads"] = _run_threads(out, resume, threads, settings.get("threads", DEFAULT_THREADS))
-    X, y = training_data(config)
-    net, X = build_net(config.get("net", {}), X, count_classes(y, "[data]"), device)
-    loss = TrainingLoss(net, config.get("criterion", {}).get("name", "cross_entropy"), X, y)
+    scheduler = scheduler or config.get("cluster", {}).get("scheduler")
     try:
         integrator = from_config(config["integrator"])
     except TypeError as error:
@@ -252,18 +276,71 @@ def run(config, out, device=None, resume=False, progress=True, threads=None):
     if "self_stabilization" in config:
         telemetry = SelfStabilizationTelemetry(config["integrator"]["lr"], **config["self_stabilization"])
     limits = {key: value for key, value in settings.items() if key != "threads"}
-    with blas_threads(settings["threads"]):
-        return train(loss, integrator, telemetry=telemetry, run_dir=out, resume=resume, progress=progress,
-                     data=config["data"], experiment=config, **limits)
+    with contextlib.ExitStack() as stack:
+        if scheduler is None:
+            _check_not_sharded(out, resume)
+            config.pop("cluster", None)               # shards without a scheduler: a run in this process
+            X, y = training_data(config)
+            net, X = build_net(config.get("net", {}), X, count_classes(y, "[data]"), device)
+            loss = TrainingLoss(net, config.get("criterion", {}).get("name", "cross_entropy"), X, y)
+        else:
+            loss = stack.enter_context(_sharded_loss(config, out, resume, scheduler, device))
+        with blas_threads(settings["threads"]):
+            return train(loss, integrator, telemetry=telemetry, run_dir=out, resume=resume, progress=progress,
+                         data=config["data"], experiment=config, **limits)
+
+
+def _made_with(out, resume):
+    """The experiment config of the run in ``out`` when resuming it, else None."""
+    from ..rundir import load_manifest
+
+    if resume and os.path.exists(os.path.join(out, "config.json")):
+        return load_manifest(out).get("experiment", {})
+    return None
+
+
+def _check_not_sharded(out, resume):
+    made = _made_with(out, resume) or {}
+    if "shards" in made.get("cluster", {}):
+        raise ConfigError(f"{out} was sharded over {made['cluster']['shards']} shards; it resumes with the same "
+                          f"sums only sharded again: give a scheduler (--scheduler ADDRESS; any number of workers)")
+
+
+@contextlib.contextmanager
+def _sharded_loss(config, out, resume, scheduler, device):
+    """A ShardedLoss of the config on the cluster at ``scheduler``, its shard count written into config
+    (``cluster.shards``: the config's, else on resume the run's, else the cluster's workers), closed at the end."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ImportError("a sharded run needs Dask: pip install 'nn_eos[sweep]' (dask.distributed)") from None
+    from ..sharded import ShardedLoss
+
+    made = _made_with(out, resume)
+    if made is not None and "shards" not in made.get("cluster", {}):
+        raise ConfigError(f"{out} was run in one process; it resumes with the same sums only there (leave out the "
+                          f"scheduler)")
+    cluster = config.setdefault("cluster", {})
+    recorded = (made or {}).get("cluster", {}).get("shards")
+    if recorded is not None and cluster.get("shards", recorded) != recorded:
+        raise ConfigError(f"{out} was sharded over {recorded} shards; it resumes with the same sums only over "
+                          f"{recorded} (leave out cluster.shards, or set it to {recorded})")
+    cluster.pop("scheduler", None)                 # an address is not part of the run: it may resume elsewhere
+    with Client(scheduler) as client:
+        cluster["shards"] = recorded or cluster.get("shards") or len(client.scheduler_info()["workers"])
+        loss = ShardedLoss.from_config(config, client, shards=cluster["shards"], device=device)
+        try:
+            yield loss
+        finally:
+            loss.close()
 
 
 def _run_threads(out, resume, asked, configured):
     """The BLAS thread count of a run: on resume the one it was made with (a different one would change its
     rounding), else the one asked for, else the config's."""
-    from ..rundir import load_manifest
-
-    if resume and os.path.exists(os.path.join(out, "config.json")):
-        made_with = load_manifest(out).get("experiment", {}).get("train", {}).get("threads", 1)
+    made = _made_with(out, resume)
+    if made is not None:
+        made_with = made.get("train", {}).get("threads", 1)
         if asked is not None and asked != made_with:
             raise ConfigError(f"{out} was run with {made_with} BLAS thread(s); it resumes bit-identically only with "
                               f"the same count (leave out the thread count, or ask for {made_with})")

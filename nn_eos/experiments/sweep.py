@@ -143,6 +143,9 @@ def load(path):
     if sweep.spectrum["kind"] not in KINDS:
         raise configs.ConfigError(f"{path}: sweep.spectrum must be one of {list(KINDS)}, got "
                                   f"{sweep.spectrum['kind']!r}")
+    if "cluster" in sweep.base or any(key.startswith("cluster.") for key in grid):
+        raise configs.ConfigError(f"{path}: a sweep distributes whole runs over its workers; [cluster] shards one "
+                                  f"run (nn-eos train --scheduler): leave it out of the sweep")
     if "eos" in sweep.analyze and "telemetry" not in sweep.base:
         raise configs.ConfigError(f"{path}: sweep.analyze has 'eos', which reads the 2022 telemetry recorded during "
                                   f"training: add a [base.telemetry] section")
