@@ -219,3 +219,39 @@ def test_a_sweep_leaves_sharding_to_one_run(tmp_path):
                     '[base.cluster]\nshards = 2\n[grid]\n"net.seed" = [0, 1]\n')
     with pytest.raises(configs.ConfigError, match=r"a sweep distributes whole runs .* \[cluster\] shards one run"):
         sweep.load(str(path))
+
+
+def test_a_sharded_run_over_tls_is_the_same_run(client, tmp_path):
+    """docs/sharded.md's recipe: a cluster that speaks only TLS, the client's certificates in Dask's configuration,
+    `nn_eos.experiments.config.run` given the tls:// address — the θ of the same run over plain TCP; without the
+    certificates the scheduler is not reached."""
+    import shutil
+    import subprocess
+
+    import dask
+
+    from nn_eos.experiments import config as configs
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: no certificates to test TLS with")
+    key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days",
+                    "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    security = distributed.Security(tls_ca_file=cert, tls_scheduler_cert=cert, tls_scheduler_key=key,
+                                    tls_worker_cert=cert, tls_worker_key=key, tls_client_cert=cert,
+                                    tls_client_key=key, require_encryption=True)
+    path = tmp_path / "run.toml"
+    path.write_text(SHARDED_RUN.format(steps=2))
+    run = configs.load(str(path))
+    over_tcp = configs.run(run, str(tmp_path / "tcp"), scheduler=client.scheduler.address, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, protocol="tls",
+                                  security=security, dashboard_address=None, worker_dashboard_address=None) as tls:
+        assert tls.scheduler_address.startswith("tls://")
+        with pytest.raises((TypeError, OSError)):
+            distributed.Client(tls.scheduler_address, timeout=5)
+        with dask.config.set({"distributed.comm.require-encryption": True, "distributed.comm.tls.ca-file": cert,
+                              "distributed.comm.tls.client.cert": cert, "distributed.comm.tls.client.key": key}):
+            over_tls = configs.run(run, str(tmp_path / "tls"), scheduler=tls.scheduler_address, progress=False)
+    np.testing.assert_array_equal(to_numpy(over_tls.theta), to_numpy(over_tcp.theta))

@@ -14,8 +14,9 @@ or a missing data path is reported with the key and the file.
     [telemetry]   k, every_time, n_classes, tol, method, lambda_min (optional: the 2022 paper's telemetry)
     [self_stabilization]  every_steps, tol, eig_tol, max_projection_steps (optional, gd only, instead of
                   [telemetry]: Damian et al.'s constrained trajectory beside the run; docs/self_stabilization.md)
-    [cluster]     scheduler (a Dask scheduler's address), shards (default: its workers at the start) — optional:
-                  one run's products sharded over a cluster's workers (ShardedLoss; docs/sharded.md)
+    [cluster]     scheduler (a Dask scheduler's address), shards (default: its workers at the start), direct
+                  (default true; false where only the scheduler is reachable) — optional: one run's products
+                  sharded over a cluster's workers (ShardedLoss; docs/sharded.md)
 """
 
 import contextlib
@@ -45,7 +46,7 @@ SCHEMA = {
                   "lambda_min": bool},
     "self_stabilization": {"every_steps": int, "tol": (int, float), "eig_tol": (int, float),
                            "max_projection_steps": int},
-    "cluster": {"scheduler": str, "shards": int},
+    "cluster": {"scheduler": str, "shards": int, "direct": bool},
 }
 REQUIRED = {"data": ("dataset",), "integrator": ("name",)}
 BUILT_IN = ("dice", "modular_addition", "characters")         # datasets that need no data.path
@@ -328,7 +329,8 @@ def _sharded_loss(config, out, resume, scheduler, device):
     cluster.pop("scheduler", None)                 # an address is not part of the run: it may resume elsewhere
     with Client(scheduler) as client:
         cluster["shards"] = recorded or cluster.get("shards") or len(client.scheduler_info()["workers"])
-        loss = ShardedLoss.from_config(config, client, shards=cluster["shards"], device=device)
+        loss = ShardedLoss.from_config(config, client, shards=cluster["shards"], device=device,
+                                       direct=cluster.get("direct", True))
         try:
             yield loss
         finally:
