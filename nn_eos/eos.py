@@ -68,7 +68,7 @@ class Telemetry:
         k = min(self.k, loss.num_params)
         n_classes = self.n_classes or loss.net.num_outputs
         n_top = max(min(n_classes - 1, k), 0)
-        V0 = None if self.vectors is None else xp.asarray(self.vectors)
+        V0 = None if self.vectors is None else xp.ascontiguousarray(self.vectors)   # row-major: see integrators
         hessian = loss.operator("hessian", theta)
         result = top_eigenpairs(hessian, k, method=self.method, V0=V0, tol=self.tol, maxiter=self.maxiter,
                                 which=ranking(self.method),

@@ -105,9 +105,12 @@ class _WarmEigen:
         return result
 
     def _v0(self, theta):
+        """The last step's eigenvectors, row-major whether they come from that step or from a checkpoint (a
+        device array's ``.get()`` writes them row-major): a product's rounding depends on its operands' layout,
+        so this is what lets a resumed run step exactly as one never stopped."""
         if self.vectors is None:
             return None
-        return array_module(theta).asarray(self.vectors)
+        return array_module(theta).ascontiguousarray(self.vectors)
 
     def state(self):
         return {} if self.vectors is None else {"eigenvectors": to_numpy(self.vectors)}

@@ -68,10 +68,11 @@ def _one_blas_thread():
 
 
 def _own(array):
-    """A fresh copy of an array that came over the network. Dask hands a worker its arrays inside the message's
-    buffer, at whatever alignment they landed, and the layers compute on views of θ and V: some NumPy loops (the
-    attention's batched products among them) round differently at another alignment. A copy sits where the
-    process's own arrays do, so a share has the bits it has in one process."""
+    """A fresh copy of an array that came over the network. Dask hands a worker its arrays as views of the
+    message's buffer (read-only, wherever they landed), and the layers compute on views of θ and V; on those,
+    a transformer's shares came out different in the last bits from the same shares in one process (measured;
+    tests/test_sharded.py), and on copies the same. So a worker computes on arrays it allocated, as a process
+    does."""
     return array.copy() if isinstance(array, np.ndarray) else array
 
 
@@ -83,11 +84,6 @@ def _share(key, shard, setup, data, theta, method, *args):
     if isinstance(result, tuple):
         return tuple(r if isinstance(r, float) else backend.to_numpy(r) for r in result)
     return result if isinstance(result, float) else backend.to_numpy(result)
-
-
-def _load(load, start, stop):
-    """A shard's examples, loaded on the worker that runs this: ``load(start, stop)``."""
-    return load(start, stop)
 
 
 def _forget(key):
@@ -173,7 +169,7 @@ class ShardedLoss(Loss):
     def _send(self, shard):
         """Shard s's examples on the workers: scattered (to two workers where there are two) or loaded there."""
         if self._load is not None:
-            return self.client.submit(_load, self._load, *self._ranges()[shard], pure=False,
+            return self.client.submit(self._load, *self._ranges()[shard], pure=False,
                                       key=f"nn-eos-shard-{self._key}-{shard}-{uuid.uuid4().hex}")
         [future] = self.client.scatter([self._pieces[shard]], hash=False, direct=self.direct)
         if len(self.client.scheduler_info()["workers"]) > 1:

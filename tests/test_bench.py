@@ -107,3 +107,19 @@ def test_the_transformer_bench_runs_and_keeps_what_fails(capsys, monkeypatch):
         assert quantity in printed
     for peer, label in (("torch", "PyTorch"), ("jax", "JAX")):
         assert (f"{label} not installed" in printed) == (importlib.util.find_spec(peer) is None)
+
+
+def test_the_sharded_bench_runs_at_a_tiny_size(capsys):
+    """bench/sharded.py --quick: every part prints (the aim's rows, the overhead's fit, the papers' model), and a
+    sharded product equals the one process's to rounding."""
+    pytest.importorskip("distributed")
+    import sharded
+
+    result = sharded.main(["--quick", "--rounds", "1"])
+    printed = capsys.readouterr().out
+    for part in ("1. A block of 11 hvp", "2. The cost of the cluster", "fit: overhead =", "pays from W ="):
+        assert part in printed
+    assert [row["who"] for row in result["aim"]["rows"]][2:] == [
+        "ShardedLoss, 2 shards on 1 worker(s)", "ShardedLoss, 2 shards on 2 worker(s)",
+        "ShardedLoss, 2 shards on 2 worker(s) via the scheduler"]
+    assert all(row["rel_diff"] < 1e-13 for row in result["aim"]["rows"])

@@ -97,9 +97,7 @@ def test_the_telemetry_beside_gradient_descent(tmp_path):
 
 
 def test_a_resumed_run_continues_bit_identically(tmp_path):
-    # on NumPy whatever NN_EOS_DEVICE says, as test_dynamics' resume test: the strict stand-in's copies move a
-    # restored θ in memory, and NumPy's SIMD sums round by alignment
-    problem = build_problem([4, 6, 3], "tanh", "cross_entropy", n=8, seed=1, device="cpu")
+    problem = build_problem([4, 6, 3], "tanh", "cross_entropy", n=8, seed=1)
     theta0 = problem.theta
     eta = 2.5 / sharpness_terms(problem.loss, theta0).sharpness
     whole = gd_run(problem, eta, max_steps=5).telemetry

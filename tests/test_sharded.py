@@ -15,8 +15,8 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  worker_dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  worker_dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         yield client
 
 
@@ -66,20 +66,25 @@ def test_every_quantity_is_the_sum_of_the_shards_shares(client):
                                                              tol=1e-10).values), rtol=1e-9)
     lanczos = ne.top_eigenpairs(sharded.linear_operator(), 1, method="lanczos", tol=1e-10).values
     assert_close(to_numpy(lanczos), to_numpy(found[:1]), rtol=1e-8)
+    density = [ne.spectrum.spectral_density(loss.operator("ggn"), steps=8, probes=2) for loss in (sharded, whole)]
+    assert_close(density[0].moment(1), density[1].moment(1), rtol=1e-12)
+    assert_close(density[0].nodes, density[1].nodes, rtol=1e-8, atol=1e-10)
     sharded.close()
 
 
-@pytest.mark.parametrize("integrator", ["gd", "exponential_euler"])
+@pytest.mark.parametrize("integrator", ["gd", "exponential_euler", "adam"])
 def test_a_sharded_run_is_the_run_of_the_same_sums(client, integrator):
     """nn_eos.train with the 2022 telemetry on a ShardedLoss and on one process chunked at the shard boundaries
     (two shards of 16 and chunks of 16): the same θ after four steps, bit for bit, the same losses, step sizes
-    and sharpness, and the same telemetry (top eigenvalues, the gradient's projections, the losses' changes)."""
+    and sharpness (Adam's preconditioned sharpness too), and the same telemetry (top eigenvalues, the gradient's
+    projections, the losses' changes)."""
     net, X, y = problem()
     X, y = np.concatenate([X, X[:1]]), np.concatenate([y, y[:1]])                     # 32 examples
     theta0 = to_numpy(net.theta).copy()          # set_theta writes into the network's own array
 
     def run(loss):
-        chosen = ne.GradientDescent(0.5) if integrator == "gd" else ne.ExponentialEuler(k=2)
+        chosen = {"gd": ne.GradientDescent(0.5), "exponential_euler": ne.ExponentialEuler(k=2),
+                  "adam": ne.Adam(0.01, sharpness_every=2)}[integrator]
         telemetry = ne.eos.Telemetry(k=2, every_time=0.5 if integrator == "gd" else 0.01, method="krylov")
         return ne.train(loss, chosen, max_steps=4, theta=theta0, telemetry=telemetry, progress=False)
     with threadpool_limits(1, user_api="blas"):
@@ -192,8 +197,8 @@ def test_nn_eos_train_with_a_scheduler_resumes_on_a_cluster_of_another_size(clie
     halves = configs.load(str(path))
     halves["train"]["max_steps"] = 2
     configs.run(halves, str(tmp_path / "halves"), scheduler=address, progress=False)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  worker_dashboard_address=None) as one:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  worker_dashboard_address=":0") as one:
         resumed = configs.run(whole, str(tmp_path / "halves"), resume=True, scheduler=one.scheduler_address,
                               progress=False)
     straight = configs.run(whole, str(tmp_path / "again"), scheduler=address, progress=False)
@@ -247,7 +252,7 @@ def test_a_sharded_run_over_tls_is_the_same_run(client, tmp_path):
     run = configs.load(str(path))
     over_tcp = configs.run(run, str(tmp_path / "tcp"), scheduler=client.scheduler.address, progress=False)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, protocol="tls",
-                                  security=security, dashboard_address=None, worker_dashboard_address=None) as tls:
+                                  security=security, dashboard_address=":0", worker_dashboard_address=":0") as tls:
         assert tls.scheduler_address.startswith("tls://")
         with pytest.raises((TypeError, OSError)):
             distributed.Client(tls.scheduler_address, timeout=5)

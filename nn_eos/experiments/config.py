@@ -21,6 +21,7 @@ or a missing data path is reported with the key and the file.
 
 import contextlib
 import os
+import sys
 
 try:
     import tomllib
@@ -328,6 +329,9 @@ def _sharded_loss(config, out, resume, scheduler, device):
                           f"{recorded} (leave out cluster.shards, or set it to {recorded})")
     cluster.pop("scheduler", None)                 # an address is not part of the run: it may resume elsewhere
     with Client(scheduler) as client:
+        if not client.scheduler_info()["workers"]:
+            print(f"waiting for the first worker of {scheduler} …", file=sys.stderr)
+            client.wait_for_workers(1)
         cluster["shards"] = recorded or cluster.get("shards") or len(client.scheduler_info()["workers"])
         loss = ShardedLoss.from_config(config, client, shards=cluster["shards"], device=device,
                                        direct=cluster.get("direct", True))

@@ -438,7 +438,7 @@ class _client:
             with warnings.catch_warnings():   # "port … in use, hosting the HTTP server on … instead" is harmless
                 warnings.filterwarnings("ignore", message=".*already in use.*")
                 self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                            dashboard_address=None, silence_logs=logging.ERROR)
+                                            dashboard_address=":0", silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
         else:
             self.client = Client(scheduler)
