@@ -161,7 +161,7 @@ def print_aim(result):
     print(f"\n1. A block of {result['k']} hvp: MLP {'-'.join(map(str, result['widths']))} (P = {result['P']:,}), "
           f"n = {result['n']:,}")
     print(f"   {'':52s} {'warm s':>8s} {'hvp/s':>7s} {'ratio':>6s} {'cold s':>8s} {'hvp/s':>7s} {'ratio':>6s} "
-          f"{'MB/block':>10s} {'rel diff':>9s}")
+          f"{'MiB/block':>10s} {'rel diff':>9s}")
     base = {row["cores"]: row for row in result["rows"] if row["who"].startswith("one process")}
     for row in result["rows"]:
         same = base[row["cores"]]
@@ -170,7 +170,7 @@ def print_aim(result):
               f"{row['warm_s'] / same['warm_s']:6.2f} {row['cold_s']:8.3f} {K_BLOCK / row['cold_s']:7.2f} "
               f"{row['cold_s'] / same['cold_s']:6.2f} {moved:>10s} {row['rel_diff']:9.1e}")
     print(f"   fastest of {result['rounds']} rounds, the contenders' calls interleaved; ratio: time over the one "
-          f"process with as many cores (workers or BLAS threads); MB/block: loopback bytes of one warm block")
+          f"process with as many cores (workers or BLAS threads); MiB/block: loopback bytes (2**20) of one warm block")
 
 
 # ----- 2. the cost of the cluster -----------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def overhead(hidden_sizes, ks, rounds, workers=2):
 def print_overhead(result):
     print(f"\n2. The cost of the cluster ({result['workers']} workers, {result['workers']} shards, one example "
           f"each, warm)")
-    print(f"   {'P':>10s} {'k':>3s} {'product s':>10s} {'overhead s':>11s} {'loopback MB':>12s} {'model MB':>9s}")
+    print(f"   {'P':>10s} {'k':>3s} {'product s':>10s} {'overhead s':>11s} {'loopback MiB':>12s} {'model MiB':>9s}")
     for row in result["rows"]:
         moved = "n/a" if row["loopback_bytes"] is None else f"{row['loopback_bytes'] / 2**20:.1f}"
         print(f"   {row['P']:10,d} {row['k']:3d} {row['seconds']:10.4f} {row['overhead_s']:11.4f} {moved:>12s} "

@@ -24,7 +24,6 @@ The core does not import Dask: a ShardedLoss is handed a ``distributed.Client`` 
 import uuid
 import warnings
 from concurrent.futures import CancelledError
-from functools import partial
 
 import numpy as np
 
@@ -97,7 +96,8 @@ class ShardedLoss(Loss):
     eigenvalue_gradient, operator, linear_operator), each result the sum of the shards' shares in shard order
     (module docstring). ``chunk_size`` and ``max_memory`` hold per worker. The data are sent once, each shard to
     one worker (two where there are two: a shard outlives the loss of one worker); θ once per θ; directions once
-    per product. :meth:`from_config` and :meth:`from_loader` load the shards on the workers instead. ``direct``:
+    per product. :meth:`from_loader` (and ``nn_eos.experiments.config.sharded_loss``, from a run's config) loads the
+    shards on the workers instead. ``direct``:
     the client sends to and gathers from the workers itself (measured: a quarter less time than through the
     scheduler, which carries every byte twice); ``False`` where the client reaches only the scheduler.
     """
@@ -124,20 +124,6 @@ class ShardedLoss(Loss):
         loss._pieces, loss._load, loss._holders = None, load, {}
         loss._data = [loss._send(s) for s in range(loss.shards)]
         return loss
-
-    @classmethod
-    def from_config(cls, config, client, shards=2, chunk_size=None, max_memory=None, device=None, direct=True):
-        """The loss of a run's config (a dict from ``nn_eos.experiments.config.load``: its [data], [net] and
-        [criterion]), each shard loading the config's data on its worker (:meth:`from_loader`). One worker first
-        reads the data's size, an example and the classes present, from which the client builds the network on
-        ``device``."""
-        from .experiments import config as configs
-
-        num_examples, example, present = client.submit(configs.describe_data, config, pure=False).result()
-        net, _ = configs.build_net(config.get("net", {}), example, configs.count_classes(present, "[data]"), device)
-        criterion = config.get("criterion", {}).get("name", "cross_entropy")
-        return cls.from_loader(net, criterion, num_examples, partial(configs.shard_data, config), client, shards,
-                               chunk_size, max_memory, direct)
 
     def _begin(self, net, criterion, num_examples, client, shards, chunk_size, max_memory, direct):
         self.net, self.client, self.direct = net, client, bool(direct)

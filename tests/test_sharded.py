@@ -115,9 +115,10 @@ def test_what_a_sharded_loss_refuses(client):
         sharded.hvp(np.ones(3))
 
 
-def test_from_config_each_worker_loads_its_shard(client, tmp_path):
-    """ShardedLoss.from_config: the network the config builds, and every shard's share that of the config's data
-    (nn_eos.experiments.config.training_data) at the shard's examples; token ids and a transformer too."""
+def test_a_config_s_sharded_loss_loads_each_shard_on_a_worker(client, tmp_path):
+    """nn_eos.experiments.config.sharded_loss: the network the config builds, and every shard's share that of
+    the config's data (nn_eos.experiments.config.training_data) at the shard's examples; token ids and a
+    transformer too."""
     from nn_eos.experiments import config as configs
 
     rng = np.random.default_rng(2)
@@ -129,7 +130,7 @@ def test_from_config_each_worker_loads_its_shard(client, tmp_path):
     for run in runs:
         X, y = configs.training_data(run)
         net, X = configs.build_net(run["net"], X, configs.count_classes(y))
-        loss = ShardedLoss.from_config(run, client, shards=3)
+        loss = configs.sharded_loss(run, client, shards=3)
         assert loss.net.num_params == net.num_params and loss.num_examples == len(X)
         np.testing.assert_array_equal(to_numpy(loss.net.theta), to_numpy(net.theta))
         assert all(f.key.startswith("nn-eos-shard-") for f in loss._data)          # tasks on the workers

@@ -107,7 +107,7 @@ def test_shards_the_workers_load_are_loaded_again(tmp_path):
            "integrator": {"name": "gd", "lr": 0.1}}
     assert np.array_equal(to_numpy(configs.build_net(run["net"], X, 4)[0].theta), to_numpy(net.theta))
     with cluster() as local, distributed.Client(local) as client:
-        loss = ShardedLoss.from_config(run, client, shards=2)
+        loss = configs.sharded_loss(run, client, shards=2)
         loss.hvp(V[:, :1])
         result, _ = kill_while_running(client, lambda: loss.hvp(V), which="all")
         np.testing.assert_array_equal(to_numpy(result), the_sum_of_the_shards(net, X, y, V, 2))

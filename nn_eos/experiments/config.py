@@ -172,8 +172,8 @@ def training_data(experiment):
 
 
 def describe_data(experiment):
-    """What the client needs to build a run's network without holding its data (a sharded run: ShardedLoss's
-    ``from_config`` runs this on a worker): N, the example holding the largest input value (its shape, and for
+    """What the client needs to build a run's network without holding its data (a sharded run:
+    :func:`sharded_loss` runs this on a worker): N, the example holding the largest input value (its shape, and for
     token ids the vocabulary it needs) and the classes present."""
     import numpy as np
 
@@ -187,6 +187,22 @@ def shard_data(experiment, start, stop):
     run); copies, so that the rest of the data is freed."""
     X, y = training_data(experiment)
     return X[start:stop].copy(), y[start:stop].copy()
+
+
+def sharded_loss(experiment, client, shards=2, chunk_size=None, max_memory=None, device=None, direct=True):
+    """The ShardedLoss of a run's config on the cluster of ``client``, each shard loading the config's data on its
+    worker (``ShardedLoss.from_loader`` with :func:`shard_data`), so the data never pass through the client. One
+    worker first reads the data's size, an example and the classes present (:func:`describe_data`), from which the
+    client builds the [net] section's network on ``device``. (It lives here, not on ShardedLoss, because the core
+    never imports the experiments floor.)"""
+    from functools import partial
+
+    from ..sharded import ShardedLoss
+
+    num_examples, example, present = client.submit(describe_data, experiment, pure=False).result()
+    net, _ = build_net(experiment.get("net", {}), example, count_classes(present, "[data]"), device)
+    return ShardedLoss.from_loader(net, experiment.get("criterion", {}).get("name", "cross_entropy"), num_examples,
+                                   partial(shard_data, experiment), client, shards, chunk_size, max_memory, direct)
 
 
 def build_net(net_cfg, X, n_classes, device=None):
@@ -316,7 +332,6 @@ def _sharded_loss(config, out, resume, scheduler, device):
         from distributed import Client
     except ImportError:
         raise ImportError("a sharded run needs Dask: pip install 'nn_eos[sweep]' (dask.distributed)") from None
-    from ..sharded import ShardedLoss
 
     made = _made_with(out, resume)
     if made is not None and "shards" not in made.get("cluster", {}):
@@ -333,8 +348,8 @@ def _sharded_loss(config, out, resume, scheduler, device):
             print(f"waiting for the first worker of {scheduler} …", file=sys.stderr)
             client.wait_for_workers(1)
         cluster["shards"] = recorded or cluster.get("shards") or len(client.scheduler_info()["workers"])
-        loss = ShardedLoss.from_config(config, client, shards=cluster["shards"], device=device,
-                                       direct=cluster.get("direct", True))
+        loss = sharded_loss(config, client, shards=cluster["shards"], device=device,
+                            direct=cluster.get("direct", True))
         try:
             yield loss
         finally:
