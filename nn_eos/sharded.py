@@ -96,10 +96,10 @@ class ShardedLoss(Loss):
     eigenvalue_gradient, operator, linear_operator), each result the sum of the shards' shares in shard order
     (module docstring). ``chunk_size`` and ``max_memory`` hold per worker. The data are sent once, each shard to
     one worker (two where there are two: a shard outlives the loss of one worker); θ once per θ; directions once
-    per product. :meth:`from_loader` (and ``nn_eos.experiments.config.sharded_loss``, from a run's config) loads the
-    shards on the workers instead. ``direct``:
-    the client sends to and gathers from the workers itself (measured: a quarter less time than through the
-    scheduler, which carries every byte twice); ``False`` where the client reaches only the scheduler.
+    per product. :meth:`from_loader` (and ``nn_eos.experiments.config.sharded_loss``, from a run's config) loads
+    the shards on the workers instead. ``direct``: the client sends to and gathers from the workers itself; through
+    the scheduler every byte crosses twice (measured on the aim case of docs/benchmarks.md: 965 MiB a block
+    instead of 567, and 4–8 % more time); ``False`` where the client reaches only the scheduler.
     """
 
     def __init__(self, net, criterion, X, y, client, shards=2, chunk_size=None, max_memory=None, direct=True):
