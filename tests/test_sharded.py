@@ -178,8 +178,8 @@ method = "krylov"
 
 def test_nn_eos_train_with_a_scheduler_resumes_on_a_cluster_of_another_size(client, tmp_path):
     """`nn-eos train --scheduler` shards the run (the shard count — the cluster's 2 workers — recorded, not the
-    address); killed after 2 steps and resumed to 4 on a cluster of one worker, it ends at the θ and with the
-    metrics and telemetry of the run that was never stopped. A sharded run resumes only sharded, and a run made in
+    address); stopped after 2 steps and resumed to 4 on a cluster of one worker (from its checkpoint, as a killed
+    run resumes), it ends at the θ and with the metrics and telemetry of the run that was never stopped. A sharded run resumes only sharded, and a run made in
     one process only there."""
     import json
 
@@ -192,9 +192,6 @@ def test_nn_eos_train_with_a_scheduler_resumes_on_a_cluster_of_another_size(clie
     experiment = json.loads((tmp_path / "whole" / "config.json").read_text())["experiment"]
     assert experiment["cluster"] == {"shards": 2}
     whole = configs.load(str(path))
-
-    def load_run(name):
-        return ne.loop.load_run(str(tmp_path / name)) if hasattr(ne, "loop") else None
     halves = configs.load(str(path))
     halves["train"]["max_steps"] = 2
     configs.run(halves, str(tmp_path / "halves"), scheduler=address, progress=False)
@@ -261,3 +258,41 @@ def test_a_sharded_run_over_tls_is_the_same_run(client, tmp_path):
                               "distributed.comm.tls.client.cert": cert, "distributed.comm.tls.client.key": key}):
             over_tls = configs.run(run, str(tmp_path / "tls"), scheduler=tls.scheduler_address, progress=False)
     np.testing.assert_array_equal(to_numpy(over_tls.theta), to_numpy(over_tcp.theta))
+
+
+def test_a_sharded_run_killed_mid_run_resumes_on_another_cluster_bit_identically(client, tmp_path):
+    """`nn-eos train --scheduler` SIGKILLed after its fourth snapshot (the client process: the workers live on),
+    then `--resume` on a cluster of one worker: the θ, metrics and telemetry of the run never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "run.toml"
+    path.write_text(SHARDED_RUN.format(steps=12).replace("[telemetry]", "snapshot_every = 1\n\n[telemetry]"))
+    command = [sys.executable, "-c", "from nn_eos.experiments.cli import main; main()", "train", str(path),
+               "--no-progress", "--out"]
+    address = client.scheduler.address
+    subprocess.run([*command, str(tmp_path / "whole"), "--scheduler", address], check=True, capture_output=True)
+    killed = subprocess.Popen([*command, str(tmp_path / "killed"), "--scheduler", address],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    snapshots = tmp_path / "killed" / "snapshots"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not snapshots.exists() or len(os.listdir(snapshots)) < 4):
+        time.sleep(0.02)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "result.json").exists()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  worker_dashboard_address=":0") as one:
+        subprocess.run([*command, str(tmp_path / "killed"), "--resume", "--scheduler", one.scheduler_address],
+                       check=True, capture_output=True)
+    whole, resumed = ne.load_run(tmp_path / "whole"), ne.load_run(tmp_path / "killed")
+    assert whole[3]["steps"] == resumed[3]["steps"] == 12
+    final = [np.load(tmp_path / run / "snapshots" / "theta_00000012.npy") for run in ("whole", "killed")]
+    np.testing.assert_array_equal(*final)
+    for key in ("step", "t", "loss", "dt", "lambda_1"):
+        np.testing.assert_array_equal(whole[1][key], resumed[1][key])
+    assert [r["eigenvalues"] for r in whole[2]] == [r["eigenvalues"] for r in resumed[2]]
