@@ -17,8 +17,8 @@ again), a shard whose every copy is gone is sent again from the client, and the 
 shares. A share that kills every worker it runs on stops the product with one line naming the shard and the last
 worker (docs/sharded.md, "Faults").
 
-The core does not import Dask: a ShardedLoss is handed a ``distributed.Client`` (and names Dask's
-``KilledWorker`` only when a product fails).
+The core does not import Dask at module level: a ShardedLoss is handed a ``distributed.Client``, and a product
+imports Dask's ``KilledWorker`` to recognise a share that killed its workers.
 """
 
 import uuid

@@ -176,42 +176,26 @@ method = "krylov"
 """
 
 
-def test_nn_eos_train_with_a_scheduler_resumes_on_a_cluster_of_another_size(client, tmp_path):
-    """`nn-eos train --scheduler` shards the run (the shard count — the cluster's 2 workers — recorded, not the
-    address); stopped after 2 steps and resumed to 4 on a cluster of one worker (from its checkpoint, as a killed
-    run resumes), it ends at the θ and with the metrics and telemetry of the run that was never stopped. A sharded run resumes only sharded, and a run made in
-    one process only there."""
+def test_nn_eos_train_with_a_scheduler_records_its_shards_and_resumes_only_sharded(client, tmp_path):
+    """`nn-eos train --scheduler` shards the run and records the shard count (the cluster's 2 workers), not the
+    address; a sharded run resumes only sharded, and a run made in one process only there (each is another order
+    of the same sums). Resuming on a cluster of another size: the SIGKILL test below."""
     import json
 
     from nn_eos.experiments import cli, config as configs
 
     path = tmp_path / "run.toml"
-    path.write_text(SHARDED_RUN.format(steps=4))
+    path.write_text(SHARDED_RUN.format(steps=2))
     address = client.scheduler.address
-    cli.main(["train", str(path), "--out", str(tmp_path / "whole"), "--scheduler", address, "--no-progress"])
-    experiment = json.loads((tmp_path / "whole" / "config.json").read_text())["experiment"]
+    cli.main(["train", str(path), "--out", str(tmp_path / "sharded"), "--scheduler", address, "--no-progress"])
+    experiment = json.loads((tmp_path / "sharded" / "config.json").read_text())["experiment"]
     assert experiment["cluster"] == {"shards": 2}
-    whole = configs.load(str(path))
-    halves = configs.load(str(path))
-    halves["train"]["max_steps"] = 2
-    configs.run(halves, str(tmp_path / "halves"), scheduler=address, progress=False)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  worker_dashboard_address=":0") as one:
-        resumed = configs.run(whole, str(tmp_path / "halves"), resume=True, scheduler=one.scheduler_address,
-                              progress=False)
-    straight = configs.run(whole, str(tmp_path / "again"), scheduler=address, progress=False)
-    np.testing.assert_array_equal(to_numpy(resumed.theta), to_numpy(straight.theta))
-    for name in ("metrics.jsonl", "telemetry.jsonl"):
-        rows = [[{k: v for k, v in json.loads(line).items() if k != "wall"} for line in
-                 (tmp_path / run / name).read_text().splitlines()] for run in ("halves", "whole")]
-        for ours, theirs in zip(*rows):
-            assert ours == theirs, {k: (ours[k], theirs.get(k)) for k in ours if ours[k] != theirs.get(k)}
-        assert len(rows[0]) == len(rows[1]) >= 3, name
+    run = configs.load(str(path))
     with pytest.raises(configs.ConfigError, match="was sharded over 2 shards; .* give a scheduler"):
-        configs.run(whole, str(tmp_path / "halves"), resume=True, progress=False)
-    configs.run(halves, str(tmp_path / "local"), progress=False)
+        configs.run(run, str(tmp_path / "sharded"), resume=True, progress=False)
+    configs.run(run, str(tmp_path / "local"), progress=False)
     with pytest.raises(configs.ConfigError, match="was run in one process"):
-        configs.run(whole, str(tmp_path / "local"), resume=True, scheduler=address, progress=False)
+        configs.run(run, str(tmp_path / "local"), resume=True, scheduler=address, progress=False)
 
 
 def test_a_sweep_leaves_sharding_to_one_run(tmp_path):
